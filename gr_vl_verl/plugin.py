@@ -1,0 +1,1 @@
+"""Imported by verl's ``verl.plugins`` entry point while ``import verl`` runs: keep it light."""

@@ -1,0 +1,216 @@
+"""Length-aware safety reward of GuardReasoner-VL (paper eq. 8 and 10). Pure Python.
+
+    r_safety = I_format * (0.5 * [request label correct] + 0.5 * [response label correct])      (8)
+    score    = (r_safety - 1) / min(l_norm, beta) ** 2                                           (10)
+
+A fully correct answer scores 0 at any length; a wrong one is less negative the longer it reasons, with the
+gain capped at ``l_norm = beta`` (beta = 1 for GuardReasoner-VL, 1/6 for the Eco variant).
+
+``l_norm`` is the response length over ``max_length``. The paper counts tokens; the original code counted
+characters / 3072 (kept as ``length_unit="chars"``). **Floor:** ``l_norm`` is at least one unit
+(``1 / max_length``), so an empty or one-token answer gets a finite, very negative score
+(``-(1 - r_safety) * max_length**2``) instead of the original code's division by zero.
+
+The public entry point, :func:`compute_score`, has verl's custom-reward signature, so it also works with
+verl's own reward managers (``reward.custom_reward_function``) and can be called positionally.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from gr_vl_verl.protocol import ParsedAnswer, normalize_label, parse_answer
+
+LengthUnit = Literal["tokens", "chars"]
+FormatMode = Literal["paper", "compat"]
+
+#: Keys of every result, in order; the same for every input so verl can stack them into metrics.
+SCORE_KEYS: tuple[str, ...] = (
+    "score",
+    "format",
+    "think_ok",
+    "result_ok",
+    "prompt_acc",
+    "response_acc",
+    "r_safety",
+    "length",
+    "length_norm",
+    "length_scale",
+)
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """Hyper-parameters of the reward; defaults are the paper's (GuardReasoner-VL)."""
+
+    beta: float = 1.0
+    length_unit: LengthUnit = "tokens"
+    max_length: int = 3072
+    format_mode: FormatMode = "paper"
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.beta, int | float) and math.isfinite(self.beta) and self.beta > 0):
+            raise ValueError(f"beta must be a finite number > 0, got {self.beta!r}")
+        if self.length_unit not in ("tokens", "chars"):
+            raise ValueError(f"length_unit must be 'tokens' or 'chars', got {self.length_unit!r}")
+        if isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 1:
+            raise ValueError(f"max_length must be an integer >= 1, got {self.max_length!r}")
+        if self.format_mode not in ("paper", "compat"):
+            raise ValueError(f"format_mode must be 'paper' or 'compat', got {self.format_mode!r}")
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> RewardConfig:
+        """Build from ``reward_kwargs``: an optional ``preset`` first, then explicit keys on top."""
+        preset = kwargs.pop("preset", None)
+        unknown = set(kwargs) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(
+                f"unknown reward kwargs {sorted(unknown)}; expected preset, beta, length_unit, max_length, "
+                "format_mode"
+            )
+        if preset is not None and preset not in PRESETS:
+            raise ValueError(f"unknown reward preset {preset!r}; expected one of {sorted(PRESETS)}")
+        base = PRESETS[preset] if preset is not None else cls()
+        return dataclasses.replace(base, **kwargs)
+
+
+PRESETS: dict[str, RewardConfig] = {
+    "gr-vl": RewardConfig(),
+    "gr-vl-eco": RewardConfig(beta=1 / 6),
+    # The released code: characters / 3072, only <result> required.
+    "original": RewardConfig(beta=1.0, length_unit="chars", max_length=3072, format_mode="compat"),
+    # The released code's commented-out Eco line: the length gain stops at 500 characters.
+    "original-eco": RewardConfig(beta=500 / 3072, length_unit="chars", max_length=3072, format_mode="compat"),
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Ground truth
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GroundTruth:
+    prompt_label: str
+    response_label: str | None  # None: there is no response (scored as "unharmful", as the original did)
+
+
+def parse_ground_truth(ground_truth: object) -> GroundTruth:
+    """Labels from a dict (``prompt_label``/``response_label``), its JSON text, or an original answer string.
+
+    Augmented (concatenated) rows must carry their merged labels as a dict: an answer string is read
+    from its first ``<result>`` only, which is how the original code scored them against sample 1.
+    """
+    if isinstance(ground_truth, str) and ground_truth.lstrip().startswith("{"):
+        try:
+            ground_truth = json.loads(ground_truth)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"ground_truth looks like JSON but does not parse: {e}") from None
+    if isinstance(ground_truth, Mapping):
+        if "prompt_label" not in ground_truth:
+            raise ValueError(f"ground_truth has no 'prompt_label' (keys: {sorted(ground_truth)})")
+        return GroundTruth(
+            normalize_label(ground_truth["prompt_label"], "ground_truth.prompt_label", allow_none=False),
+            normalize_label(ground_truth.get("response_label"), "ground_truth.response_label", allow_none=True),
+        )
+    if isinstance(ground_truth, str):
+        parsed = parse_answer(ground_truth)
+        if parsed.request_label is None:
+            raise ValueError(
+                f"ground_truth string has no '<result>… Request: harmful|unharmful …</result>': "
+                f"{ground_truth[:80]!r}"
+            )
+        if parsed.response_label is None:
+            raise ValueError(f"ground_truth string has no 'Response: harmful|unharmful|None': {ground_truth[:80]!r}")
+        return GroundTruth(parsed.request_label, None if parsed.response_is_none else parsed.response_label)
+    raise ValueError(
+        f"ground_truth must be a dict with prompt_label/response_label or an answer string, "
+        f"got {type(ground_truth).__name__}"
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# The reward
+# --------------------------------------------------------------------------------------------------
+def r_safety(parsed: ParsedAnswer, truth: GroundTruth, format_mode: FormatMode) -> tuple[float, float, float, float]:
+    """Eq. 8: ``(r_safety, format, prompt_acc, response_acc)``. Compat mode gates on ``<result>`` only."""
+    fmt = parsed.has_result if format_mode == "compat" else parsed.has_think and parsed.has_result
+    prompt_acc = float(parsed.request_label is not None and parsed.request_label == truth.prompt_label)
+    want_response = truth.response_label if truth.response_label is not None else "unharmful"
+    response_acc = float(parsed.response_label is not None and parsed.response_label == want_response)
+    return float(fmt) * (0.5 * prompt_acc + 0.5 * response_acc), float(fmt), prompt_acc, response_acc
+
+
+def length_norm(length: int, max_length: int) -> float:
+    """``l_norm = length / max_length``, floored at one unit so the reward stays finite."""
+    return max(length, 1) / max_length
+
+
+def length_aware_reward(r_safe: float, l_norm: float, beta: float) -> float:
+    """Eq. 10: ``(r_safety - 1) / min(l_norm, beta)**2``; 0 when fully correct."""
+    return (r_safe - 1.0) / min(l_norm, beta) ** 2
+
+
+def score_response(
+    solution_str: str, truth: GroundTruth, length: int, config: RewardConfig
+) -> dict[str, float]:
+    """Every reward term for one response whose length (in ``config.length_unit``) is known."""
+    parsed = parse_answer(solution_str, strict=config.format_mode == "compat")
+    r_safe, fmt, p_acc, r_acc = r_safety(parsed, truth, config.format_mode)
+    l_norm = length_norm(length, config.max_length)
+    scale = min(l_norm, config.beta) ** 2
+    return {
+        "score": length_aware_reward(r_safe, l_norm, config.beta),
+        "format": fmt,
+        "think_ok": float(parsed.has_think),
+        "result_ok": float(parsed.has_result),
+        "prompt_acc": p_acc,
+        "response_acc": r_acc,
+        "r_safety": r_safe,
+        "length": float(length),
+        "length_norm": l_norm,
+        "length_scale": scale,
+    }
+
+
+def _response_length(solution_str: str, extra_info: Mapping[str, Any] | None, unit: LengthUnit) -> int:
+    if unit == "chars":
+        return len(solution_str)
+    tokens = (extra_info or {}).get("response_tokens")
+    if tokens is None:
+        raise ValueError(
+            "length_unit='tokens' needs extra_info['response_tokens'] (the response's token count; "
+            "gr_vl_verl's reward manager passes it). With verl's own managers use length_unit='chars'."
+        )
+    if isinstance(tokens, bool) or not isinstance(tokens, int | float) or tokens < 0 or tokens != int(tokens):
+        raise ValueError(f"extra_info['response_tokens'] must be a non-negative integer, got {tokens!r}")
+    return int(tokens)
+
+
+def compute_score(
+    data_source: str | None,
+    solution_str: str,
+    ground_truth: object,
+    extra_info: Mapping[str, Any] | None = None,
+    **reward_kwargs: Any,
+) -> dict[str, float]:
+    """verl custom-reward entry point: ``score`` plus every term (:data:`SCORE_KEYS`).
+
+    ``reward_kwargs``: ``preset`` (``gr-vl``, ``gr-vl-eco``, ``original``, ``original-eco``), ``beta``,
+    ``length_unit``, ``max_length``, ``format_mode``. verl passes extra keys when a reward model is enabled
+    (``reward_router_address``, ``reward_model_tokenizer``); they are ignored. Bad input raises
+    ``ValueError`` naming the field, never a silent zero.
+    """
+    reward_kwargs.pop("reward_router_address", None)
+    reward_kwargs.pop("reward_model_tokenizer", None)
+    config = RewardConfig.from_kwargs(**reward_kwargs)
+    if not isinstance(solution_str, str):
+        raise ValueError(f"solution_str must be str, got {type(solution_str).__name__}")
+    if extra_info is not None and not isinstance(extra_info, Mapping):
+        raise ValueError(f"extra_info must be a dict or None, got {type(extra_info).__name__}")
+    truth = parse_ground_truth(ground_truth)
+    length = _response_length(solution_str, extra_info, config.length_unit)
+    return score_response(solution_str, truth, length, config)
