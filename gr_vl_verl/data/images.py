@@ -1,0 +1,182 @@
+"""Image checks and normalisation: every image that reaches a parquet decodes, is bounded, and is PNG.
+
+Why here and not at training time: verl's ``RLHFDataset`` silently drops a row whose image fails to process
+(its overlong filter catches every exception), and a decompression bomb would take a dataloader worker down.
+Checking once at prep time turns both into counted, named skips.
+
+Pixel bounds follow Qwen2.5-VL's ``min_pixels``/``max_pixels`` (the paper trained with 262144 and 4194304):
+an image is scaled, keeping its aspect ratio, so its area lies in ``[min_pixels, max_pixels]``; the processor
+then only rounds to its 28-pixel grid. Aspect ratios above 200 are refused because ``qwen_vl_utils``
+raises on them.
+
+Pure Python + Pillow: no torch, no verl.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageFile
+
+from gr_vl_verl.data.records import ImageData, SampleError
+
+# Paper, A.5.2 / the original EasyR1 config (method.md §5).
+MIN_PIXELS = 262144
+MAX_PIXELS = 4194304
+# qwen_vl_utils.vision_process.MAX_RATIO: smart_resize raises above it.
+MAX_ASPECT_RATIO = 200.0
+
+# A truncated file must fail, not decode half-grey.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+@dataclass(frozen=True)
+class ImagePolicy:
+    """Limits applied to every image; the defaults are the paper's pixel bounds."""
+
+    min_pixels: int = MIN_PIXELS
+    max_pixels: int = MAX_PIXELS
+    max_file_bytes: int = 64 * 1024 * 1024
+    # Refuse before decoding anything whose header claims more pixels than this (decompression bombs).
+    max_source_pixels: int = 16384 * 16384
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_pixels <= self.max_pixels:
+            raise ValueError(f"need 1 <= min_pixels <= max_pixels, got {self.min_pixels}, {self.max_pixels}")
+        if self.max_file_bytes < 1 or self.max_source_pixels < 1:
+            raise ValueError("max_file_bytes and max_source_pixels must be >= 1")
+
+
+def bound_size(width: int, height: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """Scale ``(width, height)`` by one factor so the area lies in ``[min_pixels, max_pixels]``."""
+    area = width * height
+    if min_pixels <= area <= max_pixels:
+        return width, height
+    scale = math.sqrt((max_pixels if area > max_pixels else min_pixels) / area)
+    w, h = max(1, round(width * scale)), max(1, round(height * scale))
+    # Rounding can overshoot the upper bound by a pixel row; step down until it fits.
+    while w * h > max_pixels:
+        if w >= h:
+            w -= 1
+        else:
+            h -= 1
+    return w, h
+
+
+def _read_bytes(data: ImageData, policy: ImagePolicy) -> bytes:
+    if isinstance(data, bytes):
+        raw = data
+    else:
+        try:
+            size = data.stat().st_size
+        except FileNotFoundError:
+            raise SampleError("image_missing", f"image file not found: {data}") from None
+        except OSError as e:
+            raise SampleError("image_missing", f"image file unreadable: {data}: {e}") from None
+        if size > policy.max_file_bytes:
+            raise SampleError("image_oversized", f"{data}: {size} bytes > max {policy.max_file_bytes}")
+        raw = data.read_bytes()
+    if not raw:
+        raise SampleError("image_empty", f"image is empty (0 bytes): {_name(data)}")
+    if len(raw) > policy.max_file_bytes:
+        raise SampleError("image_oversized", f"{_name(data)}: {len(raw)} bytes > max {policy.max_file_bytes}")
+    return raw
+
+
+def _name(data: ImageData) -> str:
+    return str(data) if isinstance(data, Path) else f"<{len(data)} bytes>"
+
+
+def decode_image(data: ImageData, policy: ImagePolicy | None = None) -> Image.Image:
+    """Decode fully, refusing missing, empty, oversized, truncated, corrupt and bomb images; RGB out."""
+    policy = policy or ImagePolicy()
+    return _decode(_read_bytes(data, policy), _name(data), policy)
+
+
+def _decode(raw: bytes, name: str, policy: ImagePolicy) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(raw))
+            w, h = img.size
+            if w < 1 or h < 1:
+                raise SampleError("image_corrupt", f"{name}: zero-sized image {w}x{h}")
+            if w * h > policy.max_source_pixels:
+                raise SampleError(
+                    "image_bomb",
+                    f"{name}: {w}x{h} = {w * h} pixels > max_source_pixels {policy.max_source_pixels}",
+                )
+            img.load()
+    except SampleError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise SampleError("image_bomb", f"{name}: {e}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        # Pillow reports truncated data as OSError and garbage as UnidentifiedImageError (an OSError).
+        raise SampleError("image_corrupt", f"{name}: cannot decode: {e}") from None
+    if max(w, h) / min(w, h) > MAX_ASPECT_RATIO:
+        raise SampleError("image_aspect", f"{name}: aspect ratio {w}x{h} exceeds {MAX_ASPECT_RATIO:g}")
+    return to_rgb(img)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """RGB, with transparency composited on white (as ``qwen_vl_utils`` does at load time)."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, (255, 255, 255))
+        canvas.paste(rgba, mask=rgba.split()[3])
+        return canvas
+    return img.convert("RGB")
+
+
+def encode_png(img: Image.Image) -> bytes:
+    """PNG without metadata: the same pixels always give the same bytes."""
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=False, compress_level=6)
+    return buf.getvalue()
+
+
+def normalize_image(data: ImageData, policy: ImagePolicy | None = None) -> bytes:
+    """Decode, verify, bound to the pixel limits and re-encode as PNG."""
+    policy = policy or ImagePolicy()
+    raw = _read_bytes(data, policy)
+    img = _decode(raw, _name(data), policy)
+    size = bound_size(img.width, img.height, policy.min_pixels, policy.max_pixels)
+    if size == img.size and img.format == "PNG" and img.mode == "RGB":
+        # Already what we would write (decoded in full above): keep the bytes, skip a costly re-encode.
+        return raw
+    if size != img.size:
+        img = img.resize(size, Image.Resampling.BICUBIC)
+    return encode_png(img)
+
+
+def placeholder_png() -> bytes:
+    """The original RL data's stand-in for text-only rows: a 1x1 white PNG."""
+    return encode_png(Image.new("RGB", (1, 1), (255, 255, 255)))
+
+
+def merge_horizontal(images: list[Image.Image], max_side: int | None = None) -> Image.Image:
+    """Paste images left to right on a white canvas as tall as the tallest (safety-aware concatenation).
+
+    ``max_side`` shrinks the result to fit a square of that side, keeping the aspect ratio (the original
+    code used 1024).
+    """
+    if not images:
+        raise ValueError("merge_horizontal needs at least one image")
+    rgb = [to_rgb(im) for im in images]
+    canvas = Image.new("RGB", (sum(im.width for im in rgb), max(im.height for im in rgb)), (255, 255, 255))
+    x = 0
+    for im in rgb:
+        canvas.paste(im, (x, 0))
+        x += im.width
+    if max_side is not None and max(canvas.size) > max_side:
+        scale = max_side / max(canvas.size)
+        size = (max(1, round(canvas.width * scale)), max(1, round(canvas.height * scale)))
+        canvas = canvas.resize(size, Image.Resampling.LANCZOS)
+    return canvas

@@ -1,0 +1,254 @@
+"""The prep pipeline: samples in, parquets and a summary out, every row accounted for.
+
+Each input row ends in exactly one place per output format: written to one of its files, skipped by that
+format (e.g. an SFT row without reasoning), or rejected before any format (bad row, duplicate id, bad image).
+So ``rows_in == rejected + written + skipped`` holds for every format, and the summary (printed and saved as
+JSON beside the outputs) names every dropped row with its reason. ``strict`` turns the first drop into an
+error, and then no output is published.
+
+Images are decoded in batches, optionally in worker processes; batches keep memory bounded and ``map``
+keeps the order, so the output does not depend on the number of workers.
+
+Pure Python: no torch, no verl.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from gr_vl_verl.data.images import ImagePolicy, normalize_image
+from gr_vl_verl.data.records import GuardSample, Rejected, SampleError
+from gr_vl_verl.data.writers import KINDS, ROW_BUILDERS, SCHEMAS, AtomicParquetWriter, RowOptions
+
+
+class PrepError(RuntimeError):
+    """A strict run hit a row it could not write; nothing was published."""
+
+
+@dataclass(frozen=True)
+class PrepConfig:
+    formats: tuple[str, ...] = ("rl",)
+    split: str = "train"
+    # Fraction of samples routed to a `val` file, chosen by a seeded hash of the id (streaming, stable).
+    val_fraction: float = 0.0
+    seed: int = 42
+    strict: bool = False
+    workers: int = 1
+    batch_size: int = 64
+    row_group_size: int = 256
+    progress: bool = True
+    images: ImagePolicy = field(default_factory=ImagePolicy)
+    rows: RowOptions = field(default_factory=RowOptions)
+
+    def __post_init__(self) -> None:
+        bad = [f for f in self.formats if f not in KINDS]
+        if bad or not self.formats:
+            raise ValueError(f"formats must be a non-empty subset of {KINDS}, got {self.formats}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.workers < 1 or self.batch_size < 1:
+            raise ValueError("workers and batch_size must be >= 1")
+
+
+def output_name(kind: str, split: str) -> str:
+    return "eval.parquet" if kind == "eval" else f"{kind}_{split}.parquet"
+
+
+def assign_split(sample_id: str, config: PrepConfig) -> str:
+    if config.val_fraction <= 0:
+        return config.split
+    digest = hashlib.sha256(f"{config.seed}:{sample_id}".encode()).digest()
+    return "val" if int.from_bytes(digest[:8], "big") / 2**64 < config.val_fraction else config.split
+
+
+@dataclass
+class OutputStats:
+    path: str
+    kind: str
+    split: str
+    written: int = 0
+    skipped: Counter = field(default_factory=Counter)
+
+
+@dataclass
+class PrepSummary:
+    inputs: list[str]
+    rows_in: int = 0
+    rejected: Counter = field(default_factory=Counter)
+    outputs: dict[str, OutputStats] = field(default_factory=dict)
+    dropped: list[dict[str, str]] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "inputs": self.inputs,
+            "rows_in": self.rows_in,
+            "rejected": dict(sorted(self.rejected.items())),
+            "outputs": {
+                name: {
+                    "path": s.path,
+                    "format": s.kind,
+                    "split": s.split,
+                    "written": s.written,
+                    "skipped": dict(sorted(s.skipped.items())),
+                }
+                for name, s in self.outputs.items()
+            },
+            "dropped": self.dropped,
+            "options": self.options,
+        }
+
+    def format(self) -> str:
+        lines = [f"rows in: {self.rows_in}"]
+        total_rejected = sum(self.rejected.values())
+        lines.append(f"rejected before writing: {total_rejected}")
+        lines += [f"  {reason}: {n}" for reason, n in sorted(self.rejected.items())]
+        for name, s in self.outputs.items():
+            skipped = sum(s.skipped.values())
+            detail = ", ".join(f"{r}: {n}" for r, n in sorted(s.skipped.items()))
+            lines.append(
+                f"{name}: written {s.written}, skipped {skipped}" + (f" ({detail})" if detail else "")
+            )
+        return "\n".join(lines)
+
+
+def load_images(sample: GuardSample, policy: ImagePolicy) -> GuardSample | Rejected:
+    """The sample with every image verified, bounded and PNG-encoded, or why not."""
+    try:
+        images = tuple(normalize_image(img, policy) for img in sample.images)
+    except SampleError as e:
+        return Rejected(sample.id, e.reason, f"{sample.id}: {e}")
+    return dataclasses.replace(sample, images=images)
+
+
+def _batched(items: Iterable[Any], n: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(payload, f, indent=2, sort_keys=True, ensure_ascii=False)
+            f.write("\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def run_prep(
+    items: Iterable[GuardSample | Rejected],
+    out_dir: Path,
+    config: PrepConfig,
+    name: str = "prep",
+    inputs: list[str] | None = None,
+    total: int | None = None,
+) -> PrepSummary:
+    """Write ``config.formats`` for ``items`` into ``out_dir``; save ``{name}_summary.json`` there."""
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = PrepSummary(inputs=list(inputs or []))
+    summary.options = {
+        "formats": list(config.formats),
+        "split": config.split,
+        "val_fraction": config.val_fraction,
+        "seed": config.seed,
+        "strict": config.strict,
+        "min_pixels": config.images.min_pixels,
+        "max_pixels": config.images.max_pixels,
+        "instruction_placement": config.rows.placement,
+        "text_placeholder_image": config.rows.text_placeholder_image,
+    }
+    splits = [config.split] + (["val"] if config.val_fraction > 0 else [])
+
+    def drop(item_id: str, reason: str, message: str, output: str | None = None) -> None:
+        if config.strict:
+            where = f" for {output}" if output else ""
+            raise PrepError(f"strict: row {item_id!r} cannot be written{where}: [{reason}] {message}")
+        entry = {"id": item_id, "reason": reason, "message": message}
+        if output:
+            entry["output"] = output
+        summary.dropped.append(entry)
+
+    with ExitStack() as stack:
+        writers: dict[tuple[str, str], AtomicParquetWriter] = {}
+        for kind in config.formats:
+            for split in ["test"] if kind == "eval" else splits:
+                path = out_dir / output_name(kind, split)
+                writer = AtomicParquetWriter(path, SCHEMAS[kind], row_group_size=config.row_group_size)
+                writers[(kind, split)] = stack.enter_context(writer)
+                summary.outputs[path.name] = OutputStats(str(path), kind, split)
+        prepare = partial(load_images, policy=config.images)
+        if config.workers > 1:
+            import multiprocessing
+
+            pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(config.workers))
+            mapper = partial(pool.map, prepare, chunksize=max(1, config.batch_size // (4 * config.workers)))
+        else:
+            mapper = partial(map, prepare)
+
+        seen: set[str] = set()
+
+        def unique(stream: Iterable[GuardSample | Rejected]) -> Iterator[GuardSample]:
+            for item in stream:
+                summary.rows_in += 1
+                if isinstance(item, Rejected):
+                    summary.rejected[item.reason] += 1
+                    drop(item.id, item.reason, item.message)
+                elif item.id in seen:
+                    summary.rejected["duplicate_id"] += 1
+                    drop(item.id, "duplicate_id", f"id {item.id!r} already seen; later copy dropped")
+                else:
+                    seen.add(item.id)
+                    yield item
+
+        bar = tqdm(
+            items, total=total, desc=f"prep {name}", unit="row", disable=not config.progress, file=sys.stderr
+        )
+        for batch in _batched(unique(bar), config.batch_size):
+            for item in mapper(batch):
+                if isinstance(item, Rejected):
+                    summary.rejected[item.reason] += 1
+                    drop(item.id, item.reason, item.message)
+                    continue
+                for kind in config.formats:
+                    split = "test" if kind == "eval" else assign_split(item.id, config)
+                    writer = writers[(kind, split)]
+                    stats = summary.outputs[writer.path.name]
+                    opts = dataclasses.replace(config.rows, split=split)
+                    try:
+                        row = ROW_BUILDERS[kind](item, stats.written, opts)
+                    except SampleError as e:
+                        stats.skipped[e.reason] += 1
+                        drop(item.id, e.reason, str(e), writer.path.name)
+                        continue
+                    writer.write(row)
+                    stats.written += 1
+        bar.close()
+    _write_json_atomic(out_dir / f"{name}_summary.json", summary.to_dict())
+    return summary

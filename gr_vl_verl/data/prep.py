@@ -1,0 +1,179 @@
+"""``gr-vl prep``: GuardReasoner-VL corpora → verl SFT / RL parquets and an evaluation parquet.
+
+Sub-commands, one per kind of source::
+
+    gr-vl prep vltrain --data-root DIR --out OUT            # GuardReasoner-VLTrain → sft_train / rl_train
+    gr-vl prep vltest  --benchmark-dir DIR --out OUT        # GuardReasoner-VLTest → eval.parquet
+    gr-vl prep table   FILE... --map request=prompt --out OUT   # jsonl / parquet / load_from_disk folder
+
+Every run prints and saves ``OUT/<command>_summary.json``: rows in, written per file, skipped by reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from gr_vl_verl.data.readers import BENCHMARK_TASKS, VLTRAIN_SPLITS
+
+DEFAULT_FORMATS = {"vltrain": "sft,rl", "vltest": "eval", "table": "rl"}
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def _common(p: argparse.ArgumentParser, command: str) -> None:
+    from gr_vl_verl.data.images import MAX_PIXELS, MIN_PIXELS
+
+    p.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
+    p.add_argument(
+        "--formats",
+        type=_csv,
+        default=_csv(DEFAULT_FORMATS[command]),
+        help=f"comma list of sft, rl, eval (default {DEFAULT_FORMATS[command]})",
+    )
+    p.add_argument(
+        "--split", default="train" if command != "vltest" else "test", help="split name of the rows"
+    )
+    p.add_argument("--val-fraction", type=float, default=0.0, help="route this fraction to *_val.parquet")
+    p.add_argument("--seed", type=int, default=42, help="seed of the train/val assignment")
+    p.add_argument("--strict", action="store_true", help="fail (publishing nothing) on the first bad row")
+    p.add_argument("--workers", type=int, default=1, help="processes decoding images (order is kept)")
+    p.add_argument("--min-pixels", type=int, default=MIN_PIXELS, help="smaller images are scaled up")
+    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="larger images are scaled down")
+    p.add_argument("--max-image-bytes", type=int, default=64 * 1024 * 1024, help="refuse bigger image files")
+    p.add_argument(
+        "--instruction-placement",
+        choices=("system", "user"),
+        default="system",
+        help="guard instruction as the system turn (SFT, inference) or prefixed to the user turn",
+    )
+    p.add_argument(
+        "--text-placeholder-image",
+        action="store_true",
+        help="RL: give text rows `<image>` and a 1x1 white image, as the original RL data did",
+    )
+    p.add_argument(
+        "--original-rl",
+        action="store_true",
+        help="RL rows exactly as the original code: comma instruction in the user turn + placeholder image",
+    )
+    p.add_argument("--row-group-size", type=int, default=256)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="input_kind", required=True, metavar="SOURCE")
+    p = sub.add_parser("vltrain", help="GuardReasoner-VLTrain (LLaMA-Factory JSON + image folders)")
+    p.add_argument(
+        "--data-root", type=Path, required=True, help="folder with the split JSONs and image folders"
+    )
+    p.add_argument(
+        "--splits",
+        type=_csv,
+        default=tuple(VLTRAIN_SPLITS),
+        help=f"comma list of {', '.join(VLTRAIN_SPLITS)} (default all)",
+    )
+    _common(p, "vltrain")
+
+    p = sub.add_parser("vltest", help="GuardReasoner-VLTest benchmark JSON files")
+    p.add_argument("--benchmark-dir", type=Path, required=True, help="folder of <Benchmark>.json files")
+    p.add_argument(
+        "--benchmarks", type=_csv, default=None, help="comma list (default: every known file found)"
+    )
+    p.add_argument(
+        "--image-dataset",
+        type=Path,
+        default=None,
+        help="GuardReasoner-VLTest saved with datasets.save_to_disk (images of HarmImageTest / SPA_VL_Eval)",
+    )
+    _common(p, "vltest")
+
+    p = sub.add_parser("table", help="generic jsonl / parquet / datasets.load_from_disk folder")
+    p.add_argument("inputs", type=Path, nargs="+", help="input files or dataset folders")
+    p.add_argument("--map", action="append", default=[], metavar="FIELD=COLUMN", help="column for a field")
+    p.add_argument("--data-root", type=Path, default=None, help="root for relative image paths")
+    p.add_argument("--source", default=None, help="source name (default: the file name)")
+    _common(p, "table")
+
+
+def _items(args: argparse.Namespace) -> tuple[list[str], object]:
+    from itertools import chain
+
+    from gr_vl_verl.data import readers
+
+    if args.input_kind == "vltrain":
+        return [str(args.data_root)], readers.read_vltrain_dir(args.data_root, args.splits)
+    if args.input_kind == "vltest":
+        names = args.benchmarks or [
+            n for n in BENCHMARK_TASKS if (args.benchmark_dir / f"{n}.json").is_file()
+        ]
+        if not names:
+            raise FileNotFoundError(f"no known benchmark files in {args.benchmark_dir}")
+        images = readers.VLTestImages(args.image_dataset) if args.image_dataset else None
+        paths = [args.benchmark_dir / f"{n}.json" for n in names]
+        for path in paths:
+            if not path.is_file():
+                raise FileNotFoundError(f"benchmark file not found: {path}")
+        return [str(p) for p in paths], chain.from_iterable(
+            readers.read_benchmark(p, n, images=images) for p, n in zip(paths, names, strict=True)
+        )
+    mapping = readers.parse_mapping(args.map)
+    return [str(p) for p in args.inputs], chain.from_iterable(
+        readers.read_table(p, mapping, data_root=args.data_root, source=args.source) for p in args.inputs
+    )
+
+
+def config_from_args(args: argparse.Namespace):
+    from gr_vl_verl.data.images import ImagePolicy
+    from gr_vl_verl.data.pipeline import PrepConfig
+    from gr_vl_verl.data.writers import RowOptions
+
+    rows = RowOptions(
+        split=args.split,
+        placement=args.instruction_placement,
+        text_placeholder_image=args.text_placeholder_image,
+    )
+    if args.original_rl:
+        rows = RowOptions.original_rl(args.split)
+    return PrepConfig(
+        formats=args.formats,
+        split=args.split,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        strict=args.strict,
+        workers=args.workers,
+        row_group_size=args.row_group_size,
+        progress=not args.no_progress,
+        images=ImagePolicy(
+            min_pixels=args.min_pixels, max_pixels=args.max_pixels, max_file_bytes=args.max_image_bytes
+        ),
+        rows=rows,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from gr_vl_verl.data.pipeline import PrepError, run_prep
+
+    try:
+        config = config_from_args(args)
+        inputs, items = _items(args)
+        summary = run_prep(items, args.out, config, name=args.input_kind, inputs=inputs)
+    except (PrepError, FileNotFoundError, ValueError) as e:
+        print(f"gr-vl prep {args.input_kind}: error: {e}", file=sys.stderr)
+        return 1
+    print(summary.format())
+    print(f"summary: {Path(args.out) / (args.input_kind + '_summary.json')}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gr-vl prep", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
