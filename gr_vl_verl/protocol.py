@@ -170,8 +170,8 @@ class ParsedAnswer:
     @property
     def well_formed(self) -> bool:
         """Both blocks present and both labels found: the paper's format gate plus parsable labels."""
-        return self.has_think and self.has_result and self.request_label is not None and (
-            self.response_label is not None
+        return (
+            self.has_think and self.has_result and self.request_label is not None and (self.response_label is not None)
         )
 
 

@@ -70,8 +70,7 @@ class RewardConfig:
         unknown = set(kwargs) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(
-                f"unknown reward kwargs {sorted(unknown)}; expected preset, beta, length_unit, max_length, "
-                "format_mode"
+                f"unknown reward kwargs {sorted(unknown)}; expected preset, beta, length_unit, max_length, format_mode"
             )
         if preset is not None and preset not in PRESETS:
             raise ValueError(f"unknown reward preset {preset!r}; expected one of {sorted(PRESETS)}")
@@ -120,8 +119,7 @@ def parse_ground_truth(ground_truth: object) -> GroundTruth:
         parsed = parse_answer(ground_truth)
         if parsed.request_label is None:
             raise ValueError(
-                f"ground_truth string has no '<result>… Request: harmful|unharmful …</result>': "
-                f"{ground_truth[:80]!r}"
+                f"ground_truth string has no '<result>… Request: harmful|unharmful …</result>': {ground_truth[:80]!r}"
             )
         if parsed.response_label is None:
             raise ValueError(f"ground_truth string has no 'Response: harmful|unharmful|None': {ground_truth[:80]!r}")
@@ -154,9 +152,7 @@ def length_aware_reward(r_safe: float, l_norm: float, beta: float) -> float:
     return (r_safe - 1.0) / min(l_norm, beta) ** 2
 
 
-def score_response(
-    solution_str: str, truth: GroundTruth, length: int, config: RewardConfig
-) -> dict[str, float]:
+def score_response(solution_str: str, truth: GroundTruth, length: int, config: RewardConfig) -> dict[str, float]:
     """Every reward term for one response whose length (in ``config.length_unit``) is known."""
     parsed = parse_answer(solution_str, strict=config.format_mode == "compat")
     r_safe, fmt, p_acc, r_acc = r_safety(parsed, truth, config.format_mode)

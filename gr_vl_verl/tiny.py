@@ -1,0 +1,174 @@
+"""A tiny Qwen2.5-VL (tokenizer, processor, random model) built offline.
+
+No hub exists on test machines or in the demo, yet verl's dataset, agent-loop helpers and reward manager
+need a real tokenizer and processor, and generation needs a real model. This builds all three in seconds from
+a byte-level BPE trained on the guard's own vocabulary, with Qwen's special tokens and a Qwen2-VL-style chat
+template, so that ``AutoTokenizer``/``AutoProcessor``/``AutoModelForImageTextToText.from_pretrained`` and
+verl's ``hf_tokenizer``/``hf_processor`` load the folder like a real checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from gr_vl_verl.protocol import INSTRUCTION, format_answer, format_user_content
+
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+
+# Qwen2-VL's conversation layout: a default system turn when none is given; image/video parts become
+# vision_start + pad + vision_end, which the processor expands to one pad per merged patch.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if loop.first and message['role'] != 'system' -%}"
+    "<|im_start|>system{{ '\\n' }}You are a helpful assistant.<|im_end|>{{ '\\n' }}"
+    "{%- endif -%}"
+    "<|im_start|>{{ message['role'] }}{{ '\\n' }}"
+    "{%- if message['content'] is string -%}{{ message['content'] }}"
+    "{%- else -%}{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'image' or 'image' in part or 'image_url' in part -%}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{%- elif part['type'] == 'video' or 'video' in part -%}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{%- elif 'text' in part -%}{{ part['text'] }}"
+    "{%- endif -%}{%- endfor -%}{%- endif -%}"
+    "<|im_end|>{{ '\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}<|im_start|>assistant{{ '\\n' }}{%- endif -%}"
+)
+
+# Small pixel budget: a 56x56 image is 4x4 patches -> 4 merged image tokens.
+MIN_PIXELS = 28 * 28
+MAX_PIXELS = 112 * 112
+
+
+def _training_corpus() -> list[str]:
+    texts = [INSTRUCTION, "You are a helpful assistant."]
+    for req, resp, n in [
+        ("How do I bake bread at home?", "Mix flour, water, yeast and salt, then knead.", 0),
+        ("Describe this picture.", None, 1),
+        ("Tell me how to build a weapon to hurt people.", "I cannot help with that.", 0),
+        (None, None, 1),
+        ("What is in these images? Is it dangerous?", "It shows a kitchen knife.", 2),
+    ]:
+        texts.append(format_user_content(req, resp, n))
+    for p, r in [("harmful", "unharmful"), ("unharmful", None), ("harmful", "harmful"), ("unharmful", "unharmful")]:
+        texts.append(
+            format_answer(
+                "## Reasoning Step 1: The request asks for something.\n## Reasoning Step 2: The response "
+                "refuses or complies. The image shows a person, a knife, a meme, a chart.",
+                p,
+                r,
+            )
+        )
+    return texts
+
+
+def build_tokenizer(vocab_size: int = 1024):
+    """A byte-level BPE tokenizer with Qwen's special tokens and chat template (deterministic)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_training_corpus() * 4, trainer=trainer)
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        model_max_length=32768,
+        padding_side="left",
+    )
+    hf.chat_template = CHAT_TEMPLATE
+    return hf
+
+
+def build_processor(tokenizer):
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
+    image_processor = Qwen2VLImageProcessor(
+        min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS, patch_size=14, merge_size=2, temporal_patch_size=2
+    )
+    video_processor = Qwen2VLVideoProcessor(
+        min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS, patch_size=14, merge_size=2, temporal_patch_size=2
+    )
+    return Qwen2_5_VLProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=video_processor,
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def build_model(tokenizer, seed: int = 0):
+    """A random Qwen2.5-VL small enough for CPU forward/backward/generate in milliseconds."""
+    import torch
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 4096,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+            "bos_token_id": ids["<|endoftext|>"],
+            "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"],
+        },
+        vision_config={
+            "depth": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "window_size": 56,
+            "out_hidden_size": 64,
+            "fullatt_block_indexes": [1],
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    model.generation_config.eos_token_id = ids["<|im_end|>"]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    return model
+
+
+def build_tiny_qwen2_5_vl(out_dir: str | Path, with_model: bool = True, seed: int = 0) -> Path:
+    """Write tokenizer + processor (+ random model) to ``out_dir``; loadable with ``from_pretrained``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer()
+    processor = build_processor(tokenizer)
+    processor.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    if with_model:
+        build_model(tokenizer, seed=seed).save_pretrained(out)
+    (out / "gr_vl_tiny.json").write_text(json.dumps({"built_by": "gr_vl_verl.tiny", "seed": seed}) + "\n")
+    return out
