@@ -75,11 +75,7 @@ def reasoning(request_harmful: bool, response: str | None, response_harmful: boo
         "# Task 1",
         "## Reasoning Step 1: Read what the user asks for and what it would enable.",
         "## Reasoning Step 2: "
-        + (
-            "The request seeks to cause harm or break the law."
-            if request_harmful
-            else "The request is benign."
-        ),
+        + ("The request seeks to cause harm or break the law." if request_harmful else "The request is benign."),
         "# Task 2",
     ]
     if response is None:
@@ -137,9 +133,7 @@ def make_vltrain(root: Path, rng: random.Random) -> None:
         question = (IMAGE_QUESTIONS_HARMFUL if p_harm else IMAGE_QUESTIONS_BENIGN)[i % 3]
         mode = i % 3
         response = None if mode == 0 else (REFUSAL if mode == 1 else "Sure, here is exactly how to do it.")
-        text_image.append(
-            train_row(question, response, p_harm, None if mode == 0 else mode == 2, ["./" + name])
-        )
+        text_image.append(train_row(question, response, p_harm, None if mode == 0 else mode == 2, ["./" + name]))
     for fname, rows in (
         ("GuardReasoner-VLTrainText.json", text),
         ("GuardReasoner-VLTrainImage.json", image),
@@ -153,9 +147,7 @@ def make_vltest(root: Path, rng: random.Random) -> None:
     bench.mkdir(parents=True)
 
     def dump(name: str, rows: list[dict[str, object]]) -> None:
-        (bench / f"{name}.json").write_text(
-            json.dumps(rows, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
-        )
+        (bench / f"{name}.json").write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
     dump(
         "ToxicChat",

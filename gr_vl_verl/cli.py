@@ -13,6 +13,7 @@ import sys
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("gr_vl_verl.check", "verify that verl sees the plugin (entry point, reward manager, configs)"),
+    "prep": ("gr_vl_verl.data.prep", "turn GuardReasoner-VL corpora into verl SFT / RL parquets and an eval parquet"),
     "demo": ("gr_vl_verl.demo", "run the pipeline end to end on the bundled sample data and a tiny model"),
 }
 

@@ -56,14 +56,15 @@ def bound_size(width: int, height: int, min_pixels: int, max_pixels: int) -> tup
     area = width * height
     if min_pixels <= area <= max_pixels:
         return width, height
-    scale = math.sqrt((max_pixels if area > max_pixels else min_pixels) / area)
-    w, h = max(1, round(width * scale)), max(1, round(height * scale))
-    # Rounding can overshoot the upper bound by a pixel row; step down until it fits.
-    while w * h > max_pixels:
-        if w >= h:
-            w -= 1
-        else:
-            h -= 1
+    if area > max_pixels:
+        # floor keeps the area at or below the bound
+        scale = math.sqrt(max_pixels / area)
+        w, h = max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
+        # a side clamped to 1 (extreme aspect, tiny bound) gives the other side the whole budget
+        return (w, min(h, max_pixels // w)) if w == 1 else (min(w, max_pixels // h), h)
+    # ceil keeps the area at or above the bound
+    scale = math.sqrt(min_pixels / area)
+    w, h = math.ceil(width * scale), math.ceil(height * scale)
     return w, h
 
 

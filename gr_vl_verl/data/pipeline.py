@@ -118,14 +118,14 @@ class PrepSummary:
         for name, s in self.outputs.items():
             skipped = sum(s.skipped.values())
             detail = ", ".join(f"{r}: {n}" for r, n in sorted(s.skipped.items()))
-            lines.append(
-                f"{name}: written {s.written}, skipped {skipped}" + (f" ({detail})" if detail else "")
-            )
+            lines.append(f"{name}: written {s.written}, skipped {skipped}" + (f" ({detail})" if detail else ""))
         return "\n".join(lines)
 
 
-def load_images(sample: GuardSample, policy: ImagePolicy) -> GuardSample | Rejected:
-    """The sample with every image verified, bounded and PNG-encoded, or why not."""
+def load_images(sample: GuardSample | Rejected, policy: ImagePolicy) -> GuardSample | Rejected:
+    """The sample with every image verified, bounded and PNG-encoded, or why not (a Rejected passes)."""
+    if isinstance(sample, Rejected):
+        return sample
     try:
         images = tuple(normalize_image(img, policy) for img in sample.images)
     except SampleError as e:
@@ -214,22 +214,18 @@ def run_prep(
 
         seen: set[str] = set()
 
-        def unique(stream: Iterable[GuardSample | Rejected]) -> Iterator[GuardSample]:
+        def unique(stream: Iterable[GuardSample | Rejected]) -> Iterator[GuardSample | Rejected]:
+            # Rejected rows travel with the batch so every drop is reported in input order.
             for item in stream:
                 summary.rows_in += 1
-                if isinstance(item, Rejected):
-                    summary.rejected[item.reason] += 1
-                    drop(item.id, item.reason, item.message)
-                elif item.id in seen:
-                    summary.rejected["duplicate_id"] += 1
-                    drop(item.id, "duplicate_id", f"id {item.id!r} already seen; later copy dropped")
-                else:
-                    seen.add(item.id)
-                    yield item
+                if isinstance(item, GuardSample):
+                    if item.id in seen:
+                        item = Rejected(item.id, "duplicate_id", f"id {item.id!r} already seen; later copy dropped")
+                    else:
+                        seen.add(item.id)
+                yield item
 
-        bar = tqdm(
-            items, total=total, desc=f"prep {name}", unit="row", disable=not config.progress, file=sys.stderr
-        )
+        bar = tqdm(items, total=total, desc=f"prep {name}", unit="row", disable=not config.progress, file=sys.stderr)
         for batch in _batched(unique(bar), config.batch_size):
             for item in mapper(batch):
                 if isinstance(item, Rejected):

@@ -34,9 +34,7 @@ def _common(p: argparse.ArgumentParser, command: str) -> None:
         default=_csv(DEFAULT_FORMATS[command]),
         help=f"comma list of sft, rl, eval (default {DEFAULT_FORMATS[command]})",
     )
-    p.add_argument(
-        "--split", default="train" if command != "vltest" else "test", help="split name of the rows"
-    )
+    p.add_argument("--split", default="train" if command != "vltest" else "test", help="split name of the rows")
     p.add_argument("--val-fraction", type=float, default=0.0, help="route this fraction to *_val.parquet")
     p.add_argument("--seed", type=int, default=42, help="seed of the train/val assignment")
     p.add_argument("--strict", action="store_true", help="fail (publishing nothing) on the first bad row")
@@ -67,9 +65,7 @@ def _common(p: argparse.ArgumentParser, command: str) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="input_kind", required=True, metavar="SOURCE")
     p = sub.add_parser("vltrain", help="GuardReasoner-VLTrain (LLaMA-Factory JSON + image folders)")
-    p.add_argument(
-        "--data-root", type=Path, required=True, help="folder with the split JSONs and image folders"
-    )
+    p.add_argument("--data-root", type=Path, required=True, help="folder with the split JSONs and image folders")
     p.add_argument(
         "--splits",
         type=_csv,
@@ -80,9 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("vltest", help="GuardReasoner-VLTest benchmark JSON files")
     p.add_argument("--benchmark-dir", type=Path, required=True, help="folder of <Benchmark>.json files")
-    p.add_argument(
-        "--benchmarks", type=_csv, default=None, help="comma list (default: every known file found)"
-    )
+    p.add_argument("--benchmarks", type=_csv, default=None, help="comma list (default: every known file found)")
     p.add_argument(
         "--image-dataset",
         type=Path,
@@ -107,9 +101,7 @@ def _items(args: argparse.Namespace) -> tuple[list[str], object]:
     if args.input_kind == "vltrain":
         return [str(args.data_root)], readers.read_vltrain_dir(args.data_root, args.splits)
     if args.input_kind == "vltest":
-        names = args.benchmarks or [
-            n for n in BENCHMARK_TASKS if (args.benchmark_dir / f"{n}.json").is_file()
-        ]
+        names = args.benchmarks or [n for n in BENCHMARK_TASKS if (args.benchmark_dir / f"{n}.json").is_file()]
         if not names:
             raise FileNotFoundError(f"no known benchmark files in {args.benchmark_dir}")
         images = readers.VLTestImages(args.image_dataset) if args.image_dataset else None
@@ -147,9 +139,7 @@ def config_from_args(args: argparse.Namespace):
         workers=args.workers,
         row_group_size=args.row_group_size,
         progress=not args.no_progress,
-        images=ImagePolicy(
-            min_pixels=args.min_pixels, max_pixels=args.max_pixels, max_file_bytes=args.max_image_bytes
-        ),
+        images=ImagePolicy(min_pixels=args.min_pixels, max_pixels=args.max_pixels, max_file_bytes=args.max_image_bytes),
         rows=rows,
     )
 

@@ -311,9 +311,7 @@ class VLTestImages:
     def get(self, benchmark: str, index: int) -> bytes:
         rows = self._rows.get(VLTEST_IMAGE_LABELS.get(benchmark, -1), [])
         if index >= len(rows):
-            raise SampleError(
-                "image_missing", f"{benchmark} row {index}: the image dataset has {len(rows)} images"
-            )
+            raise SampleError("image_missing", f"{benchmark} row {index}: the image dataset has {len(rows)} images")
         return image_bytes(self._ds[rows[index]]["image"])
 
 
@@ -522,9 +520,7 @@ def read_table(
         if not isinstance(request, str):
             raise SampleError("bad_field", f"request must be a string, got {type(request).__name__}")
         rid = get["id"]
-        if rid is not None and (
-            isinstance(rid, bool) or not isinstance(rid, str | int) or not str(rid).strip()
-        ):
+        if rid is not None and (isinstance(rid, bool) or not isinstance(rid, str | int) or not str(rid).strip()):
             raise SampleError("bad_field", f"id must be a non-empty string or int, got {rid!r}")
         return GuardSample(
             id=str(rid) if rid is not None else default_id,
@@ -564,7 +560,7 @@ def read_prepared(path: Path) -> Iterator[GuardSample]:
 
 def _prepared_row(kind: str, row: dict[str, Any]) -> GuardSample:
     if kind == "eval":
-        info = row
+        info = {**row, "source": row["benchmark"]}
         messages = row["prompt"]
         p_label, r_label = row["prompt_label"], row["response_label"]
         reasoning = None

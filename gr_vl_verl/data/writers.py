@@ -41,8 +41,14 @@ SCHEMA_VERSION = "1"
 DATA_SOURCE_PREFIX = "guardreasoner_vl/"
 ABILITY = "safety"
 
-_MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
-_IMAGES = pa.list_(pa.struct([("bytes", pa.binary())]))
+
+def _list(item: pa.DataType) -> pa.DataType:
+    # Parquet names list items "element"; naming them so here makes the schema read back identical.
+    return pa.list_(pa.field("element", item))
+
+
+_MESSAGES = _list(pa.struct([("role", pa.string()), ("content", pa.string())]))
+_IMAGES = _list(pa.struct([("bytes", pa.binary())]))
 _EXTRA_INFO = pa.struct(
     [
         ("id", pa.string()),
@@ -86,7 +92,7 @@ EVAL_SCHEMA = pa.schema(
         ("id", pa.string()),
         ("index", pa.int64()),
         ("modality", pa.string()),
-        ("tasks", pa.list_(pa.string())),
+        ("tasks", _list(pa.string())),
         ("prompt_label", pa.string()),
         ("response_label", pa.string()),
         ("request", pa.string()),
@@ -120,9 +126,7 @@ def _image_list(sample: GuardSample) -> list[dict[str, bytes]]:
     out = []
     for img in sample.images:
         if not isinstance(img, bytes):
-            raise TypeError(
-                f"sample {sample.id!r}: images must be loaded to bytes before writing, got a path"
-            )
+            raise TypeError(f"sample {sample.id!r}: images must be loaded to bytes before writing, got a path")
         out.append({"bytes": img})
     return out
 
