@@ -110,6 +110,13 @@ def test_table_reader_jsonl_parquet_and_saved_dataset(tmp_path):
         assert [i.modality for i in items] == ["text", "text_image", "image"]
         assert [i.prompt_label for i in items] == ["unharmful", "harmful", "harmful"]
         assert all(load_images(i, SMALL).images for i in items[1:])
+    # a list-of-images column (HF `List(Image)`), two images for one request
+    multi = datasets.Dataset.from_dict(
+        {"request": ["Compare these."], "prompt_label": ["unharmful"], "images": [[png(), png(20, 40)]]}
+    ).cast_column("images", datasets.List(datasets.Image()))
+    multi.save_to_disk(str(tmp_path / "multi"))
+    (item,) = readers.read_table(tmp_path / "multi")
+    assert item.modality == "text_image" and item.images == (png(), png(20, 40))
     with pytest.raises(ValueError, match="missing column"):
         list(readers.read_table(tmp_path / "t.parquet", {}))
     with pytest.raises(ValueError, match="unknown field"):

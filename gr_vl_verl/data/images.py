@@ -41,8 +41,9 @@ class ImagePolicy:
     min_pixels: int = MIN_PIXELS
     max_pixels: int = MAX_PIXELS
     max_file_bytes: int = 64 * 1024 * 1024
-    # Refuse before decoding anything whose header claims more pixels than this (decompression bombs).
-    max_source_pixels: int = 16384 * 16384
+    # Refuse before decoding anything whose header claims more pixels than this (decompression bombs). Kept
+    # under Pillow's own MAX_IMAGE_PIXELS so this check, with its clear message, is the one that fires.
+    max_source_pixels: int = 8192 * 8192
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_pixels <= self.max_pixels:

@@ -454,13 +454,11 @@ def _iter_table_rows(path: Path, batch_size: int) -> tuple[list[str] | None, Ite
         if isinstance(ds, datasets.DatasetDict):
             raise ValueError(f"{path} holds several splits {list(ds)}; point at one split's folder")
         for col, feat in ds.features.items():
+            # Keep images as stored bytes: decoding to PIL here would only be re-encoded later.
             if isinstance(feat, datasets.Image):
                 ds = ds.cast_column(col, datasets.Image(decode=False))
-            elif isinstance(feat, datasets.Sequence | list) and isinstance(
-                getattr(feat, "feature", None) or (feat[0] if isinstance(feat, list) else None),
-                datasets.Image,
-            ):
-                ds = ds.cast_column(col, datasets.Sequence(datasets.Image(decode=False)))
+            elif isinstance(feat, datasets.List) and isinstance(feat.feature, datasets.Image):
+                ds = ds.cast_column(col, datasets.List(datasets.Image(decode=False)))
 
         def rows_ds() -> Iterator[Any]:
             for batch in ds.iter(batch_size=batch_size):
