@@ -39,3 +39,17 @@ def test_a_failing_check_is_reported_not_raised() -> None:
         raise ValueError("gr_vl.clip.kind must be one of [...]")
 
     assert checks._check("x", broken) == ("x", False, "ValueError: gr_vl.clip.kind must be one of [...]")
+
+
+def test_task_runners_start_as_ray_actors(ray_cluster) -> None:
+    """Ray imports the task runner classes by name in a worker process (the package must be importable)."""
+    from gr_vl_verl.trainer.main_ppo import GRTaskRunner, GRTaskRunnerV1
+
+    runners = [GRTaskRunner.options(num_cpus=0).remote(), GRTaskRunnerV1.options(num_cpus=0).remote()]
+    try:
+        ray.get([r.__ray_ready__.remote() for r in runners], timeout=120)
+        assert ray.get(runners[1].__ray_call__.remote(lambda self: type(self).__name__)) == "_V1TaskRunner"
+        assert ray.get(runners[0].__ray_call__.remote(lambda self: self.mapping)) == {}
+    finally:
+        for r in runners:
+            ray.kill(r)

@@ -34,9 +34,9 @@ CONFIG_NAME = "gr_vl_trainer"
 
 
 def prepare(config: DictConfig) -> PluginSettings:
-    """Everything ``main`` does before Ray: verl's device/config checks, then the ``gr_vl`` block."""
-    auto_set_device(config)
+    """Everything ``main`` does before Ray: the ``gr_vl`` block, then verl's device and config checks."""
     settings = validate_settings(config)
+    auto_set_device(config)
     validate_config(
         config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config)
     )
@@ -148,9 +148,10 @@ def task_runner_class(config: DictConfig):
 @hydra.main(config_path="config", config_name=CONFIG_NAME, version_base=None)
 def main(config: DictConfig) -> None:
     try:
-        prepare(config)
-    except ValueError as e:  # a bad gr_vl setting: say which, without a hydra/Ray traceback
+        validate_settings(config)
+    except ValueError as e:  # a bad gr_vl setting: say which, without a hydra traceback
         raise SystemExit(f"gr_vl_verl: {e}") from None
+    prepare(config)
     if not config.trainer.use_v1:
         logger.warning("trainer.use_v1=false: running verl's legacy RayPPOTrainer with the dynamic clip")
     run_ppo(config, task_runner_class=task_runner_class(config))
