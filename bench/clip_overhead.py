@@ -105,12 +105,8 @@ def main() -> None:
     for fn in (static_fn, dynamic_fn):
         fn(model_output=model_output, data=td, dp_group=None)
     for _ in range(7):
-        static_times.append(
-            median_seconds(lambda: static_fn(model_output=model_output, data=td, dp_group=None), 1)
-        )
-        dynamic_times.append(
-            median_seconds(lambda: dynamic_fn(model_output=model_output, data=td, dp_group=None), 1)
-        )
+        static_times.append(median_seconds(lambda: static_fn(model_output=model_output, data=td, dp_group=None), 1))
+        dynamic_times.append(median_seconds(lambda: dynamic_fn(model_output=model_output, data=td, dp_group=None), 1))
     static_loss, dynamic_loss = statistics.median(static_times), statistics.median(dynamic_times)
     one_time = median_seconds(lambda: base_actor_config(cfg), 3)
 

@@ -123,9 +123,7 @@ def test_zero_total_training_steps_is_an_error() -> None:
 
 
 def test_from_mapping_rejects_unknown_keys() -> None:
-    assert ClipSchedule.from_mapping({"kind": "cosine", "eps_low": 0.1}) == ClipSchedule(
-        kind="cosine", eps_low=0.1
-    )
+    assert ClipSchedule.from_mapping({"kind": "cosine", "eps_low": 0.1}) == ClipSchedule(kind="cosine", eps_low=0.1)
     assert ClipSchedule.from_mapping(None) == ClipSchedule()
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['epsilon'\] in gr_vl.clip"):
         ClipSchedule.from_mapping({"epsilon": 0.2})

@@ -298,15 +298,11 @@ def test_pushed_loss_equals_the_one_verl_builds_from_static_keys(config) -> None
         wg = ActorGroupStandIn(new_lp)
         legacy_trainer(config, wg, step).push_clip_eps()
         # the dataclass is the one verl builds, field for field (before ppo_loss fills global_batch_info)
-        assert dataclasses.asdict(wg.loss_fns[0].keywords["config"]) == dataclasses.asdict(
-            verl_fn.keywords["config"]
-        )
+        assert dataclasses.asdict(wg.loss_fns[0].keywords["config"]) == dataclasses.asdict(verl_fn.keywords["config"])
         ours = call_like_engine(wg.loss_fns[0], td, new_lp)
         theirs = call_like_engine(verl_fn, td, new_lp)
         assert ours[0] == theirs[0]
-        assert {k: v.aggregate() for k, v in ours[1].items()} == {
-            k: v.aggregate() for k, v in theirs[1].items()
-        }
+        assert {k: v.aggregate() for k, v in ours[1].items()} == {k: v.aggregate() for k, v in theirs[1].items()}
 
 
 def test_resume_continues_the_schedule_from_the_restored_step(config, tmp_path) -> None:
@@ -328,9 +324,7 @@ def test_resume_continues_the_schedule_from_the_restored_step(config, tmp_path) 
 def test_distillation_keeps_verl_s_distillation_loss(config) -> None:
     from verl.trainer.distillation import distillation_ppo_loss
 
-    cfg = compose_config(
-        "distillation.enabled=true", "distillation.teacher_models.teacher_model.model_path=/t"
-    )
+    cfg = compose_config("distillation.enabled=true", "distillation.teacher_models.teacher_model.model_path=/t")
     fn = dynamic_clip.make_loss_fn(cfg, with_clip(dynamic_clip.base_actor_config(config), 0.1, 0.1))
     assert fn.func is distillation_ppo_loss
     assert fn.keywords["config"].clip_ratio_low == 0.1
@@ -345,9 +339,7 @@ def test_actor_config_is_converted_once_and_reused(config) -> None:
     trainer.global_steps = 2
     trainer.push_clip_eps()
     assert trainer._clip_state().base is base
-    assert (
-        wg.loss_fns[0].keywords["config"].clip_ratio_low != wg.loss_fns[1].keywords["config"].clip_ratio_low
-    )
+    assert wg.loss_fns[0].keywords["config"].clip_ratio_low != wg.loss_fns[1].keywords["config"].clip_ratio_low
 
 
 def test_warns_when_clipping_cannot_act(caplog) -> None:
@@ -361,9 +353,7 @@ def test_warns_when_clipping_cannot_act(caplog) -> None:
     # two epochs on one mini-batch: the second epoch sees ratio != 1
     assert (
         clip_warning(
-            compose_config(
-                "actor_rollout_ref.actor.ppo_mini_batch_size=8", "actor_rollout_ref.actor.ppo_epochs=2"
-            )
+            compose_config("actor_rollout_ref.actor.ppo_mini_batch_size=8", "actor_rollout_ref.actor.ppo_epochs=2")
         )
         is None
     )

@@ -151,5 +151,5 @@ def test_bad_ground_truth_names_the_row(manager, tiny_tokenizer):
 
 
 def test_bad_gr_vl_reward_block_fails_at_construction(tiny_tokenizer):
-    with pytest.raises(ValueError, match="unknown reward kwargs"):
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['betta'\] in gr_vl.reward"):
         load_reward_manager(verl_config(*IMPORTLIB, "+gr_vl.reward.betta=1"), tiny_tokenizer)

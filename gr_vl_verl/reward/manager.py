@@ -22,49 +22,16 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from verl import DataProto
 from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 from verl.utils.reward_score import default_compute_score
 
-from gr_vl_verl.reward.score import RewardConfig, parse_ground_truth, score_response
+from gr_vl_verl.reward.score import parse_ground_truth, score_response
+from gr_vl_verl.trainer.settings import reward_config_from, select
 
 #: Name under which the ``verl.plugins`` entry point registers this manager.
 REGISTERED_NAME = "gr_vl"
-
-
-def reward_config_from(config: DictConfig | Mapping[str, Any] | None) -> RewardConfig:
-    """The reward settings for a run: ``gr_vl.reward`` over the paper's defaults.
-
-    In token mode ``max_length`` defaults to the rollout's ``response_length``: the paper normalises by the
-    rollout's maximum response length. Character mode keeps the original code's 3072.
-    """
-    block = _select(config, "gr_vl.reward")
-    kwargs = {k: v for k, v in _to_dict(block).items() if v is not None} if block is not None else {}
-    base = RewardConfig.from_kwargs(**kwargs)
-    max_len = _select(config, "actor_rollout_ref.rollout.response_length")
-    if "max_length" not in kwargs and base.length_unit == "tokens" and max_len is not None:
-        return RewardConfig.from_kwargs(**kwargs, max_length=int(max_len))
-    return base
-
-
-def _select(config: Any, path: str) -> Any:
-    if config is None:
-        return None
-    if isinstance(config, DictConfig):
-        return OmegaConf.select(config, path, default=None)
-    node: Any = config
-    for part in path.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def _to_dict(block: Any) -> dict[str, Any]:
-    if isinstance(block, DictConfig):
-        return OmegaConf.to_container(block, resolve=True)  # type: ignore[return-value]
-    return dict(block)
 
 
 class GuardRewardManager(RewardManagerBase):
@@ -84,7 +51,7 @@ class GuardRewardManager(RewardManagerBase):
         self.user_compute_score = None if compute_score in (None, default_compute_score) else compute_score
         self.is_async_user_score = inspect.iscoroutinefunction(self.user_compute_score)
         self.reward_config = reward_config_from(config)
-        self.max_response_length = _select(config, "actor_rollout_ref.rollout.response_length")
+        self.max_response_length = select(config, "actor_rollout_ref.rollout.response_length")
         self.reward_router_address = reward_router_address
         self.reward_model_tokenizer = reward_model_tokenizer
 

@@ -56,9 +56,7 @@ def _trainer_classes() -> str:
     try:
         names.append(v1_trainer_cls("sync").__name__)
     except ImportError as e:  # verl's V1 trainer needs transfer_queue (verl.md pain point 9)
-        raise RuntimeError(
-            f"V1 trainer unavailable ({e}); install transferqueue or set trainer.use_v1=false"
-        ) from None
+        raise RuntimeError(f"V1 trainer unavailable ({e}); install transferqueue or set trainer.use_v1=false") from None
     return "legacy " + names[0] + ", V1 " + names[1]
 
 

@@ -82,9 +82,7 @@ class ClipSchedule:
                 f"got {self.eps_low!r}"
             )
         if self.eps_high is not None and (not _is_number(self.eps_high) or self.eps_high < 0):
-            raise ValueError(
-                f"gr_vl.clip.eps_high must be a finite number >= 0 or null, got {self.eps_high!r}"
-            )
+            raise ValueError(f"gr_vl.clip.eps_high must be a finite number >= 0 or null, got {self.eps_high!r}")
         if not _is_number(self.floor) or self.floor < 0:
             raise ValueError(f"gr_vl.clip.floor must be a finite number >= 0, got {self.floor!r}")
         if self.floor > min(self.eps_low, self.high_start):
@@ -93,9 +91,7 @@ class ClipSchedule:
                 f"(eps_low={self.eps_low}, eps_high={self.high_start}); the floor must not exceed either"
             )
         if self.total_steps is not None and (not _is_int(self.total_steps) or self.total_steps < 1):
-            raise ValueError(
-                f"gr_vl.clip.total_steps must be an integer >= 1 or null, got {self.total_steps!r}"
-            )
+            raise ValueError(f"gr_vl.clip.total_steps must be an integer >= 1 or null, got {self.total_steps!r}")
 
     @property
     def high_start(self) -> float:

@@ -37,9 +37,7 @@ def prepare(config: DictConfig) -> PluginSettings:
     """Everything ``main`` does before Ray: the ``gr_vl`` block, then verl's device and config checks."""
     settings = validate_settings(config)
     auto_set_device(config)
-    validate_config(
-        config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config)
-    )
+    validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
     warning = clip_warning(config)
     if warning:
         logger.warning(warning)

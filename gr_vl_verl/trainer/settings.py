@@ -39,7 +39,7 @@ def _as_dict(node: Any, where: str) -> dict[str, Any]:
 
 def clip_schedule_from(config: DictConfig | Mapping[str, Any]) -> ClipSchedule:
     """The clip schedule of a run (``gr_vl.clip``; the paper's defaults where absent)."""
-    gr_vl = _as_dict(_select(config, "gr_vl"), "gr_vl")
+    gr_vl = _as_dict(select(config, "gr_vl"), "gr_vl")
     return ClipSchedule.from_mapping(_as_dict(gr_vl.get("clip"), "gr_vl.clip"))
 
 
@@ -49,14 +49,14 @@ def reward_config_from(config: DictConfig | Mapping[str, Any]) -> RewardConfig:
     ``max_length: null`` in token mode means ``actor_rollout_ref.rollout.response_length`` (the paper
     normalises by the rollout's maximum response length); character mode keeps the preset's 3072.
     """
-    gr_vl = _as_dict(_select(config, "gr_vl"), "gr_vl")
+    gr_vl = _as_dict(select(config, "gr_vl"), "gr_vl")
     block = _as_dict(gr_vl.get("reward"), "gr_vl.reward")
     unknown = sorted(set(block) - set(REWARD_KEYS))
     if unknown:
         raise ValueError(f"unknown key(s) {unknown} in gr_vl.reward; expected some of {list(REWARD_KEYS)}")
     kwargs = {k: v for k, v in block.items() if v is not None}
     reward = RewardConfig.from_kwargs(**dict(kwargs))
-    response_length = _select(config, "actor_rollout_ref.rollout.response_length")
+    response_length = select(config, "actor_rollout_ref.rollout.response_length")
     if "max_length" not in kwargs and reward.length_unit == "tokens" and response_length is not None:
         reward = RewardConfig.from_kwargs(**kwargs, max_length=int(response_length))
     return reward
@@ -64,14 +64,15 @@ def reward_config_from(config: DictConfig | Mapping[str, Any]) -> RewardConfig:
 
 def validate_settings(config: DictConfig | Mapping[str, Any]) -> PluginSettings:
     """Check the whole ``gr_vl`` block; raise ``ValueError`` naming the bad key or value."""
-    gr_vl = _as_dict(_select(config, "gr_vl"), "gr_vl")
+    gr_vl = _as_dict(select(config, "gr_vl"), "gr_vl")
     unknown = sorted(set(gr_vl) - set(SECTIONS))
     if unknown:
         raise ValueError(f"unknown key(s) {unknown} in gr_vl; expected some of {list(SECTIONS)}")
     return PluginSettings(clip=clip_schedule_from(config), reward=reward_config_from(config))
 
 
-def _select(config: Any, path: str) -> Any:
+def select(config: Any, path: str) -> Any:
+    """``OmegaConf.select`` for DictConfigs and plain nested dicts alike (None where absent)."""
     if isinstance(config, DictConfig):
         return OmegaConf.select(config, path, default=None)
     node: Any = config
