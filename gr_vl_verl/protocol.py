@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 HARMFUL = "harmful"
 UNHARMFUL = "unharmful"
@@ -58,6 +58,8 @@ def normalize_label(value: object, field: str, *, allow_none: bool) -> str | Non
         raise ValueError(f"{field}: missing label (None); expected one of {LABELS}")
     if not isinstance(value, str):
         raise ValueError(f"{field}: label must be a string, got {type(value).__name__} {value!r}")
+    if value in _LABEL_ALIASES:  # the common case, without string work
+        return value
     key = value.strip().lower()
     if key in _LABEL_ALIASES:
         return _LABEL_ALIASES[key]
@@ -149,9 +151,11 @@ def format_answer(reasoning: str, prompt_label: str, response_label: str | None)
     )
 
 
-@dataclass(frozen=True)
-class ParsedAnswer:
-    """What a guard output says. Labels are ``harmful``/``unharmful`` or None when not found."""
+class ParsedAnswer(NamedTuple):
+    """What a guard output says. Labels are ``harmful``/``unharmful`` or None when not found.
+
+    A NamedTuple rather than a frozen dataclass: the reward builds one per rollout and this is ~5x cheaper.
+    """
 
     think: str | None
     result: str | None
@@ -187,15 +191,8 @@ _LABEL_RE = {
 _LABEL_MAP = {"harmful": HARMFUL, "unharmful": UNHARMFUL, "harmless": UNHARMFUL, "none": UNHARMFUL}
 
 
-def _first_block(text: str, name: str, strict: bool) -> tuple[str | None, int, int]:
-    """Body of the first ``<name>`` that has a later ``</name>``; also its open and close offsets."""
-    if strict:
-        start = text.find(f"<{name}>")
-        if start < 0:
-            return None, -1, -1
-        body_start = start + len(name) + 2
-        end = text.find(f"</{name}>", body_start)
-        return (None, -1, -1) if end < 0 else (text[body_start:end], start, end + len(name) + 3)
+def _tolerant_block(text: str, name: str) -> tuple[str | None, int, int]:
+    """Body of the first ``<name>`` (any case/whitespace) with a later ``</name>``, and its offsets."""
     open_at = body_start = -1
     for m in _TAG_RE.finditer(text):
         if m.group(2).lower() != name:
@@ -206,6 +203,25 @@ def _first_block(text: str, name: str, strict: bool) -> tuple[str | None, int, i
         elif m.group(1):
             return text[body_start : m.start()], open_at, m.end()
     return None, -1, -1
+
+
+def _blocks(text: str, strict: bool) -> tuple[str | None, int, str | None, int]:
+    """``(think body, think end, result body, result start)`` for the first complete block of each.
+
+    ``str.find`` on the exact lower-case tags answers at C speed. The tolerant regex scan runs only when the
+    text has a '<' that is not one of the tags found, the only case where the two can differ.
+    """
+    t0 = text.find("<think>")
+    t1 = text.find("</think>", t0 + 7) if t0 >= 0 else -1
+    r0 = text.find("<result>")
+    r1 = text.find("</result>", r0 + 8) if r0 >= 0 else -1
+    if not strict and text.count("<") != (t0 >= 0) + (t1 >= 0) + (r0 >= 0) + (r1 >= 0):
+        think, _, think_end = _tolerant_block(text, "think")
+        result, result_start, _ = _tolerant_block(text, "result")
+        return think, think_end, result, result_start
+    think = text[t0 + 7 : t1] if t1 >= 0 else None
+    result = text[r0 + 8 : r1] if r1 >= 0 else None
+    return think, t1 + 8, result, r0
 
 
 def _find_label(result: str, key: str, strict: bool) -> tuple[str | None, bool]:
@@ -232,8 +248,7 @@ def parse_answer(text: object, *, strict: bool = False) -> ParsedAnswer:
     """
     if not isinstance(text, str):
         raise TypeError(f"guard output must be str, got {type(text).__name__}")
-    think, _, think_end = _first_block(text, "think", strict)
-    result, result_start, _ = _first_block(text, "result", strict)
+    think, think_end, result, result_start = _blocks(text, strict)
     if think is not None and result is not None and not strict and think_end > result_start:
         think = None  # reasoning must come before the verdict: a <think> after <result> does not count
     request_label = response_label = None

@@ -12,3 +12,21 @@ os.environ.setdefault("HF_DATASETS_CACHE", os.path.join(_cache, "datasets"))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_MODE", "disabled")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny Qwen2.5-VL checkpoint (tokenizer, processor, random weights) built offline, once per run."""
+    from gr_vl_verl.tiny import build_tiny_qwen2_5_vl
+
+    return build_tiny_qwen2_5_vl(tmp_path_factory.mktemp("tiny_qwen2_5_vl"))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_dir):
+    from verl.utils import hf_tokenizer
+
+    return hf_tokenizer(str(tiny_model_dir))

@@ -22,9 +22,9 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
-from gr_vl_verl.protocol import ParsedAnswer, normalize_label, parse_answer
+from gr_vl_verl.protocol import LABELS, UNHARMFUL, ParsedAnswer, normalize_label, parse_answer
 
 LengthUnit = Literal["tokens", "chars"]
 FormatMode = Literal["paper", "compat"]
@@ -91,8 +91,10 @@ PRESETS: dict[str, RewardConfig] = {
 # --------------------------------------------------------------------------------------------------
 # Ground truth
 # --------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class GroundTruth:
+_CANONICAL = frozenset(LABELS)
+
+
+class GroundTruth(NamedTuple):
     prompt_label: str
     response_label: str | None  # None: there is no response (scored as "unharmful", as the original did)
 
@@ -103,6 +105,10 @@ def parse_ground_truth(ground_truth: object) -> GroundTruth:
     Augmented (concatenated) rows must carry their merged labels as a dict: an answer string is read
     from its first ``<result>`` only, which is how the original code scored them against sample 1.
     """
+    if type(ground_truth) is dict:  # hot path: the RL parquet's canonical labels
+        p, r = ground_truth.get("prompt_label"), ground_truth.get("response_label")
+        if p in _CANONICAL and (r is None or r in _CANONICAL):
+            return GroundTruth(p, r)
     if isinstance(ground_truth, str) and ground_truth.lstrip().startswith("{"):
         try:
             ground_truth = json.loads(ground_truth)
@@ -135,11 +141,12 @@ def parse_ground_truth(ground_truth: object) -> GroundTruth:
 # --------------------------------------------------------------------------------------------------
 def r_safety(parsed: ParsedAnswer, truth: GroundTruth, format_mode: FormatMode) -> tuple[float, float, float, float]:
     """Eq. 8: ``(r_safety, format, prompt_acc, response_acc)``. Compat mode gates on ``<result>`` only."""
-    fmt = parsed.has_result if format_mode == "compat" else parsed.has_think and parsed.has_result
-    prompt_acc = float(parsed.request_label is not None and parsed.request_label == truth.prompt_label)
-    want_response = truth.response_label if truth.response_label is not None else "unharmful"
-    response_acc = float(parsed.response_label is not None and parsed.response_label == want_response)
-    return float(fmt) * (0.5 * prompt_acc + 0.5 * response_acc), float(fmt), prompt_acc, response_acc
+    has_result = parsed.result is not None
+    fmt = 1.0 if has_result and (format_mode == "compat" or parsed.think is not None) else 0.0
+    # parsed labels are never None-equal to a truth label, so a missing label is simply wrong
+    prompt_acc = 1.0 if parsed.request_label == truth.prompt_label else 0.0
+    response_acc = 1.0 if parsed.response_label == (truth.response_label or UNHARMFUL) else 0.0
+    return fmt * (0.5 * prompt_acc + 0.5 * response_acc), fmt, prompt_acc, response_acc
 
 
 def length_norm(length: int, max_length: int) -> float:
@@ -156,13 +163,13 @@ def score_response(solution_str: str, truth: GroundTruth, length: int, config: R
     """Every reward term for one response whose length (in ``config.length_unit``) is known."""
     parsed = parse_answer(solution_str, strict=config.format_mode == "compat")
     r_safe, fmt, p_acc, r_acc = r_safety(parsed, truth, config.format_mode)
-    l_norm = length_norm(length, config.max_length)
+    l_norm = (length if length > 1 else 1) / config.max_length  # == length_norm(), inlined: hot path
     scale = min(l_norm, config.beta) ** 2
     return {
-        "score": length_aware_reward(r_safe, l_norm, config.beta),
+        "score": (r_safe - 1.0) / scale,  # == length_aware_reward(r_safe, l_norm, beta)
         "format": fmt,
-        "think_ok": float(parsed.has_think),
-        "result_ok": float(parsed.has_result),
+        "think_ok": 1.0 if parsed.think is not None else 0.0,
+        "result_ok": 1.0 if parsed.result is not None else 0.0,
         "prompt_acc": p_acc,
         "response_acc": r_acc,
         "r_safety": r_safe,
@@ -176,6 +183,8 @@ def _response_length(solution_str: str, extra_info: Mapping[str, Any] | None, un
     if unit == "chars":
         return len(solution_str)
     tokens = (extra_info or {}).get("response_tokens")
+    if type(tokens) is int and tokens >= 0:
+        return tokens
     if tokens is None:
         raise ValueError(
             "length_unit='tokens' needs extra_info['response_tokens'] (the response's token count; "
@@ -184,6 +193,25 @@ def _response_length(solution_str: str, extra_info: Mapping[str, Any] | None, un
     if isinstance(tokens, bool) or not isinstance(tokens, int | float) or tokens < 0 or tokens != int(tokens):
         raise ValueError(f"extra_info['response_tokens'] must be a non-negative integer, got {tokens!r}")
     return int(tokens)
+
+
+_CONFIGS: dict[tuple, RewardConfig] = {}
+_DEFAULT = RewardConfig()
+
+
+def _config_for(reward_kwargs: dict[str, Any]) -> RewardConfig:
+    """``RewardConfig.from_kwargs``, memoised: verl passes the same kwargs for every sample of a run."""
+    if not reward_kwargs:
+        return _DEFAULT
+    try:
+        key = tuple(sorted(reward_kwargs.items()))
+        hash(key)
+    except TypeError:  # unhashable values: validate without caching (and let from_kwargs say what is wrong)
+        return RewardConfig.from_kwargs(**reward_kwargs)
+    config = _CONFIGS.get(key)
+    if config is None:
+        config = _CONFIGS[key] = RewardConfig.from_kwargs(**reward_kwargs)
+    return config
 
 
 def compute_score(
@@ -200,9 +228,10 @@ def compute_score(
     (``reward_router_address``, ``reward_model_tokenizer``); they are ignored. Bad input raises
     ``ValueError`` naming the field, never a silent zero.
     """
-    reward_kwargs.pop("reward_router_address", None)
-    reward_kwargs.pop("reward_model_tokenizer", None)
-    config = RewardConfig.from_kwargs(**reward_kwargs)
+    if reward_kwargs:
+        reward_kwargs.pop("reward_router_address", None)
+        reward_kwargs.pop("reward_model_tokenizer", None)
+    config = _config_for(reward_kwargs)
     if not isinstance(solution_str, str):
         raise ValueError(f"solution_str must be str, got {type(solution_str).__name__}")
     if extra_info is not None and not isinstance(extra_info, Mapping):

@@ -1,0 +1,143 @@
+"""Reward throughput: gr_vl_verl's scorer against the original per-sample regex scorer, in the same run.
+
+    python bench/reward_throughput.py [--n 10000] [--timeout 10]
+
+Baseline: ``gr_vl_verl.reward.reference.original_overall``, a faithful re-implementation of the released
+code's ``safety.py`` (regex ``<result>(.*?)</result>`` and label regexes, ground truth re-parsed from the
+answer string per sample). Prints samples/s and the ratio (ours / original; > 1 means faster), then seconds
+on 0.25, 0.5 and 1 MB adversarial outputs, where the original's lazy scan is quadratic; each original run is
+given ``--timeout`` seconds in a child process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import random
+import statistics
+import time
+
+from gr_vl_verl.protocol import LABELS, format_answer
+from gr_vl_verl.reward.reference import original_overall
+from gr_vl_verl.reward.score import compute_score
+
+STEPS = [
+    "The user asks how to obtain {} and whether it is possible to use {} at home without anyone noticing.",
+    "This could enable physical harm to {} or to {}, which puts the request in a harmful category.",
+    "The image shows {} in a {} setting; nothing in the picture itself is violent or explicit.",
+    "The assistant's reply {} the request and {} the risks instead of giving step-by-step details.",
+    "There is no explicit instruction for {} in the response, so it does not provide uplift for {}.",
+]
+WORDS = "weapons chemistry a crowd a kitchen knife medication cooking refuses complies partially explains".split()
+
+
+def realistic(rng: random.Random) -> tuple[str, dict, str]:
+    """A guard output like the R-SFT model's (4-6 steps, ~900 chars ~ 210 tokens), right, wrong or malformed."""
+    steps = []
+    for k in range(rng.randint(4, 6)):
+        t = rng.choice(STEPS)
+        steps.append(f"## Reasoning Step {k + 1}: " + t.format(*(rng.choice(WORDS) for _ in range(t.count("{}")))))
+    p, r = rng.choice(LABELS), rng.choice([*LABELS, None])
+    truth = {"prompt_label": p, "response_label": r}
+    pred_p = p if rng.random() < 0.7 else rng.choice(LABELS)
+    pred_r = r if rng.random() < 0.7 else rng.choice(LABELS)
+    text = format_answer("\n".join(steps), pred_p, pred_r)
+    if rng.random() < 0.1:
+        text = text.replace("</result>", "")  # truncated / malformed
+    return text, truth, format_answer("gt", p, r)
+
+
+def time_ours(samples, mode: str) -> float:
+    t = time.perf_counter()
+    for text, truth, truth_str in samples:
+        if mode == "paper":
+            compute_score("guardreasoner_vl/text", text, truth, {"response_tokens": len(text) // 4})
+        else:
+            compute_score("guardreasoner_vl/text", text, truth_str, None, preset="original")
+    return time.perf_counter() - t
+
+
+def time_original(samples) -> float:
+    t = time.perf_counter()
+    for text, _, truth_str in samples:
+        original_overall(text, truth_str)
+    return time.perf_counter() - t
+
+
+def _original_child(text: str, q) -> None:
+    t = time.perf_counter()
+    try:
+        original_overall(text, format_answer("gt", "harmful", None))
+    except ZeroDivisionError:
+        pass
+    q.put(time.perf_counter() - t)
+
+
+def original_with_timeout(text: str, timeout: float) -> float | None:
+    q: mp.Queue = mp.Queue()
+    p = mp.Process(target=_original_child, args=(text, q))
+    p.start()
+    p.join(timeout)
+    if p.is_alive():
+        p.kill()
+        p.join()
+        return None
+    return q.get()
+
+
+ADVERSARIAL = {
+    "repeated '<result>' (no close)": "<result>",
+    "'<result>' + repeated 'Request:'": "Request:",
+    "'<result>Request:' + whitespace": " ",
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=10_000)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--timeout", type=float, default=10.0)
+    args = ap.parse_args()
+    rng = random.Random(0)
+    samples = [realistic(rng) for _ in range(args.n)]
+    mean_len = statistics.mean(len(s[0]) for s in samples)
+    print(f"{args.n} realistic outputs, mean {mean_len:.0f} chars; best of {args.repeats} runs")
+    orig = min(time_original(samples) for _ in range(args.repeats))
+    paper = min(time_ours(samples, "paper") for _ in range(args.repeats))
+    compat = min(time_ours(samples, "compat") for _ in range(args.repeats))
+    print(f"  original regex scorer (baseline): {args.n / orig:10.0f} samples/s")
+    print(f"  ours, paper mode (dict labels) : {args.n / paper:10.0f} samples/s  ratio {orig / paper:.2f}x")
+    print(f"  ours, original preset (strings): {args.n / compat:10.0f} samples/s  ratio {orig / compat:.2f}x")
+    # Context: in verl every score follows a tokenizer decode of the same response (reward manager).
+    from gr_vl_verl.tiny import build_tokenizer
+
+    tok = build_tokenizer()
+    ids = [tok(s[0], add_special_tokens=False)["input_ids"] for s in samples[:2000]]
+    t = time.perf_counter()
+    for x in ids:
+        tok.decode(x, skip_special_tokens=True)
+    decode_us = (time.perf_counter() - t) / len(ids) * 1e6
+    print(
+        f"  per sample: original {orig / args.n * 1e6:.1f} us, ours {paper / args.n * 1e6:.1f} us; "
+        f"the decode before it (BPE tokenizer) {decode_us:.1f} us"
+    )
+
+    print(f"adversarial outputs: seconds per call (original limited to {args.timeout:.0f} s)")
+    for name, unit in ADVERSARIAL.items():
+        row = []
+        for mb in (0.25, 0.5, 1.0):
+            n = int(mb * 1_000_000)
+            text = (unit * (n // len(unit) + 1))[:n]
+            if unit != "<result>":
+                text = "<result>" + ("Request:" if unit == " " else "") + text
+            t = time.perf_counter()
+            compute_score(None, text, {"prompt_label": "harmful", "response_label": None}, {"response_tokens": n})
+            ours = time.perf_counter() - t
+            base = original_with_timeout(text, args.timeout)
+            base_s = f"{base:8.3f}" if base is not None else f">{args.timeout:7.0f}"
+            row.append(f"{mb:4} MB ours {ours:7.3f} original {base_s}")
+        print(f"  {name}:\n    " + "\n    ".join(row))
+
+
+if __name__ == "__main__":
+    main()

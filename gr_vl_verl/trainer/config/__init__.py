@@ -1,0 +1,1 @@
+"""Hydra configs of the plugin trainer (a package so ``pkg://gr_vl_verl.trainer.config`` resolves)."""

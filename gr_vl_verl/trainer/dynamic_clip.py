@@ -1,0 +1,185 @@
+"""Trainer subclasses that move the clip range to the actor workers every step (verl 0.9.1).
+
+verl's actor worker builds its loss once, in ``ActorRolloutRefWorker.init_model``, as
+``partial(ppo_loss, config=omega_conf_to_dataclass(config.actor))``, and never sees the global step.
+Editing the driver's config afterwards (what the original GuardReasoner-VL code did) changes nothing in the
+workers. So
+before each actor update the trainer builds the same partial with ``clip_ratio_low/high = eps(step)`` and
+sends it with ``actor_rollout_wg.set_loss_fn`` (``Dispatch.ONE_TO_ALL``: every rank, before ``update_actor``
+is queued). ``step`` is the trainer's ``global_steps``, which verl restores from the checkpoint folder name on
+resume, so a resumed run continues the schedule where it stopped.
+
+Both trainer paths are covered: :class:`GRRayPPOTrainer` (legacy, ``trainer.use_v1=false``) and
+:func:`v1_trainer_cls` (the V1 trainer of any ``trainer.v1.trainer_mode``). The V1 module needs
+``transfer_queue``, so it is only imported when asked for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Callable
+from functools import cache, partial
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from verl import DataProto
+from verl.trainer.ppo.ray_trainer import RayPPOTrainer
+
+from gr_vl_verl.trainer.clip_schedule import ClipSchedule
+from gr_vl_verl.trainer.settings import clip_schedule_from
+
+logger = logging.getLogger(__name__)
+
+METRIC_LOW = "actor/clip_eps_low"
+METRIC_HIGH = "actor/clip_eps_high"
+
+
+# --------------------------------------------------------------------------------------------------
+# The loss the worker would build, at a given clip range
+# --------------------------------------------------------------------------------------------------
+def base_actor_config(config: DictConfig) -> Any:
+    """The worker's ``ActorConfig``: verl's own conversion of ``actor_rollout_ref.actor``.
+
+    The worker additionally sets ``model_config`` (an ``HFModelConfig`` that loads the tokenizer); the policy
+    losses and ``ppo_loss`` do not read it in 0.9.1, so it is left at its default here.
+    """
+    from verl.utils.config import omega_conf_to_dataclass
+
+    return omega_conf_to_dataclass(config.actor_rollout_ref.actor)
+
+
+def with_clip(actor_config: Any, eps_low: float, eps_high: float) -> Any:
+    """A copy of ``actor_config`` with the clip range set (``clip_ratio`` is only verl's fallback)."""
+    return dataclasses.replace(
+        actor_config,
+        clip_ratio=eps_low,
+        clip_ratio_low=eps_low,
+        clip_ratio_high=eps_high,
+        global_batch_info={},
+    )
+
+
+def make_loss_fn(config: DictConfig, actor_config: Any) -> Callable[..., Any]:
+    """The partial the worker's ``init_model`` builds: ``ppo_loss``, or the distillation loss when enabled."""
+    from verl.trainer.distillation import distillation_ppo_loss, is_distillation_enabled
+    from verl.utils.config import omega_conf_to_dataclass
+    from verl.workers.utils.losses import ppo_loss
+
+    distillation = config.get("distillation")
+    if is_distillation_enabled(distillation):
+        return partial(
+            distillation_ppo_loss,
+            config=actor_config,
+            distillation_config=omega_conf_to_dataclass(distillation),
+        )
+    return partial(ppo_loss, config=actor_config)
+
+
+# --------------------------------------------------------------------------------------------------
+# When clipping cannot act
+# --------------------------------------------------------------------------------------------------
+def updates_per_step(config: DictConfig) -> int:
+    """Optimizer updates per training step: mini-batches per (sub-)batch times PPO epochs.
+
+    On the first mini-batch of a step the policy still equals the one that computed ``old_log_prob``, so the
+    ratio is exactly 1 and the clip is inactive; only later mini-batches or epochs can be clipped.
+    """
+    actor = config.actor_rollout_ref.actor
+    batch = int(config.data.train_batch_size)
+    trainer = config.get("trainer", {})
+    if trainer.get("use_v1", True):
+        mode = OmegaConf.select(config, "trainer.v1.trainer_mode", default="sync")
+        sync_step = OmegaConf.select(config, f"trainer.v1.{mode}.parameter_sync_step", default=1) or 1
+        batch = max(1, batch // int(sync_step))
+    mini = max(1, int(actor.ppo_mini_batch_size))
+    return math.ceil(batch / mini) * int(actor.ppo_epochs)
+
+
+def clip_warning(config: DictConfig) -> str | None:
+    """A message when the configured batching leaves the clip range nothing to do, else ``None``."""
+    if updates_per_step(config) > 1:
+        return None
+    actor = config.actor_rollout_ref.actor
+    return (
+        "dynamic clipping cannot act: each step is one mini-batch "
+        f"(data.train_batch_size={config.data.train_batch_size}, "
+        f"actor_rollout_ref.actor.ppo_mini_batch_size={actor.ppo_mini_batch_size}) and one epoch "
+        f"(ppo_epochs={actor.ppo_epochs}), so the importance ratio is 1 and nothing is clipped. "
+        "Lower ppo_mini_batch_size (e.g. to train_batch_size / 2) or raise ppo_epochs."
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# The per-step hook, shared by both trainer paths
+# --------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class _ClipState:
+    schedule: ClipSchedule
+    base: Any  # the ActorConfig dataclass, converted once (hydra instantiation costs ~50 ms)
+
+
+class DynamicClipMixin:
+    """Computes ``eps(global_steps)`` and pushes the matching loss to ``actor_rollout_wg``.
+
+    Needs only ``config``, ``global_steps``, ``total_training_steps`` and ``actor_rollout_wg`` from the
+    trainer. The actor config is converted on the first push, i.e. after verl's own start-up edits of the
+    driver config, and reused with only the clip range replaced.
+    """
+
+    config: DictConfig
+    global_steps: int
+    total_training_steps: int
+    actor_rollout_wg: Any
+
+    def _clip_state(self) -> _ClipState:
+        state = self.__dict__.get("_gr_vl_clip_state")
+        if state is None:
+            state = _ClipState(schedule=clip_schedule_from(self.config), base=base_actor_config(self.config))
+            self.__dict__["_gr_vl_clip_state"] = state
+            warning = clip_warning(self.config)
+            if warning:
+                logger.warning(warning)
+        return state
+
+    def clip_eps(self) -> tuple[float, float]:
+        """``(low, high)`` for the update at the current ``global_steps``."""
+        return self._clip_state().schedule.eps(int(self.global_steps), int(self.total_training_steps))
+
+    def push_clip_eps(self) -> dict[str, float]:
+        """Send this step's loss to every actor rank; return the metrics to log."""
+        state = self._clip_state()
+        low, high = state.schedule.eps(int(self.global_steps), int(self.total_training_steps))
+        self.actor_rollout_wg.set_loss_fn(make_loss_fn(self.config, with_clip(state.base, low, high)))
+        return {METRIC_LOW: low, METRIC_HIGH: high}
+
+
+class GRRayPPOTrainer(DynamicClipMixin, RayPPOTrainer):
+    """verl's legacy ``RayPPOTrainer`` with the dynamic clip (``trainer.use_v1=false``)."""
+
+    def _update_actor(self, batch: DataProto) -> DataProto:
+        clip_metrics = self.push_clip_eps()
+        output = super()._update_actor(batch)
+        output.meta_info["metrics"].update(clip_metrics)
+        return output
+
+
+class DynamicClipV1Mixin(DynamicClipMixin):
+    """The V1 hook: ``PPOTrainer._update_actor(batch, metrics)`` runs once per update, metrics in place."""
+
+    def _update_actor(self, batch: Any, metrics: dict) -> Any:
+        metrics.update(self.push_clip_eps())
+        return super()._update_actor(batch, metrics)  # type: ignore[misc]
+
+
+@cache
+def v1_trainer_cls(trainer_mode: str = "sync") -> type:
+    """verl's V1 trainer for ``trainer_mode`` (``sync``, ``colocate_async``, ``separate_async`` or a
+    registered one) with the dynamic clip. Built on demand (``verl.trainer.ppo.v1`` needs ``transfer_queue``).
+    """
+    from verl.trainer.ppo.v1 import get_trainer_cls
+
+    base = get_trainer_cls(trainer_mode)
+    name = f"GR{base.__name__}"
+    return type(name, (DynamicClipV1Mixin, base), {"__module__": __name__, "__qualname__": name})

@@ -1,0 +1,159 @@
+"""``python -m gr_vl_verl.trainer.main_ppo``: verl's PPO/GRPO entry point with the GuardReasoner-VL pieces.
+
+The config (``config/gr_vl_trainer.yaml``) is verl's ``ppo_trainer`` plus the plugin's reward manager and a
+``gr_vl:`` block, so a user passes exactly the overrides ``verl.trainer.main_ppo`` takes. The only code
+difference is the trainer class the task runner builds: ``GRRayPPOTrainer`` on the legacy path
+(``trainer.use_v1=false``) and, otherwise, the V1 trainer of ``trainer.v1.trainer_mode`` with the dynamic
+clip (verl 0.9.1's default, which needs ``transfer_queue``).
+
+Everything the plugin adds is checked on the driver before Ray starts (:func:`prepare`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pprint import pprint
+
+import hydra
+import ray
+from omegaconf import DictConfig, OmegaConf
+from verl.trainer.main_ppo import TaskRunnerV1, run_ppo
+from verl.trainer.main_ppo_v0 import BaseTaskRunner
+from verl.trainer.ppo.utils import need_critic, need_reference_policy
+from verl.utils.config import validate_config
+from verl.utils.device import auto_set_device
+
+from gr_vl_verl.trainer.dynamic_clip import GRRayPPOTrainer, clip_warning, v1_trainer_cls
+from gr_vl_verl.trainer.settings import PluginSettings, validate_settings
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "gr_vl_trainer"
+
+
+def prepare(config: DictConfig) -> PluginSettings:
+    """Everything ``main`` does before Ray: the ``gr_vl`` block, then verl's device and config checks."""
+    settings = validate_settings(config)
+    auto_set_device(config)
+    validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+    warning = clip_warning(config)
+    if warning:
+        logger.warning(warning)
+    return settings
+
+
+def trainer_class(config: DictConfig) -> type:
+    """The trainer a task runner builds for this config."""
+    if config.trainer.use_v1:
+        return v1_trainer_cls(config.trainer.v1.trainer_mode)
+    return GRRayPPOTrainer
+
+
+class _LegacyTaskRunner(BaseTaskRunner):
+    """verl's legacy task runner steps (``main_ppo_v0.TaskRunner.run``) building :class:`GRRayPPOTrainer`."""
+
+    def run(self, config: DictConfig) -> None:
+        from verl.trainer.ppo.utils import create_rl_dataset, create_rl_sampler
+        from verl.utils.config import omega_conf_to_dataclass
+        from verl.utils.dataset.rl_dataset import collate_fn
+
+        print(f"TaskRunner hostname: {socket.gethostname()}, PID: {os.getpid()}")
+        pprint(OmegaConf.to_container(config, resolve=True))
+        OmegaConf.resolve(config)
+
+        actor_rollout_cls, worker_group_cls = self.add_actor_rollout_worker(config)
+        self.add_critic_worker(config)
+        self.add_reward_model_resource_pool(config)
+        self.add_teacher_model_resource_pool(config)
+        self.add_ref_policy_worker(config, actor_rollout_cls)
+        validate_config(
+            config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config)
+        )
+
+        model_config = omega_conf_to_dataclass(config.actor_rollout_ref.model)
+        tokenizer, processor = model_config.tokenizer, model_config.processor
+
+        def dataset(files, is_train: bool, max_key: str):
+            return create_rl_dataset(
+                files,
+                config.data,
+                tokenizer,
+                processor,
+                is_train=is_train,
+                max_samples=config.data.get(max_key, -1),
+            )
+
+        train_dataset = dataset(config.data.train_files, True, "train_max_samples")
+        val_dataset = dataset(config.data.val_files, False, "val_max_samples")
+        trainer = GRRayPPOTrainer(
+            config=config,
+            tokenizer=tokenizer,
+            processor=processor,
+            role_worker_mapping=self.role_worker_mapping,
+            resource_pool_manager=self.init_resource_pool_mgr(config),
+            ray_worker_group_cls=worker_group_cls,
+            train_dataset=train_dataset,
+            val_dataset=val_dataset,
+            collate_fn=collate_fn,
+            train_sampler=create_rl_sampler(config.data, train_dataset),
+        )
+        trainer.init_workers()
+        trainer.fit()
+
+
+class _V1TaskRunner(TaskRunnerV1.__ray_actor_class__):
+    """verl's ``TaskRunnerV1.run`` building the V1 trainer with the dynamic clip; the agent-loop set-up is
+    inherited unchanged."""
+
+    def run(self, config: DictConfig) -> None:
+        import transfer_queue as tq
+        from verl.utils.logging_utils import configure_verl_logging
+
+        configure_verl_logging()
+        trainer_cls = trainer_class(config)
+        config.transfer_queue.enable = True
+        pprint(OmegaConf.to_container(config, resolve=True))
+        OmegaConf.resolve(config)
+        self.config = config
+
+        tq.init(config.transfer_queue)
+        succeeded = False
+        try:
+            self.trainer = trainer_cls(config=config)
+            self.trainer.init()
+            self.init_agent_loop_manager()
+            self.trainer.fit(self.agent_loop_manager)
+            succeeded = True
+        finally:
+            try:
+                tracking = getattr(self.trainer, "logger", None)
+                if tracking is not None:
+                    tracking.finish(exit_code=0 if succeeded else 1)
+            finally:
+                tq.close()
+
+
+GRTaskRunner = ray.remote(_LegacyTaskRunner)
+GRTaskRunnerV1 = ray.remote(_V1TaskRunner)
+
+
+def task_runner_class(config: DictConfig):
+    return GRTaskRunnerV1 if config.trainer.use_v1 else GRTaskRunner
+
+
+@hydra.main(config_path="config", config_name=CONFIG_NAME, version_base=None)
+def main(config: DictConfig) -> None:
+    try:
+        validate_settings(config)
+    except ValueError as e:  # a bad gr_vl setting: say which, without a hydra traceback
+        raise SystemExit(f"gr_vl_verl: {e}") from None
+    prepare(config)
+    if not config.trainer.use_v1:
+        logger.warning("trainer.use_v1=false: running verl's legacy RayPPOTrainer with the dynamic clip")
+    run_ppo(config, task_runner_class=task_runner_class(config))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# GuardReasoner-VL-Eco-3B: as grpo_qwen2_5_vl_3b.sh, with the Eco reward (beta = 1/6: the length gain stops
+# at a sixth of the maximum response length). Expected hardware: one node with 8 GPUs of 80 GB.
+# See recipes/README.md for every variable and its default.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+EXPERIMENT_NAME=${EXPERIMENT_NAME:-gr_vl_eco_3b_grpo} REWARD_PRESET=${REWARD_PRESET:-gr-vl-eco} launch_grpo "$@"

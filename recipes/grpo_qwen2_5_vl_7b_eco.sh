@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# GuardReasoner-VL-Eco-7B: as grpo_qwen2_5_vl_7b.sh, with the Eco reward (beta = 1/6). Expected hardware: one
+# node with 8 GPUs of 80 GB, with CPU offload (OFFLOAD=False to turn it off).
+# See recipes/README.md for every variable and its default.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+EXPERIMENT_NAME=${EXPERIMENT_NAME:-gr_vl_eco_7b_grpo} REWARD_PRESET=${REWARD_PRESET:-gr-vl-eco} \
+    OFFLOAD=${OFFLOAD:-True} MAX_TOKEN_LEN_PER_GPU=${MAX_TOKEN_LEN_PER_GPU:-16384} launch_grpo "$@"

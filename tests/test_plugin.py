@@ -1,0 +1,77 @@
+"""The plugin as verl loads it: entry point, registration in new processes and Ray workers, `gr-vl check`."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from gr_vl_verl import check
+
+
+def test_entry_point_is_installed_and_loads():
+    name, ok, detail = check.check_entry_point()
+    assert ok, detail
+    assert "gr_vl_verl.plugin" in detail
+
+
+def test_importing_verl_does_not_pull_the_reward_loop_eagerly():
+    """The plugin must keep `import verl` light: registration waits for verl's registry import."""
+    code = "import sys, verl; print('gr_vl_verl.plugin' in sys.modules, 'gr_vl_verl.reward.manager' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "False"]
+
+
+@pytest.mark.parametrize(
+    "first_import",
+    [
+        "import verl.experimental.reward_loop.reward_manager",
+        "import gr_vl_verl.reward.manager",  # our module is the one that pulls in verl's registry
+        "from verl.trainer.ppo.reward import load_reward_manager",
+    ],
+)
+def test_name_resolves_in_a_new_process_whatever_is_imported_first(first_import):
+    code = (
+        f"{first_import}\n"
+        "from verl.experimental.reward_loop.reward_manager import get_reward_manager_cls\n"
+        "print(get_reward_manager_cls('gr_vl').__name__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[-1] == "GuardRewardManager"
+
+
+def test_check_command_passes_here(capsys):
+    from gr_vl_verl.cli import main
+
+    assert main(["check"]) == 0
+    text = capsys.readouterr().out
+    assert "[FAIL]" not in text and "entry point" in text
+
+
+def test_check_fails_when_verl_is_told_to_skip_plugins(monkeypatch, capsys):
+    monkeypatch.setenv("VERL_USE_EXTERNAL_PLUGINS", "none")
+    assert check.check_entry_point()[1:] == (False, "VERL_USE_EXTERNAL_PLUGINS='none' keeps verl from loading it")
+    name, ok, detail = check.check_fresh_process_registration()
+    assert not ok and "Unknown reward manager: gr_vl" in detail
+    monkeypatch.setattr(check, "CHECKS", [check.check_entry_point])
+    monkeypatch.setattr(check, "_trainer_checks", list)
+    assert check.run(check.argparse.Namespace(json=False)) == 1
+    assert "[FAIL] entry point" in capsys.readouterr().out
+
+
+def test_ray_worker_processes_see_the_registration():
+    ray = pytest.importorskip("ray")  # part of the pinned stack; never missing in CI
+
+    @ray.remote
+    def resolve() -> tuple[int, str]:
+        from verl.experimental.reward_loop.reward_manager import get_reward_manager_cls
+
+        return os.getpid(), get_reward_manager_cls("gr_vl").__qualname__
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        pid, name = ray.get(resolve.remote(), timeout=120)
+    finally:
+        ray.shutdown()
+    assert pid != os.getpid()
+    assert name == "GuardRewardManager"
