@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -163,8 +164,13 @@ def test_trainer_and_task_runner_classes_follow_use_v1() -> None:
 
 def _run_main(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    # hydra writes its run folder (outputs/DATE/...) into the working directory: keep it out of the checkout
     return subprocess.run(
-        [sys.executable, "-m", "gr_vl_verl.trainer.main_ppo", *args], env=env, capture_output=True, text=True
+        [sys.executable, "-m", "gr_vl_verl.trainer.main_ppo", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tempfile.mkdtemp(prefix="gr_vl_hydra_"),
     )
 
 
