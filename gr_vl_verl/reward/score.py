@@ -163,10 +163,10 @@ def score_response(solution_str: str, truth: GroundTruth, length: int, config: R
     """Every reward term for one response whose length (in ``config.length_unit``) is known."""
     parsed = parse_answer(solution_str, strict=config.format_mode == "compat")
     r_safe, fmt, p_acc, r_acc = r_safety(parsed, truth, config.format_mode)
-    l_norm = (length if length > 1 else 1) / config.max_length  # == length_norm(), inlined: hot path
+    l_norm = length_norm(length, config.max_length)
     scale = min(l_norm, config.beta) ** 2
     return {
-        "score": (r_safe - 1.0) / scale,  # == length_aware_reward(r_safe, l_norm, beta)
+        "score": length_aware_reward(r_safe, l_norm, config.beta),
         "format": fmt,
         "think_ok": 1.0 if parsed.think is not None else 0.0,
         "result_ok": 1.0 if parsed.result is not None else 0.0,
