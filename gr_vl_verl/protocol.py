@@ -188,6 +188,10 @@ _LABEL_RE = {
     key: re.compile(key + r"\s{0,64}:\s*(unharmful|harmful|harmless|none)", re.IGNORECASE)
     for key in ("request", "response")
 }
+# The body format_answer writes; matched whole, it settles both labels with one C-level call.
+_CANONICAL_RESULT = re.compile(
+    r"\s*(?:Answers:\s*)?Request: (harmful|unharmful)\s+Response: (harmful|unharmful|None)\s*"
+)
 _LABEL_MAP = {"harmful": HARMFUL, "unharmful": UNHARMFUL, "harmless": UNHARMFUL, "none": UNHARMFUL}
 
 
@@ -253,6 +257,11 @@ def parse_answer(text: object, *, strict: bool = False) -> ParsedAnswer:
         think = None  # reasoning must come before the verdict: a <think> after <result> does not count
     request_label = response_label = None
     response_is_none = False
+    if result is not None and not strict:
+        canon = _CANONICAL_RESULT.fullmatch(result)
+        if canon is not None:  # the trained format: one keyword each, so these are the first matches too
+            said_none = canon.group(2) == "None"
+            return ParsedAnswer(think, result, canon.group(1), UNHARMFUL if said_none else canon.group(2), said_none)
     if result is not None:
         request_label, _ = _find_label(result, "request", strict)
         response_label, response_is_none = _find_label(result, "response", strict)

@@ -3,6 +3,8 @@
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gr_vl_verl import protocol as P
 
@@ -166,3 +168,29 @@ def test_parser_is_linear_on_adversarial_input(unit):
     small, big = timed(250_000), timed(1_000_000)
     assert big < 1.0, f"1 MB took {big:.2f}s"
     assert big / max(small, 1e-4) < 8, f"4x input took {big / small:.1f}x time: not linear"
+
+
+_ws = st.sampled_from(["", " ", "\n", "\n\n", "\t", "Answers:\n", "Answers: ", "x"])
+_body = st.one_of(
+    st.builds(
+        lambda a, p, b, r, c: f"{a}Request: {p}{b}Response: {r}{c}",
+        _ws, st.sampled_from(["harmful", "unharmful", "none", "Harmful"]), _ws,
+        st.sampled_from(["harmful", "unharmful", "None", "none", "harmless"]), _ws,
+    ),
+    st.lists(st.sampled_from(["Request: ", "Response: ", "harmful", "None", "\n"]), max_size=8).map("".join),
+)  # fmt: skip
+
+
+@settings(max_examples=2000, deadline=None)
+@given(_body)
+def test_canonical_result_shortcut_agrees_with_the_label_search(body):
+    """Where the one-call shortcut applies, it must give what the general label search gives."""
+    req, _ = P._find_label(body, "request", strict=False)
+    res, said_none = P._find_label(body, "response", strict=False)
+    parsed = P.parse_answer(f"<think>t</think><result>{body}</result>")
+    assert (parsed.request_label, parsed.response_label, parsed.response_is_none) == (req, res, said_none)
+
+
+def test_canonical_shortcut_is_taken_for_the_trained_format():
+    body = P.parse_answer(P.format_answer("r", "harmful", None)).result
+    assert P._CANONICAL_RESULT.fullmatch(body) is not None
