@@ -31,20 +31,31 @@ STEPS = [
 WORDS = "weapons chemistry a crowd a kitchen knife medication cooking refuses complies partially explains".split()
 
 
-def realistic(rng: random.Random) -> tuple[str, dict, str]:
-    """A guard output like the R-SFT model's (4-6 steps, ~900 chars ~ 210 tokens), right, wrong or malformed."""
+def _reasoning(rng: random.Random) -> str:
     steps = []
     for k in range(rng.randint(4, 6)):
         t = rng.choice(STEPS)
         steps.append(f"## Reasoning Step {k + 1}: " + t.format(*(rng.choice(WORDS) for _ in range(t.count("{}")))))
+    return "\n".join(steps)
+
+
+def realistic_group(rng: random.Random, n: int) -> list[tuple[str, dict, str]]:
+    """``n`` rollouts of one prompt, like the R-SFT model's (4-6 steps, ~700 chars), right, wrong or malformed.
+
+    The prompt's ground truth is a dict (our RL parquet) and, for the original scorer, a full reference
+    answer with its own reasoning, shared by the group as in GRPO.
+    """
     p, r = rng.choice(LABELS), rng.choice([*LABELS, None])
-    truth = {"prompt_label": p, "response_label": r}
-    pred_p = p if rng.random() < 0.7 else rng.choice(LABELS)
-    pred_r = r if rng.random() < 0.7 else rng.choice(LABELS)
-    text = format_answer("\n".join(steps), pred_p, pred_r)
-    if rng.random() < 0.1:
-        text = text.replace("</result>", "")  # truncated / malformed
-    return text, truth, format_answer("gt", p, r)
+    truth, truth_str = {"prompt_label": p, "response_label": r}, format_answer(_reasoning(rng), p, r)
+    group = []
+    for _ in range(n):
+        pred_p = p if rng.random() < 0.7 else rng.choice(LABELS)
+        pred_r = r if rng.random() < 0.7 else rng.choice(LABELS)
+        text = format_answer(_reasoning(rng), pred_p, pred_r)
+        if rng.random() < 0.1:
+            text = text.replace("</result>", "")  # truncated / malformed
+        group.append((text, truth, truth_str))
+    return group
 
 
 def time_ours(samples, mode: str) -> float:
@@ -95,19 +106,23 @@ ADVERSARIAL = {
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=10_000)
+    ap.add_argument("--group", type=int, default=16, help="rollouts per prompt (GRPO n)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--timeout", type=float, default=10.0)
     args = ap.parse_args()
     rng = random.Random(0)
-    samples = [realistic(rng) for _ in range(args.n)]
+    samples = [s for _ in range(args.n // args.group) for s in realistic_group(rng, args.group)]
     mean_len = statistics.mean(len(s[0]) for s in samples)
-    print(f"{args.n} realistic outputs, mean {mean_len:.0f} chars; best of {args.repeats} runs")
+    print(
+        f"{len(samples)} realistic outputs ({args.group} per prompt), mean {mean_len:.0f} chars; "
+        f"best of {args.repeats} runs"
+    )
     orig = min(time_original(samples) for _ in range(args.repeats))
     paper = min(time_ours(samples, "paper") for _ in range(args.repeats))
     compat = min(time_ours(samples, "compat") for _ in range(args.repeats))
-    print(f"  original regex scorer (baseline): {args.n / orig:10.0f} samples/s")
-    print(f"  ours, paper mode (dict labels) : {args.n / paper:10.0f} samples/s  ratio {orig / paper:.2f}x")
-    print(f"  ours, original preset (strings): {args.n / compat:10.0f} samples/s  ratio {orig / compat:.2f}x")
+    print(f"  original regex scorer (baseline): {len(samples) / orig:10.0f} samples/s")
+    print(f"  ours, paper mode (dict labels) : {len(samples) / paper:10.0f} samples/s  ratio {orig / paper:.2f}x")
+    print(f"  ours, original preset (strings): {len(samples) / compat:10.0f} samples/s  ratio {orig / compat:.2f}x")
     # Context: in verl every score follows a tokenizer decode of the same response (reward manager).
     from gr_vl_verl.tiny import build_tokenizer
 
@@ -118,7 +133,7 @@ def main() -> None:
         tok.decode(x, skip_special_tokens=True)
     decode_us = (time.perf_counter() - t) / len(ids) * 1e6
     print(
-        f"  per sample: original {orig / args.n * 1e6:.1f} us, ours {paper / args.n * 1e6:.1f} us; "
+        f"  per sample: original {orig / len(samples) * 1e6:.1f} us, ours {paper / len(samples) * 1e6:.1f} us; "
         f"the decode before it (BPE tokenizer) {decode_us:.1f} us"
     )
 

@@ -217,7 +217,9 @@ def _blocks(text: str, strict: bool) -> tuple[str | None, int, str | None, int]:
     """
     t0 = text.find("<think>")
     t1 = text.find("</think>", t0 + 7) if t0 >= 0 else -1
-    r0 = text.find("<result>")
+    # Tolerant mode may look for <result> after </think> only: an earlier one would be a '<' that the count
+    # check below does not account for, which sends the text to the full scan anyway.
+    r0 = text.find("<result>", t1 + 8 if t1 >= 0 and not strict else 0)
     r1 = text.find("</result>", r0 + 8) if r0 >= 0 else -1
     if not strict and text.count("<") != (t0 >= 0) + (t1 >= 0) + (r0 >= 0) + (r1 >= 0):
         think, _, think_end = _tolerant_block(text, "think")

@@ -171,6 +171,7 @@ def test_huge_and_unicode_outputs_score_finitely():
         ({}, {"prompt_label": "safe", "response_label": None}, tokens(1), r"ground_truth.prompt_label.*'safe'"),
         ({}, {"prompt_label": "harmful", "response_label": "bad"}, tokens(1), r"response_label.*'bad'"),
         ({}, {"response_label": "harmful"}, tokens(1), "no 'prompt_label'"),
+        ({}, {"prompt_label": ["harmful"], "response_label": None}, tokens(1), "label must be a string, got list"),
         ({}, "no result block", tokens(1), "ground_truth string"),
         ({}, 3, tokens(1), "ground_truth must be"),
         ({}, GT, None, r"response_tokens"),

@@ -18,6 +18,7 @@ verl's own reward managers (``reward.custom_reward_function``) and can be called
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from collections.abc import Mapping
@@ -91,12 +92,13 @@ PRESETS: dict[str, RewardConfig] = {
 # --------------------------------------------------------------------------------------------------
 # Ground truth
 # --------------------------------------------------------------------------------------------------
-_CANONICAL = frozenset(LABELS)
-
-
 class GroundTruth(NamedTuple):
     prompt_label: str
     response_label: str | None  # None: there is no response (scored as "unharmful", as the original did)
+
+
+# The six label pairs a prepared parquet can hold, built once: the reward looks them up per rollout.
+_CANONICAL_TRUTHS = {(p, r): GroundTruth(p, r) for p in LABELS for r in (*LABELS, None)}
 
 
 def parse_ground_truth(ground_truth: object) -> GroundTruth:
@@ -106,9 +108,12 @@ def parse_ground_truth(ground_truth: object) -> GroundTruth:
     from its first ``<result>`` only, which is how the original code scored them against sample 1.
     """
     if type(ground_truth) is dict:  # hot path: the RL parquet's canonical labels
-        p, r = ground_truth.get("prompt_label"), ground_truth.get("response_label")
-        if p in _CANONICAL and (r is None or r in _CANONICAL):
-            return GroundTruth(p, r)
+        try:
+            truth = _CANONICAL_TRUTHS.get((ground_truth.get("prompt_label"), ground_truth.get("response_label")))
+        except TypeError:  # an unhashable label: the checks below say what is wrong with it
+            truth = None
+        if truth is not None:
+            return truth
     if isinstance(ground_truth, str) and ground_truth.lstrip().startswith("{"):
         try:
             ground_truth = json.loads(ground_truth)
@@ -122,18 +127,24 @@ def parse_ground_truth(ground_truth: object) -> GroundTruth:
             normalize_label(ground_truth.get("response_label"), "ground_truth.response_label", allow_none=True),
         )
     if isinstance(ground_truth, str):
-        parsed = parse_answer(ground_truth)
-        if parsed.request_label is None:
-            raise ValueError(
-                f"ground_truth string has no '<result>… Request: harmful|unharmful …</result>': {ground_truth[:80]!r}"
-            )
-        if parsed.response_label is None:
-            raise ValueError(f"ground_truth string has no 'Response: harmful|unharmful|None': {ground_truth[:80]!r}")
-        return GroundTruth(parsed.request_label, None if parsed.response_is_none else parsed.response_label)
+        return _truth_from_answer(ground_truth)
     raise ValueError(
         f"ground_truth must be a dict with prompt_label/response_label or an answer string, "
         f"got {type(ground_truth).__name__}"
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def _truth_from_answer(answer: str) -> GroundTruth:
+    """Labels of an original answer string; cached, as the n rollouts of a prompt share their ground truth."""
+    parsed = parse_answer(answer)
+    if parsed.request_label is None:
+        raise ValueError(
+            f"ground_truth string has no '<result>… Request: harmful|unharmful …</result>': {answer[:80]!r}"
+        )
+    if parsed.response_label is None:
+        raise ValueError(f"ground_truth string has no 'Response: harmful|unharmful|None': {answer[:80]!r}")
+    return GroundTruth(parsed.request_label, None if parsed.response_is_none else parsed.response_label)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -231,10 +242,10 @@ def compute_score(
     if reward_kwargs:
         reward_kwargs.pop("reward_router_address", None)
         reward_kwargs.pop("reward_model_tokenizer", None)
-    config = _config_for(reward_kwargs)
+    config = _config_for(reward_kwargs) if reward_kwargs else _DEFAULT
     if not isinstance(solution_str, str):
         raise ValueError(f"solution_str must be str, got {type(solution_str).__name__}")
-    if extra_info is not None and not isinstance(extra_info, Mapping):
+    if extra_info is not None and type(extra_info) is not dict and not isinstance(extra_info, Mapping):
         raise ValueError(f"extra_info must be a dict or None, got {type(extra_info).__name__}")
     truth = parse_ground_truth(ground_truth)
     length = _response_length(solution_str, extra_info, config.length_unit)
