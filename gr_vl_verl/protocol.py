@@ -72,6 +72,11 @@ def normalize_label(value: object, field: str, *, allow_none: bool) -> str | Non
 # --------------------------------------------------------------------------------------------------
 # Prompt side
 # --------------------------------------------------------------------------------------------------
+USER_HEADER = "Human user:"
+_USER_HEAD = USER_HEADER + "\n"
+_ASSISTANT_SEP = "\n\nAI assistant:\n"
+
+
 def format_user_content(request: str | None, response: str | None, n_images: int = 0) -> str:
     """The user turn: ``Human user:\\n{<image> per image}{request}\\n\\nAI assistant:\\n{response|None}\\n``.
 
@@ -90,7 +95,7 @@ def format_user_content(request: str | None, response: str | None, n_images: int
         raise ValueError("a request needs text, an image, or both")
     body = "\n".join([IMAGE_PLACEHOLDER] * n_images + ([request] if request else []))
     resp = response.strip() if response is not None and response.strip() else "None"
-    return f"Human user:\n{body}\n\nAI assistant:\n{resp}\n"
+    return f"{_USER_HEAD}{body}{_ASSISTANT_SEP}{resp}\n"
 
 
 @dataclass(frozen=True)
@@ -98,10 +103,6 @@ class UserContent:
     request: str
     response: str | None
     n_images: int
-
-
-_USER_HEAD = "Human user:\n"
-_ASSISTANT_SEP = "\n\nAI assistant:\n"
 
 
 def parse_user_content(content: str) -> UserContent:

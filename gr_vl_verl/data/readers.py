@@ -29,7 +29,7 @@ from gr_vl_verl.data.records import (
     SampleError,
     infer_modality,
 )
-from gr_vl_verl.protocol import normalize_label, parse_answer, parse_user_content
+from gr_vl_verl.protocol import USER_HEADER, normalize_label, parse_answer, parse_user_content
 
 Item = GuardSample | Rejected
 
@@ -58,8 +58,6 @@ VLTRAIN_SPLITS: dict[str, str] = {
     "image": "GuardReasoner-VLTrainImage.json",
     "text_image": "GuardReasoner-VLTrainTextImage.json",
 }
-
-_USER_HEAD = "Human user:"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -168,9 +166,9 @@ def _role_contents(messages: object, allowed: tuple[str, ...]) -> dict[str, str]
 
 def _user_fields(content: str) -> tuple[str, str | None, int]:
     """Request, response and placeholder count from a user turn (an instruction prefix is dropped)."""
-    at = content.find(_USER_HEAD)
+    at = content.find(USER_HEADER)
     if at < 0:
-        raise SampleError("bad_format", f"user content has no {_USER_HEAD!r}: {content[:60]!r}")
+        raise SampleError("bad_format", f"user content has no {USER_HEADER!r}: {content[:60]!r}")
     try:
         uc = parse_user_content(content[at:])
     except ValueError as e:
@@ -359,7 +357,7 @@ def read_benchmark(
                 raise SampleError("bad_field", "`input` and `output` must be strings")
         else:
             raise SampleError("missing_field", f"need `messages` or `input`+`output`, got {sorted(row)}")
-        if _USER_HEAD in user:
+        if USER_HEADER in user:
             request, response, n_placeholders = _user_fields(user)
         else:
             request, response, n_placeholders = user.strip(), None, 0
