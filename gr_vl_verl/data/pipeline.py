@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
@@ -30,7 +29,7 @@ from typing import Any
 
 from gr_vl_verl.data.images import ImagePolicy, normalize_image
 from gr_vl_verl.data.records import GuardSample, Rejected, SampleError
-from gr_vl_verl.data.writers import KINDS, ROW_BUILDERS, SCHEMAS, AtomicParquetWriter, RowOptions
+from gr_vl_verl.data.writers import KINDS, ROW_BUILDERS, SCHEMAS, AtomicParquetWriter, RowOptions, temp_beside
 
 
 class PrepError(RuntimeError):
@@ -145,18 +144,15 @@ def _batched(items: Iterable[Any], n: int) -> Iterator[list[Any]]:
 
 
 def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_beside(path)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(payload, f, indent=2, sort_keys=True, ensure_ascii=False)
             f.write("\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp.exists():
+            tmp.unlink()
 
 
 def run_prep(

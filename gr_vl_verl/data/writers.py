@@ -224,6 +224,18 @@ ROW_BUILDERS: dict[str, Callable[[GuardSample, int, RowOptions], dict[str, Any]]
 }
 
 
+def temp_beside(path: Path) -> tuple[int, Path]:
+    """An open temp file in ``path``'s folder (so ``os.replace`` is atomic), with the usual permissions.
+
+    ``mkstemp`` makes files 0600; a published output should get what the umask gives any new file.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    return fd, Path(tmp)
+
+
 class AtomicParquetWriter:
     """Append rows; flush row groups by count or buffered bytes; publish with ``os.replace`` on success.
 
@@ -254,12 +266,8 @@ class AtomicParquetWriter:
 
     def __enter__(self) -> AtomicParquetWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        fd, self._tmp = temp_beside(self.path)
         os.close(fd)
-        self._tmp = Path(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self._tmp, 0o666 & ~umask)  # mkstemp makes 0600; publish with the usual permissions
         self._writer = pq.ParquetWriter(str(self._tmp), self.schema, compression=self.compression)
         return self
 

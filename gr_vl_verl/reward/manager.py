@@ -79,7 +79,7 @@ class GuardRewardManager(RewardManagerBase):
             result = await self._user_score(data_source, text, ground_truth, extra_info)
         if isinstance(result, Mapping):
             score = float(result["score"])
-            info = {k: v for k, v in result.items()}
+            info = dict(result)
         else:
             score = float(result)
             info = {"acc": score}

@@ -36,12 +36,16 @@ CONFIG_NAME = "gr_vl_trainer"
 def prepare(config: DictConfig) -> PluginSettings:
     """Everything ``main`` does before Ray: the ``gr_vl`` block, then verl's device and config checks."""
     settings = validate_settings(config)
+    _verl_checks(config)
+    return settings
+
+
+def _verl_checks(config: DictConfig) -> None:
     auto_set_device(config)
     validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
     warning = clip_warning(config)
     if warning:
         logger.warning(warning)
-    return settings
 
 
 def trainer_class(config: DictConfig) -> type:
@@ -149,7 +153,7 @@ def main(config: DictConfig) -> None:
         validate_settings(config)
     except ValueError as e:  # a bad gr_vl setting: say which, without a hydra traceback
         raise SystemExit(f"gr_vl_verl: {e}") from None
-    prepare(config)
+    _verl_checks(config)  # the rest of prepare(); verl's own errors keep their own messages
     if not config.trainer.use_v1:
         logger.warning("trainer.use_v1=false: running verl's legacy RayPPOTrainer with the dynamic clip")
     run_ppo(config, task_runner_class=task_runner_class(config))

@@ -8,6 +8,7 @@ typo fails in seconds instead of after the workers have loaded a model.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ from gr_vl_verl.reward.score import RewardConfig
 from gr_vl_verl.trainer.clip_schedule import ClipSchedule
 
 SECTIONS: tuple[str, ...] = ("clip", "reward")
-REWARD_KEYS: tuple[str, ...] = ("preset", "beta", "length_unit", "format_mode", "max_length")
+REWARD_KEYS: tuple[str, ...] = ("preset", *(f.name for f in dataclasses.fields(RewardConfig)))
 
 
 @dataclass(frozen=True)
