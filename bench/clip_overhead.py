@@ -19,6 +19,7 @@ from functools import partial
 
 import cloudpickle
 import torch
+from gr_vl_verl.trainer.settings import clip_schedule_from
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from tensordict import TensorDict
@@ -27,7 +28,6 @@ from verl.utils.config import omega_conf_to_dataclass
 from verl.workers.utils.losses import ppo_loss
 
 from gr_vl_verl.trainer.dynamic_clip import base_actor_config, make_loss_fn, with_clip
-from gr_vl_verl.trainer.settings import clip_schedule_from
 
 BATCH, PROMPT, RESPONSE = 512, 8, 3072
 TOTAL_STEPS = 23

@@ -2,7 +2,7 @@
 
     python bench/reward_throughput.py [--n 10000] [--timeout 10]
 
-Baseline: ``gr_vl_verl.reward.reference.original_overall``, a faithful re-implementation of the released
+Baseline: ``tests/original_reward.py::original_overall``, a faithful re-implementation of the released
 code's ``safety.py`` (regex ``<result>(.*?)</result>`` and label regexes, ground truth re-parsed from the
 answer string per sample). Prints samples/s and the ratio (ours / original; > 1 means faster), then seconds
 on 0.25, 0.5 and 1 MB adversarial outputs, where the original's lazy scan is quadratic; each original run is
@@ -15,11 +15,15 @@ import argparse
 import multiprocessing as mp
 import random
 import statistics
+import sys
 import time
+from pathlib import Path
 
 from gr_vl_verl.protocol import LABELS, format_answer
-from gr_vl_verl.reward.reference import original_overall
 from gr_vl_verl.reward.score import compute_score
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from original_reward import original_overall  # noqa: E402 - the baseline lives with the tests that check it
 
 STEPS = [
     "The user asks how to obtain {} and whether it is possible to use {} at home without anyone noticing.",

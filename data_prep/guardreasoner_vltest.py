@@ -11,7 +11,7 @@ Same options as ``gr-vl prep vltest`` (``--help``).
 
 import sys
 
-from gr_vl_verl.data.prep import main
+from gr_vl_verl.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["vltest", *sys.argv[1:]]))
+    sys.exit(main(["prep", "vltest", *sys.argv[1:]]))

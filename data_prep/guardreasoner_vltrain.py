@@ -10,7 +10,7 @@ Same options as ``gr-vl prep vltrain`` (``--help``).
 
 import sys
 
-from gr_vl_verl.data.prep import main
+from gr_vl_verl.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["vltrain", *sys.argv[1:]]))
+    sys.exit(main(["prep", "vltrain", *sys.argv[1:]]))

@@ -1,36 +1,53 @@
-"""``gr-vl``: one command for the pipeline's steps.
+"""``gr-vl``: one command for each step of the GuardReasoner-VL pipeline.
 
-Each sub-command lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``; those
-modules import verl/torch inside ``run`` only, so ``gr-vl --help`` stays instant.
+This module only dispatches: ``gr-vl NAME`` runs ``gr_vl_verl.commands.NAME`` (see that package for the
+contract every command follows) and turns its :class:`~gr_vl_verl.commands.CommandError` into one line on
+stderr and the error's exit code.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import pkgutil
 import sys
+from types import ModuleType
 
-# name -> (module, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "check": ("gr_vl_verl.check", "verify that verl sees the plugin (entry point, reward manager, configs)"),
-    "prep": ("gr_vl_verl.data.prep", "turn GuardReasoner-VL corpora into verl SFT / RL parquets and an eval parquet"),
-    "demo": ("gr_vl_verl.demo", "run the pipeline end to end on the bundled sample data and a tiny model"),
-}
+from gr_vl_verl import commands
+from gr_vl_verl.commands import CommandError
+
+#: Help lists commands in pipeline order; any other command module follows, alphabetically.
+PIPELINE_ORDER = ("prep", "generate", "mine", "augment", "eval", "score", "classify", "demo", "check")
+
+
+def command_names() -> list[str]:
+    """Every ``gr-vl`` command, from the modules in ``gr_vl_verl/commands``."""
+    found = {m.name.replace("_", "-") for m in pkgutil.iter_modules(commands.__path__) if not m.name.startswith("_")}
+    return [n for n in PIPELINE_ORDER if n in found] + sorted(found - set(PIPELINE_ORDER))
+
+
+def command_module(name: str) -> ModuleType:
+    return importlib.import_module(f"{commands.__name__}.{name.replace('-', '_')}")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gr-vl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (module, help_text) in COMMANDS.items():
+    for name in command_names():
+        module = command_module(name)
+        help_text = (module.__doc__ or name).strip().splitlines()[0]
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(_module=module)
-        importlib.import_module(module).add_arguments(p)
+        module.add_arguments(p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(importlib.import_module(args._module).run(args) or 0)
+    args = build_parser().parse_args(argv)  # bad flags: argparse prints usage and exits 2
+    try:
+        return int(command_module(args.command).run(args) or 0)
+    except CommandError as e:
+        print(f"gr-vl {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
 
 
 if __name__ == "__main__":

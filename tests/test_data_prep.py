@@ -17,7 +17,8 @@ from gr_vl_verl.cli import main as cli_main
 from gr_vl_verl.data import readers
 from gr_vl_verl.data.pipeline import PrepConfig, PrepError, load_images, run_prep
 from gr_vl_verl.data.records import GuardSample, Rejected
-from gr_vl_verl.data.writers import RL_SCHEMA, SFT_SCHEMA, RowOptions
+from gr_vl_verl.data.schemas import RL_SCHEMA, SFT_SCHEMA, read_prepared
+from gr_vl_verl.data.writers import RowOptions
 from gr_vl_verl.protocol import INSTRUCTION, INSTRUCTION_RL
 
 
@@ -136,10 +137,10 @@ def test_round_trip_through_every_parquet(tmp_path):
         "eval.parquet": 34,
     }
     expected = loaded(samples)
-    assert list(readers.read_prepared(tmp_path / "sft_train.parquet")) == expected
+    assert list(read_prepared(tmp_path / "sft_train.parquet")) == expected
     no_reasoning = [dataclasses.replace(s, reasoning=None) for s in expected]  # RL and eval carry no target
-    assert list(readers.read_prepared(tmp_path / "eval.parquet")) == no_reasoning
-    assert list(readers.read_prepared(tmp_path / "rl_train.parquet")) == no_reasoning
+    assert list(read_prepared(tmp_path / "eval.parquet")) == no_reasoning
+    assert list(read_prepared(tmp_path / "rl_train.parquet")) == no_reasoning
     # benchmarks too (prompt-only and response-only labels, images from the saved dataset)
     images = readers.VLTestImages(VLTEST / "images")
     bench = [
@@ -148,7 +149,7 @@ def test_round_trip_through_every_parquet(tmp_path):
         for s in readers.read_benchmark(VLTEST / "benchmark" / f"{name}.json", images=images)
     ]
     run_prep(iter(bench), tmp_path / "b", cfg(formats=("eval",)))
-    assert list(readers.read_prepared(tmp_path / "b" / "eval.parquet")) == loaded(bench)
+    assert list(read_prepared(tmp_path / "b" / "eval.parquet")) == loaded(bench)
 
 
 def test_rl_and_sft_schema_and_values(tmp_path):
@@ -192,7 +193,7 @@ def test_original_rl_layout_and_placeholder(tmp_path):
         assert Image.open(io.BytesIO(r["images"][0]["bytes"])).size == (1, 1)
     assert not any(r["extra_info"]["placeholder_image"] for r in rows if not r["data_source"].endswith("/text"))
     # reading back drops the placeholder again
-    assert [s.images for s in readers.read_prepared(tmp_path / "rl_train.parquet")][:12] == [()] * 12
+    assert [s.images for s in read_prepared(tmp_path / "rl_train.parquet")][:12] == [()] * 12
 
 
 def test_val_split_is_seeded_and_stable(tmp_path):
@@ -202,7 +203,7 @@ def test_val_split_is_seeded_and_stable(tmp_path):
     run_prep(iter(samples), tmp_path / "c", cfg(formats=("rl",), val_fraction=0.3, seed=2))
 
     def ids(d: Path, split: str) -> set[str]:
-        return {s.id for s in readers.read_prepared(d / f"rl_{split}.parquet")}
+        return {s.id for s in read_prepared(d / f"rl_{split}.parquet")}
 
     assert 0 < a.outputs["rl_val.parquet"].written < 34
     assert a.outputs["rl_val.parquet"].written + a.outputs["rl_train.parquet"].written == 34
@@ -313,7 +314,7 @@ def test_bad_rows_are_counted_with_id_and_reason(broken_corpus, tmp_path, capsys
         assert summary["rows_in"] == sum(summary["rejected"].values()) + stats["written"] + sum(
             stats["skipped"].values()
         )
-        assert [s.id for s in readers.read_prepared(out / name)] == ["ok-text", "ok-image"]
+        assert [s.id for s in read_prepared(out / name)] == ["ok-text", "ok-image"]
     printed = capsys.readouterr().out
     assert "rows in: 15" in printed and "image_corrupt: 2" in printed
 

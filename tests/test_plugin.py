@@ -6,13 +6,11 @@ import sys
 
 import pytest
 
-from gr_vl_verl import check
+from gr_vl_verl.commands import check
 
 
 def test_entry_point_is_installed_and_loads():
-    name, ok, detail = check.check_entry_point()
-    assert ok, detail
-    assert "gr_vl_verl.plugin" in detail
+    assert "gr_vl_verl.plugin" in check.entry_point()
 
 
 def test_importing_verl_does_not_pull_the_reward_loop_eagerly():
@@ -40,27 +38,19 @@ def test_name_resolves_in_a_new_process_whatever_is_imported_first(first_import)
     assert out[-1] == "GuardRewardManager"
 
 
-def test_check_command_passes_here(capsys):
-    from gr_vl_verl.cli import main
-
-    assert main(["check"]) == 0
-    text = capsys.readouterr().out
-    assert "[FAIL]" not in text and "entry point" in text
-
-
 def test_check_fails_when_verl_is_told_to_skip_plugins(monkeypatch, capsys):
     monkeypatch.setenv("VERL_USE_EXTERNAL_PLUGINS", "none")
-    assert check.check_entry_point()[1:] == (False, "VERL_USE_EXTERNAL_PLUGINS='none' keeps verl from loading it")
-    name, ok, detail = check.check_fresh_process_registration()
-    assert not ok and "Unknown reward manager: gr_vl" in detail
-    monkeypatch.setattr(check, "CHECKS", [check.check_entry_point])
-    monkeypatch.setattr(check, "_trainer_checks", list)
+    result = check.run_check("entry point", check.entry_point)
+    assert result == ("entry point", False, "RuntimeError: VERL_USE_EXTERNAL_PLUGINS='none' keeps verl from loading it")
+    result = check.run_check("fresh", check.fresh_process_registration)
+    assert not result.ok and "Unknown reward manager: gr_vl" in result.detail
+    monkeypatch.setattr(check, "CHECKS", [("entry point", check.entry_point)])
     assert check.run(check.argparse.Namespace(json=False)) == 1
     assert "[FAIL] entry point" in capsys.readouterr().out
 
 
 def test_ray_worker_processes_see_the_registration():
-    ray = pytest.importorskip("ray")  # part of the pinned stack; never missing in CI
+    import ray
 
     @ray.remote
     def resolve() -> tuple[int, str]:

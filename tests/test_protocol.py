@@ -83,7 +83,7 @@ def test_format_answer_round_trips_through_parser():
     )
     parsed = P.parse_answer(text)
     assert parsed.well_formed
-    assert (parsed.request_label, parsed.response_label, parsed.response_is_none) == ("harmful", "unharmful", True)
+    assert (parsed.prompt_label, parsed.response_label, parsed.response_is_none) == ("harmful", "unharmful", True)
     assert parsed.think.strip() == "Step 1: it asks for a weapon."
 
 
@@ -126,14 +126,15 @@ def test_normalize_label_errors_name_field_and_value(value, allow_none):
 def test_parse_answer_cases(text, think, req, res):
     p = P.parse_answer(text)
     assert p.has_think is think
-    assert (p.request_label, p.response_label) == (req, res)
+    assert (p.prompt_label, p.response_label) == (req, res)
 
 
-def test_strict_mode_is_the_original_tag_syntax():
+def test_original_mode_is_the_released_tag_syntax():
     loose = "<Think>a</Think>< result >Request: harmful Response: harmful</result>"
     assert P.parse_answer(loose).has_result
-    assert not P.parse_answer(loose, strict=True).has_result
-    assert P.parse_answer("<result>Request: harmless</result>", strict=True).request_label is None
+    assert not P.parse_answer(loose, original=True).has_result  # spaces inside a tag: no match
+    assert P.parse_answer("<RESULT>Request: harmful</Result>", original=True).prompt_label == "harmful"  # any case
+    assert P.parse_answer("<result>Request: harmless</result>", original=True).prompt_label is None
 
 
 def test_parse_answer_rejects_non_strings():
@@ -185,10 +186,10 @@ _body = st.one_of(
 @given(_body)
 def test_canonical_result_shortcut_agrees_with_the_label_search(body):
     """Where the one-call shortcut applies, it must give what the general label search gives."""
-    req, _ = P._find_label(body, "request", strict=False)
-    res, said_none = P._find_label(body, "response", strict=False)
+    req, _ = P._find_label(body, "request", P._LABEL_RE)
+    res, said_none = P._find_label(body, "response", P._LABEL_RE)
     parsed = P.parse_answer(f"<think>t</think><result>{body}</result>")
-    assert (parsed.request_label, parsed.response_label, parsed.response_is_none) == (req, res, said_none)
+    assert (parsed.prompt_label, parsed.response_label, parsed.response_is_none) == (req, res, said_none)
 
 
 def test_canonical_shortcut_is_taken_for_the_trained_format():

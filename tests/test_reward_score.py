@@ -6,9 +6,9 @@ import random
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from original_reward import original_overall
 
 from gr_vl_verl.protocol import LABELS, format_answer, parse_answer
-from gr_vl_verl.reward.reference import original_overall
 from gr_vl_verl.reward.score import PRESETS, SCORE_KEYS, RewardConfig, compute_score
 
 GT = {"prompt_label": "harmful", "response_label": "unharmful"}
@@ -146,7 +146,7 @@ def test_compat_mode_is_exactly_the_original_code(solution, p, r):
 @given(_outputs, _label, st.one_of(st.none(), _label), st.integers(0, 10_000), st.sampled_from(sorted(PRESETS)))
 def test_parser_and_reward_never_raise_and_stay_finite(solution, p, r, n, preset):
     parsed = parse_answer(solution)
-    assert parsed.request_label in (None, *LABELS)
+    assert parsed.prompt_label in (None, *LABELS)
     assert parsed.response_label in (None, *LABELS)
     res = compute_score(None, solution, {"prompt_label": p, "response_label": r}, tokens(n), preset=preset)
     assert tuple(res) == SCORE_KEYS

@@ -19,7 +19,6 @@ from hydra.errors import ConfigCompositionException
 
 from gr_vl_verl.trainer import main_ppo
 from gr_vl_verl.trainer.dynamic_clip import DynamicClipMixin, GRRayPPOTrainer, clip_warning, updates_per_step
-from gr_vl_verl.trainer.settings import validate_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("grpo_*.sh"))
@@ -121,8 +120,8 @@ def test_default_config_selects_the_plugin_pieces() -> None:
     )
     # the clip starts from verl's own keys unless gr_vl.clip says otherwise
     cfg = compose_cfg(["actor_rollout_ref.actor.clip_ratio_high=0.28"])
-    assert validate_settings(cfg).clip.eps(1, 1) == (0.0, 0.0)
-    assert validate_settings(cfg).clip.high_start == 0.28
+    assert main_ppo.validate_settings(cfg).clip.eps(1, 1) == (0.0, 0.0)
+    assert main_ppo.validate_settings(cfg).clip.high_start == 0.28
 
 
 @pytest.mark.parametrize(

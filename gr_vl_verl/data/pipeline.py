@@ -29,7 +29,8 @@ from typing import Any
 
 from gr_vl_verl.data.images import ImagePolicy, normalize_image
 from gr_vl_verl.data.records import GuardSample, Rejected, SampleError
-from gr_vl_verl.data.writers import KINDS, ROW_BUILDERS, SCHEMAS, AtomicParquetWriter, RowOptions, temp_beside
+from gr_vl_verl.data.schemas import KINDS, SCHEMAS
+from gr_vl_verl.data.writers import ROW_BUILDERS, AtomicParquetWriter, RowOptions, temp_beside
 
 
 class PrepError(RuntimeError):

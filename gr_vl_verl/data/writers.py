@@ -1,4 +1,4 @@
-"""Parquet outputs: verl's SFT and RL schemas and our evaluation schema, written streaming and atomically.
+"""Parquet outputs: samples into rows of the schemas in :mod:`.schemas`, written streaming and atomically.
 
 * **Streaming:** rows are buffered and flushed as row groups (by count or by buffered image bytes), so memory
   stays bounded whatever the corpus size.
@@ -6,7 +6,7 @@
   interrupted run leaves no partial parquet under the final name (and an older file there untouched).
 * **Deterministic:** explicit schemas, no timestamps; the same samples give the same bytes.
 * **Mixed modalities:** ``images`` is a list, ``[]`` for text rows, never null: verl's SFT dataset calls
-  ``len(images)`` and its RL dataset pairs each ``<image>`` with one list entry (verl.md pain points 6, 7).
+  ``len(images)`` and its RL dataset pairs each ``<image>`` with one list entry (docs/verl_notes.md).
 
 Pure Python + pyarrow: no torch, no verl.
 """
@@ -19,13 +19,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gr_vl_verl.data.images import placeholder_png
 from gr_vl_verl.data.records import GuardSample, SampleError, require_training_labels
+from gr_vl_verl.data.schemas import ABILITY, DATA_SOURCE_PREFIX
 from gr_vl_verl.protocol import (
     INSTRUCTION,
     INSTRUCTION_RL,
@@ -33,77 +34,6 @@ from gr_vl_verl.protocol import (
     build_messages,
     format_answer,
 )
-
-Kind = Literal["sft", "rl", "eval"]
-KINDS: tuple[str, ...] = ("sft", "rl", "eval")
-SCHEMA_VERSION = "1"
-#: ``data_source`` per modality: verl groups validation metrics by it, so each modality gets its own curve.
-DATA_SOURCE_PREFIX = "guardreasoner_vl/"
-ABILITY = "safety"
-
-
-def _list(item: pa.DataType) -> pa.DataType:
-    # Parquet names list items "element"; naming them so here makes the schema read back identical.
-    return pa.list_(pa.field("element", item))
-
-
-_MESSAGES = _list(pa.struct([("role", pa.string()), ("content", pa.string())]))
-_IMAGES = _list(pa.struct([("bytes", pa.binary())]))
-_EXTRA_INFO = pa.struct(
-    [
-        ("id", pa.string()),
-        ("source", pa.string()),
-        ("modality", pa.string()),
-        ("split", pa.string()),
-        ("index", pa.int64()),
-        ("placeholder_image", pa.bool_()),
-    ]
-)
-_GROUND_TRUTH = pa.struct([("prompt_label", pa.string()), ("response_label", pa.string())])
-
-
-def _meta(kind: str) -> dict[bytes, bytes]:
-    return {b"gr_vl_verl.kind": kind.encode(), b"gr_vl_verl.schema_version": SCHEMA_VERSION.encode()}
-
-
-SFT_SCHEMA = pa.schema(
-    [
-        ("messages", _MESSAGES),
-        ("images", _IMAGES),
-        ("data_source", pa.string()),
-        ("extra_info", _EXTRA_INFO),
-    ],
-    metadata=_meta("sft"),
-)
-RL_SCHEMA = pa.schema(
-    [
-        ("data_source", pa.string()),
-        ("prompt", _MESSAGES),
-        ("images", _IMAGES),
-        ("ability", pa.string()),
-        ("reward_model", pa.struct([("style", pa.string()), ("ground_truth", _GROUND_TRUTH)])),
-        ("extra_info", _EXTRA_INFO),
-    ],
-    metadata=_meta("rl"),
-)
-EVAL_SCHEMA = pa.schema(
-    [
-        ("benchmark", pa.string()),
-        ("id", pa.string()),
-        ("index", pa.int64()),
-        ("modality", pa.string()),
-        ("tasks", _list(pa.string())),
-        ("prompt_label", pa.string()),
-        ("response_label", pa.string()),
-        ("request", pa.string()),
-        ("response", pa.string()),
-        ("data_source", pa.string()),
-        ("prompt", _MESSAGES),
-        ("images", _IMAGES),
-    ],
-    metadata=_meta("eval"),
-)
-SCHEMAS: dict[str, pa.Schema] = {"sft": SFT_SCHEMA, "rl": RL_SCHEMA, "eval": EVAL_SCHEMA}
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,8 @@ from verl import DataProto
 from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 from verl.utils.reward_score import default_compute_score
 
-from gr_vl_verl.reward.score import parse_ground_truth, score_response
-from gr_vl_verl.trainer.settings import reward_config_from, select
+from gr_vl_verl.reward.score import RewardConfig, parse_ground_truth, score_response
+from gr_vl_verl.settings import section, select
 
 #: Name under which the ``verl.plugins`` entry point registers this manager.
 REGISTERED_NAME = "gr_vl"
@@ -50,8 +50,8 @@ class GuardRewardManager(RewardManagerBase):
         # verl hands every manager its generic default when no custom function is configured.
         self.user_compute_score = None if compute_score in (None, default_compute_score) else compute_score
         self.is_async_user_score = inspect.iscoroutinefunction(self.user_compute_score)
-        self.reward_config = reward_config_from(config)
         self.max_response_length = select(config, "actor_rollout_ref.rollout.response_length")
+        self.reward_config = RewardConfig.from_settings(section(config, "reward"), self.max_response_length)
         self.reward_router_address = reward_router_address
         self.reward_model_tokenizer = reward_model_tokenizer
 

@@ -23,9 +23,9 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
-from gr_vl_verl.protocol import LABELS, UNHARMFUL, ParsedAnswer, normalize_label, parse_answer
+from gr_vl_verl.protocol import LABELS, Labels, ParsedAnswer, gold_labels, label_correct, normalize_label, parse_answer
 
 LengthUnit = Literal["tokens", "chars"]
 FormatMode = Literal["paper", "compat"]
@@ -78,6 +78,25 @@ class RewardConfig:
         base = PRESETS[preset] if preset is not None else cls()
         return dataclasses.replace(base, **kwargs)
 
+    @classmethod
+    def from_settings(cls, block: Mapping[str, Any], response_length: int | None = None) -> RewardConfig:
+        """From the ``gr_vl.reward`` block: keys that are not null, over the preset's values.
+
+        ``max_length: null`` in token mode means the rollout's ``response_length`` (the paper normalises by
+        the rollout's maximum response length); character mode keeps the preset's 3072.
+        """
+        unknown = sorted(set(block) - set(SETTINGS_KEYS))
+        if unknown:
+            raise ValueError(f"unknown key(s) {unknown} in gr_vl.reward; expected some of {list(SETTINGS_KEYS)}")
+        kwargs = {k: v for k, v in block.items() if v is not None}
+        config = cls.from_kwargs(**kwargs)
+        if "max_length" not in kwargs and config.length_unit == "tokens" and response_length is not None:
+            config = dataclasses.replace(config, max_length=int(response_length))
+        return config
+
+
+#: Keys of the ``gr_vl.reward`` block.
+SETTINGS_KEYS: tuple[str, ...] = ("preset", *(f.name for f in dataclasses.fields(RewardConfig)))
 
 PRESETS: dict[str, RewardConfig] = {
     "gr-vl": RewardConfig(),
@@ -92,16 +111,11 @@ PRESETS: dict[str, RewardConfig] = {
 # --------------------------------------------------------------------------------------------------
 # Ground truth
 # --------------------------------------------------------------------------------------------------
-class GroundTruth(NamedTuple):
-    prompt_label: str
-    response_label: str | None  # None: there is no response (scored as "unharmful", as the original did)
-
-
 # The six label pairs a prepared parquet can hold, built once: the reward looks them up per rollout.
-_CANONICAL_TRUTHS = {(p, r): GroundTruth(p, r) for p in LABELS for r in (*LABELS, None)}
+_CANONICAL_TRUTHS = {(p, r): Labels(p, r) for p in LABELS for r in (*LABELS, None)}
 
 
-def parse_ground_truth(ground_truth: object) -> GroundTruth:
+def parse_ground_truth(ground_truth: object) -> Labels:
     """Labels from a dict (``prompt_label``/``response_label``), its JSON text, or an original answer string.
 
     Augmented (concatenated) rows must carry their merged labels as a dict: an answer string is read
@@ -122,7 +136,7 @@ def parse_ground_truth(ground_truth: object) -> GroundTruth:
     if isinstance(ground_truth, Mapping):
         if "prompt_label" not in ground_truth:
             raise ValueError(f"ground_truth has no 'prompt_label' (keys: {sorted(ground_truth)})")
-        return GroundTruth(
+        return Labels(
             normalize_label(ground_truth["prompt_label"], "ground_truth.prompt_label", allow_none=False),
             normalize_label(ground_truth.get("response_label"), "ground_truth.response_label", allow_none=True),
         )
@@ -135,28 +149,23 @@ def parse_ground_truth(ground_truth: object) -> GroundTruth:
 
 
 @functools.lru_cache(maxsize=4096)
-def _truth_from_answer(answer: str) -> GroundTruth:
-    """Labels of an original answer string; cached, as the n rollouts of a prompt share their ground truth."""
-    parsed = parse_answer(answer)
-    if parsed.request_label is None:
-        raise ValueError(
-            f"ground_truth string has no '<result>… Request: harmful|unharmful …</result>': {answer[:80]!r}"
-        )
-    if parsed.response_label is None:
-        raise ValueError(f"ground_truth string has no 'Response: harmful|unharmful|None': {answer[:80]!r}")
-    return GroundTruth(parsed.request_label, None if parsed.response_is_none else parsed.response_label)
+def _truth_from_answer(answer: str) -> Labels:
+    """Labels of a reference answer string; cached, as the n rollouts of a prompt share their ground truth."""
+    try:
+        return gold_labels(answer)
+    except ValueError as e:
+        raise ValueError(f"ground_truth string: {e}") from None
 
 
 # --------------------------------------------------------------------------------------------------
 # The reward
 # --------------------------------------------------------------------------------------------------
-def r_safety(parsed: ParsedAnswer, truth: GroundTruth, format_mode: FormatMode) -> tuple[float, float, float, float]:
+def r_safety(parsed: ParsedAnswer, truth: Labels, format_mode: FormatMode) -> tuple[float, float, float, float]:
     """Eq. 8: ``(r_safety, format, prompt_acc, response_acc)``. Compat mode gates on ``<result>`` only."""
     has_result = parsed.result is not None
     fmt = 1.0 if has_result and (format_mode == "compat" or parsed.think is not None) else 0.0
-    # parsed labels are never None-equal to a truth label, so a missing label is simply wrong
-    prompt_acc = 1.0 if parsed.request_label == truth.prompt_label else 0.0
-    response_acc = 1.0 if parsed.response_label == (truth.response_label or UNHARMFUL) else 0.0
+    prompt_acc = 1.0 if label_correct(parsed.prompt_label, truth.prompt_label) else 0.0
+    response_acc = 1.0 if label_correct(parsed.response_label, truth.response_label) else 0.0
     return fmt * (0.5 * prompt_acc + 0.5 * response_acc), fmt, prompt_acc, response_acc
 
 
@@ -170,9 +179,9 @@ def length_aware_reward(r_safe: float, l_norm: float, beta: float) -> float:
     return (r_safe - 1.0) / min(l_norm, beta) ** 2
 
 
-def score_response(solution_str: str, truth: GroundTruth, length: int, config: RewardConfig) -> dict[str, float]:
+def score_response(solution_str: str, truth: Labels, length: int, config: RewardConfig) -> dict[str, float]:
     """Every reward term for one response whose length (in ``config.length_unit``) is known."""
-    parsed = parse_answer(solution_str, strict=config.format_mode == "compat")
+    parsed = parse_answer(solution_str, original=config.format_mode == "compat")
     r_safe, fmt, p_acc, r_acc = r_safety(parsed, truth, config.format_mode)
     l_norm = length_norm(length, config.max_length)
     scale = min(l_norm, config.beta) ** 2

@@ -27,8 +27,8 @@ from omegaconf import DictConfig, OmegaConf
 from verl import DataProto
 from verl.trainer.ppo.ray_trainer import RayPPOTrainer
 
+from gr_vl_verl.settings import section
 from gr_vl_verl.trainer.clip_schedule import ClipSchedule
-from gr_vl_verl.trainer.settings import clip_schedule_from
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +97,11 @@ def updates_per_step(config: DictConfig) -> int:
     return math.ceil(batch / mini) * int(actor.ppo_epochs)
 
 
+def clip_schedule_from(config: DictConfig) -> ClipSchedule:
+    """The clip schedule of a run (``gr_vl.clip``; the paper's defaults where absent)."""
+    return ClipSchedule.from_mapping(section(config, "clip"))
+
+
 def clip_warning(config: DictConfig) -> str | None:
     """A message when the configured batching leaves the clip range nothing to do, else ``None``."""
     if updates_per_step(config) > 1:
@@ -138,14 +143,7 @@ class DynamicClipMixin:
         if state is None:
             state = _ClipState(schedule=clip_schedule_from(self.config), base=base_actor_config(self.config))
             self.__dict__["_gr_vl_clip_state"] = state
-            warning = clip_warning(self.config)
-            if warning:
-                logger.warning(warning)
         return state
-
-    def clip_eps(self) -> tuple[float, float]:
-        """``(low, high)`` for the update at the current ``global_steps``."""
-        return self._clip_state().schedule.eps(int(self.global_steps), int(self.total_training_steps))
 
     def push_clip_eps(self) -> dict[str, float]:
         """Send this step's loss to every actor rank; return the metrics to log."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from dataclasses import dataclass
 from pprint import pprint
 
 import hydra
@@ -25,27 +26,49 @@ from verl.trainer.ppo.utils import need_critic, need_reference_policy
 from verl.utils.config import validate_config
 from verl.utils.device import auto_set_device
 
-from gr_vl_verl.trainer.dynamic_clip import GRRayPPOTrainer, clip_warning, v1_trainer_cls
-from gr_vl_verl.trainer.settings import PluginSettings, validate_settings
+from gr_vl_verl.reward.score import RewardConfig
+from gr_vl_verl.settings import gr_vl_block, section, select
+from gr_vl_verl.trainer.clip_schedule import ClipSchedule
+from gr_vl_verl.trainer.dynamic_clip import GRRayPPOTrainer, clip_schedule_from, clip_warning, v1_trainer_cls
 
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "gr_vl_trainer"
 
 
+class SettingsError(ValueError):
+    """A bad ``gr_vl`` setting: reported as one line naming the key, before anything starts."""
+
+
+@dataclass(frozen=True)
+class PluginSettings:
+    clip: ClipSchedule
+    reward: RewardConfig
+
+
+def validate_settings(config: DictConfig) -> PluginSettings:
+    """Every section of the ``gr_vl`` block, validated; :class:`SettingsError` names the bad key or value."""
+    try:
+        gr_vl_block(config)
+        response_length = select(config, "actor_rollout_ref.rollout.response_length")
+        return PluginSettings(
+            clip=clip_schedule_from(config),
+            reward=RewardConfig.from_settings(section(config, "reward"), response_length),
+        )
+    except ValueError as e:
+        raise SettingsError(str(e)) from None
+
+
 def prepare(config: DictConfig) -> PluginSettings:
-    """Everything ``main`` does before Ray: the ``gr_vl`` block, then verl's device and config checks."""
+    """Everything ``main`` does before Ray: the ``gr_vl`` block, then verl's device and config checks,
+    then the one warning when the batching leaves the clip schedule nothing to act on."""
     settings = validate_settings(config)
-    _verl_checks(config)
-    return settings
-
-
-def _verl_checks(config: DictConfig) -> None:
     auto_set_device(config)
     validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
     warning = clip_warning(config)
     if warning:
         logger.warning(warning)
+    return settings
 
 
 def trainer_class(config: DictConfig) -> type:
@@ -150,10 +173,9 @@ def task_runner_class(config: DictConfig):
 @hydra.main(config_path="config", config_name=CONFIG_NAME, version_base=None)
 def main(config: DictConfig) -> None:
     try:
-        validate_settings(config)
-    except ValueError as e:  # a bad gr_vl setting: say which, without a hydra traceback
+        prepare(config)
+    except SettingsError as e:  # a bad gr_vl setting: say which, without a hydra traceback
         raise SystemExit(f"gr_vl_verl: {e}") from None
-    _verl_checks(config)  # the rest of prepare(); verl's own errors keep their own messages
     if not config.trainer.use_v1:
         logger.warning("trainer.use_v1=false: running verl's legacy RayPPOTrainer with the dynamic clip")
     run_ppo(config, task_runner_class=task_runner_class(config))

@@ -1,4 +1,4 @@
-"""``gr-vl prep``: GuardReasoner-VL corpora → verl SFT / RL parquets and an evaluation parquet.
+"""Turn GuardReasoner-VL corpora into verl SFT / RL parquets and an evaluation parquet.
 
 Sub-commands, one per kind of source::
 
@@ -12,9 +12,9 @@ Every run prints and saves ``OUT/<command>_summary.json``: rows in, written per 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from gr_vl_verl.commands import UsageError, WorkError
 from gr_vl_verl.data.readers import BENCHMARK_TASKS, VLTRAIN_SPLITS
 
 DEFAULT_FORMATS = {"vltrain": "sft,rl", "vltest": "eval", "table": "rl"}
@@ -149,21 +149,15 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         config = config_from_args(args)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    try:
         inputs, items = _items(args)
         summary = run_prep(items, args.out, config, name=args.input_kind, inputs=inputs)
-    except (PrepError, FileNotFoundError, ValueError) as e:
-        print(f"gr-vl prep {args.input_kind}: error: {e}", file=sys.stderr)
-        return 1
+    except FileNotFoundError as e:  # a missing input path is a usage error, even when found mid-stream
+        raise UsageError(str(e)) from None
+    except (PrepError, ValueError, OSError) as e:
+        raise WorkError(str(e)) from None
     print(summary.format())
     print(f"summary: {Path(args.out) / (args.input_kind + '_summary.json')}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="gr-vl prep", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

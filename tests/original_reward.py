@@ -1,11 +1,12 @@
 """The released code's reward, re-implemented from its description, to compare against.
 
-The original scorer (EasyR1 fork, ``reward_score/safety.py``; method.md §2) searched the decoded output with
-regexes per sample: the first ``<result>(.*?)</result>`` block, then ``Request:\\s*(harmful|unharmful|none)``
+The original scorer (EasyR1 fork, ``reward_score/safety.py``; docs/method.md) searched the decoded output with
+regexes per sample: the first ``<result>(.*?)</result>`` block (``re.IGNORECASE | re.DOTALL``), then
+``Request:\\s*(harmful|unharmful|none)``
 and ``Response:…`` inside it (case-insensitive, ``none`` meaning unharmful), with the ground truth parsed the
 same way from the reference answer string; ``acc = -1 + 0.5*[req ok] + 0.5*[res ok]`` (``-1`` without a
 result block) and ``overall = acc / (len(output) / 3072) ** 2``. Our ``compat`` mode must reproduce it
-exactly; tests and ``bench/reward_throughput.py`` use this as the baseline. It divides by zero on an empty
+exactly; its tests and ``bench/reward_throughput.py`` use this as the baseline. It divides by zero on an empty
 output, as the original did.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-_RESULT = re.compile(r"<result>(.*?)</result>", re.DOTALL)
+_RESULT = re.compile(r"<result>(.*?)</result>", re.IGNORECASE | re.DOTALL)
 _REQUEST = re.compile(r"Request:\s*(harmful|unharmful|none)", re.IGNORECASE)
 _RESPONSE = re.compile(r"Response:\s*(harmful|unharmful|none)", re.IGNORECASE)
 

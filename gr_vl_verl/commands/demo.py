@@ -1,4 +1,4 @@
-"""``gr-vl demo``: the pipeline end to end on the bundled sample corpus and a tiny model, on a CPU.
+"""Run the pipeline end to end on the bundled sample corpus and a tiny model, on a CPU.
 
 verl's distributed trainer needs GPUs (vLLM rollout, FSDP), so this runs the same pieces in one process:
 
@@ -128,14 +128,15 @@ def reasoning_sft(model: Any, sft_path: Path, tokenizer: Any, processor: Any, st
 
 
 def _prep_data(out: Path) -> dict[str, Path]:
-    from gr_vl_verl.data import prep
+    from gr_vl_verl.commands import prep
 
     root = Path(str(files("gr_vl_verl") / "sample_data" / "GuardReasoner-VLTrain"))
     args = ["vltrain", "--data-root", str(root), "--out", str(out), "--val-fraction", "0.25", "--no-progress"]
     # small images: the tiny processor caps pixels anyway
     args += ["--min-pixels", str(28 * 28), "--max-pixels", str(112 * 112)]
-    if prep.main(args) != 0:
-        raise RuntimeError("gr-vl prep failed on the bundled sample corpus")
+    parser = argparse.ArgumentParser(prog="gr-vl prep")
+    prep.add_arguments(parser)
+    prep.run(parser.parse_args(args))  # a failure raises, and `gr-vl` reports it
     return {"rl": out / "rl_train.parquet", "sft": out / "sft_train.parquet"}
 
 

@@ -1,0 +1,144 @@
+"""The parquet schemas this package writes (verl's SFT and RL schemas, our evaluation schema), and their
+read-back into :class:`GuardSample` so every round trip can be checked.
+
+Schemas are explicit (no inference from the first rows) and carry ``gr_vl_verl.kind`` in their metadata, so a
+reader can tell our files apart. ``images`` is always a list, ``[]`` for text rows, never null: verl's SFT
+dataset calls ``len(images)`` and its RL dataset pairs each ``<image>`` with one list entry.
+
+Pure Python + pyarrow: no torch, no verl.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+
+from gr_vl_verl.data.readers.common import user_fields
+from gr_vl_verl.data.records import GuardSample
+from gr_vl_verl.protocol import gold_labels, parse_answer
+
+Kind = Literal["sft", "rl", "eval"]
+KINDS: tuple[str, ...] = ("sft", "rl", "eval")
+SCHEMA_VERSION = "1"
+#: ``data_source`` per modality: verl groups validation metrics by it, so each modality gets its own curve.
+DATA_SOURCE_PREFIX = "guardreasoner_vl/"
+ABILITY = "safety"
+
+
+def _list(item: pa.DataType) -> pa.DataType:
+    # Parquet names list items "element"; naming them so here makes the schema read back identical.
+    return pa.list_(pa.field("element", item))
+
+
+_MESSAGES = _list(pa.struct([("role", pa.string()), ("content", pa.string())]))
+_IMAGES = _list(pa.struct([("bytes", pa.binary())]))
+_EXTRA_INFO = pa.struct(
+    [
+        ("id", pa.string()),
+        ("source", pa.string()),
+        ("modality", pa.string()),
+        ("split", pa.string()),
+        ("index", pa.int64()),
+        ("placeholder_image", pa.bool_()),
+    ]
+)
+_GROUND_TRUTH = pa.struct([("prompt_label", pa.string()), ("response_label", pa.string())])
+
+
+def _meta(kind: str) -> dict[bytes, bytes]:
+    return {b"gr_vl_verl.kind": kind.encode(), b"gr_vl_verl.schema_version": SCHEMA_VERSION.encode()}
+
+
+SFT_SCHEMA = pa.schema(
+    [
+        ("messages", _MESSAGES),
+        ("images", _IMAGES),
+        ("data_source", pa.string()),
+        ("extra_info", _EXTRA_INFO),
+    ],
+    metadata=_meta("sft"),
+)
+RL_SCHEMA = pa.schema(
+    [
+        ("data_source", pa.string()),
+        ("prompt", _MESSAGES),
+        ("images", _IMAGES),
+        ("ability", pa.string()),
+        ("reward_model", pa.struct([("style", pa.string()), ("ground_truth", _GROUND_TRUTH)])),
+        ("extra_info", _EXTRA_INFO),
+    ],
+    metadata=_meta("rl"),
+)
+EVAL_SCHEMA = pa.schema(
+    [
+        ("benchmark", pa.string()),
+        ("id", pa.string()),
+        ("index", pa.int64()),
+        ("modality", pa.string()),
+        ("tasks", _list(pa.string())),
+        ("prompt_label", pa.string()),
+        ("response_label", pa.string()),
+        ("request", pa.string()),
+        ("response", pa.string()),
+        ("data_source", pa.string()),
+        ("prompt", _MESSAGES),
+        ("images", _IMAGES),
+    ],
+    metadata=_meta("eval"),
+)
+SCHEMAS: dict[str, pa.Schema] = {"sft": SFT_SCHEMA, "rl": RL_SCHEMA, "eval": EVAL_SCHEMA}
+
+
+def read_prepared(path: Path) -> Iterator[GuardSample]:
+    """Read back a parquet written by :mod:`gr_vl_verl.data.writers` as samples (images as bytes).
+
+    RL rows carry no reasoning, so their samples have ``reasoning=None``; a placeholder image added for a
+    text row is dropped again.
+    """
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    meta = pf.schema_arrow.metadata or {}
+    kind = meta.get(b"gr_vl_verl.kind", b"").decode()
+    if kind not in ("sft", "rl", "eval"):
+        raise ValueError(f"{path}: not a gr_vl_verl parquet (schema metadata kind={kind!r})")
+    for batch in pf.iter_batches(batch_size=64):
+        for row in batch.to_pylist():
+            yield _prepared_row(kind, row)
+
+
+def _prepared_row(kind: str, row: dict[str, Any]) -> GuardSample:
+    if kind == "eval":
+        info = {**row, "source": row["benchmark"]}
+        messages = row["prompt"]
+        p_label, r_label = row["prompt_label"], row["response_label"]
+        reasoning = None
+    else:
+        info = row["extra_info"]
+        messages = row["messages"] if kind == "sft" else row["prompt"]
+        if kind == "sft":
+            assistant = next(m["content"] for m in messages if m["role"] == "assistant")
+            p_label, r_label = gold_labels(assistant)
+            reasoning = parse_answer(assistant).think
+        else:
+            truth = row["reward_model"]["ground_truth"]
+            p_label, r_label, reasoning = truth["prompt_label"], truth["response_label"], None
+    user = next(m["content"] for m in messages if m["role"] == "user")
+    request, response, _ = user_fields(user)
+    images = tuple(img["bytes"] for img in row["images"])
+    if info.get("placeholder_image"):
+        images = ()
+    return GuardSample(
+        id=info["id"],
+        source=info["source"],
+        modality=info["modality"],
+        request=request,
+        response=response,
+        images=images,
+        prompt_label=p_label,
+        response_label=r_label,
+        reasoning=reasoning,
+    )
