@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from gr_vl_verl.data.readers.common import user_fields
 from gr_vl_verl.data.records import GuardSample
@@ -91,6 +92,51 @@ EVAL_SCHEMA = pa.schema(
 )
 SCHEMAS: dict[str, pa.Schema] = {"sft": SFT_SCHEMA, "rl": RL_SCHEMA, "eval": EVAL_SCHEMA}
 
+#: What ``gr-vl generate`` writes: one row per (input row, sample), for mining and evaluation to read.
+GENERATIONS_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),  # the input row's id (``extra_info.id`` of an RL row, ``id`` of an eval row)
+        ("sample", pa.int32()),  # 0 .. n-1
+        ("output", pa.string()),  # the decoded answer, special tokens removed
+        ("output_tokens", pa.int32()),
+        ("finish_reason", pa.string()),  # "stop" (end of sequence) or "length" (hit the token limit)
+    ],
+    metadata=_meta("generations"),
+)
+
+
+def row_id(kind: str, row: dict[str, Any]) -> str:
+    """The id of a row of one of our parquets: ``extra_info.id`` (SFT, RL) or ``id`` (eval)."""
+    return row["id"] if kind == "eval" else row["extra_info"]["id"]
+
+
+def parquet_kind(path: Path) -> str:
+    """``sft``, ``rl``, ``eval`` or ``generations`` from a parquet's schema metadata; ValueError otherwise."""
+    meta = pq.read_schema(path).metadata or {}
+    kind = meta.get(b"gr_vl_verl.kind", b"").decode()
+    if kind not in (*KINDS, "generations"):
+        raise ValueError(f"{path}: not a gr_vl_verl parquet (schema metadata kind={kind!r})")
+    return kind
+
+
+def generation_files(path: Path) -> list[Path]:
+    """The generation parquet(s) at ``path``: the file itself, or a folder's ``*.parquet`` in name order."""
+    path = Path(path)
+    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+    if not files or not all(f.is_file() for f in files):
+        raise FileNotFoundError(f"no generation parquet at {path}")
+    for f in files:
+        if parquet_kind(f) != "generations":
+            raise ValueError(f"{f}: not a `gr-vl generate` output (kind {parquet_kind(f)!r})")
+    return files
+
+
+def read_generations(path: Path, batch_size: int = 1024) -> Iterator[dict[str, Any]]:
+    """Rows of ``gr-vl generate`` output (a file or a folder of shards), streamed."""
+    for f in generation_files(path):
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_size):
+            yield from batch.to_pylist()
+
 
 def read_prepared(path: Path) -> Iterator[GuardSample]:
     """Read back a parquet written by :mod:`gr_vl_verl.data.writers` as samples (images as bytes).
@@ -98,13 +144,10 @@ def read_prepared(path: Path) -> Iterator[GuardSample]:
     RL rows carry no reasoning, so their samples have ``reasoning=None``; a placeholder image added for a
     text row is dropped again.
     """
-    import pyarrow.parquet as pq
-
+    kind = parquet_kind(path)
+    if kind not in KINDS:
+        raise ValueError(f"{path}: holds {kind}, not samples")
     pf = pq.ParquetFile(path)
-    meta = pf.schema_arrow.metadata or {}
-    kind = meta.get(b"gr_vl_verl.kind", b"").decode()
-    if kind not in ("sft", "rl", "eval"):
-        raise ValueError(f"{path}: not a gr_vl_verl parquet (schema metadata kind={kind!r})")
     for batch in pf.iter_batches(batch_size=64):
         for row in batch.to_pylist():
             yield _prepared_row(kind, row)
