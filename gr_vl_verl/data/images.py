@@ -24,7 +24,7 @@ from PIL import Image, ImageFile
 
 from gr_vl_verl.data.records import ImageData, SampleError
 
-# Paper, A.5.2 / the original EasyR1 config (method.md §5).
+# Paper, A.5.2 / the original EasyR1 config (docs/method.md §5, docs/data.md).
 MIN_PIXELS = 262144
 MAX_PIXELS = 4194304
 # qwen_vl_utils.vision_process.MAX_RATIO: smart_resize raises above it.
