@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -202,23 +202,22 @@ def csv_text(runs: list[dict[str, Any]]) -> str:
 # --------------------------------------------------------------------------------------------------
 # The folder
 # --------------------------------------------------------------------------------------------------
-def write_report(out: Path, report: dict[str, Any], compare: list[dict[str, Any]] = ()) -> list[Path]:
+def write_report(out: Path, report: dict[str, Any], compare: Sequence[dict[str, Any]] = ()) -> list[Path]:
     """Write the five files of :data:`REPORT_FILES` into ``out``; ``compare`` runs join the tables and charts."""
     from gr_vl_verl.evaluation import charts  # matplotlib only here: the tables do not need it
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     runs = [report, *compare]
     labels = run_labels(runs)
-    writers: dict[str, Callable[[], bytes]] = {
-        "report.json": lambda: (json.dumps(report, indent=2, ensure_ascii=False) + "\n").encode(),
-        "report.md": lambda: markdown(runs).encode(),
-        "report.csv": lambda: csv_text(runs).encode(),
-        "f1_per_benchmark.png": lambda: charts.f1_per_benchmark(runs, labels),
-        "f1_vs_tokens.png": lambda: charts.f1_vs_tokens(runs, labels),
+    # Everything is rendered before anything is written: a failure leaves the folder's previous files in place.
+    contents = {
+        "report.json": (json.dumps(report, indent=2, ensure_ascii=False) + "\n").encode(),
+        "report.md": markdown(runs).encode(),
+        "report.csv": csv_text(runs).encode(),
+        "f1_per_benchmark.png": charts.f1_per_benchmark(runs, labels),
+        "f1_vs_tokens.png": charts.f1_vs_tokens(runs, labels),
     }
-    paths = []
+    out.mkdir(parents=True, exist_ok=True)
     for name in REPORT_FILES:
-        atomic_write(out / name, [writers[name]()])
-        paths.append(out / name)
-    return paths
+        atomic_write(out / name, [contents[name]])
+    return [out / name for name in REPORT_FILES]
