@@ -1,5 +1,6 @@
 """Scores as the paper reports them: F1 x100 with ``harmful`` positive, per task and benchmark, and the
-sample-weighted averages over benchmarks ("Average (Text)" and "Average (All)"), plus output-token means.
+sample-weighted averages over benchmarks ("Average (Text)" and "Average (All)"), plus output-token means
+(docs/method.md §7; the scorer's own choices are in docs/evaluation.md).
 
 Labels are read with :func:`gr_vl_verl.protocol.predicted_labels` in the chosen parse mode. An output that gives
 no label for the task counts as the opposite of the gold label (always wrong) and is counted as unparsed.
