@@ -6,7 +6,7 @@
 # run bookkeeping. Every variable below can be set from the environment; extra arguments are passed to verl
 # as hydra overrides and win over everything else (e.g. `actor_rollout_ref.rollout.n=8`).
 #
-# Dry run: GR_VL_DRY_RUN=1 prints the overrides, one per line, and starts nothing.
+# Dry run: GR_VL_DRY_RUN=1 prints the overrides, one per line, and the command (on stderr); starts nothing.
 
 _gr_vl_fail() {
     echo "error: $*" >&2
