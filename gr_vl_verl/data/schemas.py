@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from gr_vl_verl.data.readers.common import user_fields
 from gr_vl_verl.data.records import GuardSample
-from gr_vl_verl.protocol import gold_labels, parse_answer
+from gr_vl_verl.protocol import gold_labels
 
 Kind = Literal["sft", "rl", "eval"]
 KINDS: tuple[str, ...] = ("sft", "rl", "eval")
@@ -141,8 +141,9 @@ def read_generations(path: Path, batch_size: int = 1024) -> Iterator[dict[str, A
 def read_prepared(path: Path) -> Iterator[GuardSample]:
     """Read back a parquet written by :mod:`gr_vl_verl.data.writers` as samples (images as bytes).
 
-    RL rows carry no reasoning, so their samples have ``reasoning=None``; a placeholder image added for a
-    text row is dropped again.
+    An SFT row's assistant turn comes back as the sample's ``answer`` (and its reasoning); RL and eval rows
+    carry no target, so theirs have ``reasoning=None, answer=None``. A placeholder image added for a text row
+    is dropped again.
     """
     kind = parquet_kind(path)
     if kind not in KINDS:
@@ -154,21 +155,20 @@ def read_prepared(path: Path) -> Iterator[GuardSample]:
 
 
 def _prepared_row(kind: str, row: dict[str, Any]) -> GuardSample:
+    answer = None
     if kind == "eval":
         info = {**row, "source": row["benchmark"]}
         messages = row["prompt"]
         p_label, r_label = row["prompt_label"], row["response_label"]
-        reasoning = None
     else:
         info = row["extra_info"]
         messages = row["messages"] if kind == "sft" else row["prompt"]
         if kind == "sft":
-            assistant = next(m["content"] for m in messages if m["role"] == "assistant")
-            p_label, r_label = gold_labels(assistant)
-            reasoning = parse_answer(assistant).think
+            answer = next(m["content"] for m in messages if m["role"] == "assistant")
+            p_label, r_label = gold_labels(answer)
         else:
             truth = row["reward_model"]["ground_truth"]
-            p_label, r_label, reasoning = truth["prompt_label"], truth["response_label"], None
+            p_label, r_label = truth["prompt_label"], truth["response_label"]
     user = next(m["content"] for m in messages if m["role"] == "user")
     request, response, _ = user_fields(user)
     images = tuple(img["bytes"] for img in row["images"])
@@ -183,5 +183,5 @@ def _prepared_row(kind: str, row: dict[str, Any]) -> GuardSample:
         images=images,
         prompt_label=p_label,
         response_label=r_label,
-        reasoning=reasoning,
+        answer=answer,
     )

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -33,7 +33,12 @@ from gr_vl_verl.protocol import (
     InstructionPlacement,
     build_messages,
     format_answer,
+    parse_answer,
 )
+
+#: The SFT assistant turn: the source's answer as written, or rebuilt from reasoning and labels.
+SftTarget = Literal["verbatim", "rerender"]
+SFT_TARGETS: tuple[str, ...] = ("verbatim", "rerender")
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,13 @@ class RowOptions:
     instruction: str = INSTRUCTION
     # Reproduce the original RL data: text rows get `<image>` and a 1x1 white image (RL only).
     text_placeholder_image: bool = False
+    # SFT target: `verbatim` trains on the dataset's assistant text as written (what the released R-SFT saw);
+    # `rerender` rebuilds it with protocol.format_answer, dropping any text outside the two blocks.
+    sft_target: SftTarget = "verbatim"
+
+    def __post_init__(self) -> None:
+        if self.sft_target not in SFT_TARGETS:
+            raise ValueError(f"sft_target must be one of {SFT_TARGETS}, got {self.sft_target!r}")
 
     @classmethod
     def original_rl(cls, split: str = "train") -> RowOptions:
@@ -76,11 +88,30 @@ def data_source(sample: GuardSample) -> str:
     return DATA_SOURCE_PREFIX + sample.modality
 
 
-def sft_row(sample: GuardSample, index: int, opts: RowOptions) -> dict[str, Any]:
-    """verl ``MultiTurnSFTDataset`` row: system instruction, user turn, reasoning + result as the target."""
+def sft_target(sample: GuardSample, opts: RowOptions) -> str:
+    """The assistant turn an SFT row trains on: the sample's answer as written when it has one and
+    ``opts.sft_target`` is ``verbatim``, else reasoning and labels through :func:`format_answer`.
+
+    A verbatim answer must have the trained format (``<think>`` then ``<result>`` with both labels): training
+    on a malformed target would teach the malformation. Such rows are skipped, or rebuilt with ``rerender``.
+    """
     require_training_labels(sample)
     if sample.reasoning is None:
         raise SampleError("missing_reasoning", f"sample {sample.id!r}: SFT rows need a reasoning target")
+    if opts.sft_target == "verbatim" and sample.answer is not None:
+        if not parse_answer(sample.answer).well_formed:
+            raise SampleError(
+                "malformed_answer",
+                f"sample {sample.id!r}: the answer is not <think>…</think> then <result>…</result> with "
+                "Request: and Response: labels (--sft-target rerender rebuilds it)",
+            )
+        return sample.answer
+    return format_answer(sample.reasoning, sample.prompt_label, sample.response_label)
+
+
+def sft_row(sample: GuardSample, index: int, opts: RowOptions) -> dict[str, Any]:
+    """verl ``MultiTurnSFTDataset`` row: system instruction, user turn, reasoning + result as the target."""
+    target = sft_target(sample, opts)
     messages = build_messages(
         sample.request,
         sample.response,
@@ -88,12 +119,7 @@ def sft_row(sample: GuardSample, index: int, opts: RowOptions) -> dict[str, Any]
         placement=opts.placement,
         instruction=opts.instruction,
     )
-    messages.append(
-        {
-            "role": "assistant",
-            "content": format_answer(sample.reasoning, sample.prompt_label, sample.response_label),
-        }
-    )
+    messages.append({"role": "assistant", "content": target})
     return {
         "messages": messages,
         "images": _image_list(sample),
