@@ -105,7 +105,24 @@ def plan_shards(path: Path, shard_size: int) -> ShardPlan:
         raise ValueError(f"{path}: holds {kind} rows; generation reads RL or eval parquets (gr-vl prep)")
     if rows == 0:
         raise ValueError(f"{path}: has no rows")
+    _check_ids(path, kind)
     return ShardPlan(path, kind, rows, shard_size, footer_fingerprint(path))
+
+
+def _row_ids(table: pa.Table | pa.RecordBatch, kind: str) -> Any:
+    return table.column("id") if kind == "eval" else pc.struct_field(table.column("extra_info"), "id")
+
+
+def _check_ids(path: Path, kind: str) -> None:
+    """Every row needs its own id: outputs are keyed by it, and each sample's seed is derived from it."""
+    ids = _row_ids(pq.read_table(path, columns=["id" if kind == "eval" else "extra_info"]), kind)
+    if ids.null_count:
+        raise ValueError(f"{path}: {ids.null_count} row(s) without an id")
+    counts = pc.value_counts(ids)
+    repeated = counts.filter(pc.greater(counts.field("counts"), 1))
+    if len(repeated):
+        first = repeated[0].as_py()
+        raise ValueError(f"{path}: row id {first['values']!r} appears {first['counts']} times; ids must be unique")
 
 
 def read_shard(plan: ShardPlan, k: int, chunk_rows: int) -> Iterator[pa.Table]:
@@ -130,9 +147,7 @@ def read_shard(plan: ShardPlan, k: int, chunk_rows: int) -> Iterator[pa.Table]:
         if lo >= hi:
             continue
         batch = batch.slice(lo, hi - lo)
-        ids = batch.column(id_column)
-        if plan.kind != "eval":
-            ids = pc.struct_field(ids, "id")
+        ids = _row_ids(batch, plan.kind)
         index = pa.array(range(batch_start + lo, batch_start + hi), pa.int64())
         yield pa.table(
             [pa.array([k] * batch.num_rows, pa.int64()), index, ids, batch.column("prompt"), batch.column("images")],
