@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -116,6 +117,67 @@ def test_vllm_backend_without_vllm_names_the_gpu_extra(tiny_model_dir, prepared,
     rc = cli_main(["generate", "--data", str(prepared / "rl_train.parquet"), "--model", str(tiny_model_dir),
                    "--out", str(tmp_path / "o")])  # fmt: skip
     assert rc == 2 and "gr_vl_verl[gpu]" in capsys.readouterr().err
+
+
+class _StandInVLLM:
+    """vLLM cannot be installed here: this records what the engine asks of ``vllm.LLM`` and answers in its
+    output shape (``outputs[0].text / token_ids / finish_reason``), so the engine's fan-out and assembly run."""
+
+    def __init__(self, finish_reason: str = "stop"):
+        import types
+
+        self.module = types.ModuleType("vllm")
+        self.module.SamplingParams = lambda **kw: kw
+        self.module.LLM = self._llm
+        self.finish_reason = finish_reason
+        self.engine_kwargs: dict = {}
+        self.calls: list = []
+
+    def _llm(self, **kwargs):
+        import types
+
+        self.engine_kwargs = kwargs
+
+        def generate(prompts, sampling_params, use_tqdm):
+            self.calls.append((prompts, sampling_params))
+            return [
+                types.SimpleNamespace(
+                    outputs=[
+                        types.SimpleNamespace(
+                            text=f"seed={sp['seed']}", token_ids=[5] * 3, finish_reason=self.finish_reason
+                        )
+                    ]
+                )
+                for sp in sampling_params
+            ]
+
+        return types.SimpleNamespace(generate=generate)
+
+
+def test_vllm_engine_sends_one_seeded_request_per_sample(prepared, tiny_model_dir, monkeypatch):
+    stand_in = _StandInVLLM()
+    monkeypatch.setitem(sys.modules, "vllm", stand_in.module)
+    engine = VLLMEngine(GenerationConfig(model=str(tiny_model_dir), n=3, temperature=1.0, top_p=0.95, seed=4))
+    assert stand_in.engine_kwargs["model"] == str(tiny_model_dir) and stand_in.engine_kwargs["seed"] == 4
+    rows = rows_of(prepared / "rl_train.parquet")[10:14]  # text and image rows
+    requests = [build_request(r, engine.processor) for r in rows]
+    results = engine.generate(requests)
+    prompts, params = stand_in.calls[-1]
+    assert len(prompts) == len(params) == 3 * len(rows)
+    assert [p["seed"] for p in params] == [sample_seed(4, r["id"], j) for r in rows for j in range(3)]
+    assert all(p["n"] == 1 and p["temperature"] == 1.0 and p["top_p"] == 0.95 for p in params)
+    assert [("multi_modal_data" in p) for p in prompts[::3]] == [bool(r["images"]) for r in rows]
+    assert [[c.text for c in cs] for cs in results] == [
+        [f"seed={sample_seed(4, r['id'], j)}" for j in range(3)] for r in rows
+    ]
+    assert all(c.tokens == 3 and c.finish_reason == "stop" for cs in results for c in cs)
+    greedy = VLLMEngine(GenerationConfig(model=str(tiny_model_dir), n=3))
+    results = greedy.generate(requests)
+    assert len(stand_in.calls[-1][0]) == len(rows)  # greedy: one request per row, repeated n times
+    assert all(len(cs) == 3 and cs[0] == cs[1] == cs[2] and cs[0].text == "seed=None" for cs in results)
+    stand_in.finish_reason = "abort"
+    with pytest.raises(GenerationError, match=f"row {rows[0]['id']!r}: vLLM finished with 'abort'"):
+        greedy.generate(requests)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -363,3 +425,11 @@ def test_a_failed_actor_is_reported_in_one_line(ray_cluster):
     with pytest.raises(Exception) as e:
         ds.take_all()
     assert _root_message(e.value) == "ValueError: engine cannot start: no weights in /ckpt"
+
+
+def test_a_pool_this_ray_cannot_place_is_refused_before_it_starts(prepared, tiny_model_dir, ray_cluster, tmp_path):
+    with pytest.raises(GenerationError, match=r"8 actor\(s\) need CPU 8 \(it has 4\)"):
+        generate(prepared / "eval.parquet", tmp_path / "cpu", config(tiny_model_dir, concurrency=8))
+    with pytest.raises(GenerationError, match=r"1 actor\(s\) need GPU 1 \(it has 0\)"):
+        generate(prepared / "eval.parquet", tmp_path / "gpu", config(tiny_model_dir, num_gpus=1))
+    assert not list((tmp_path / "cpu").glob("shard-*")) and not (tmp_path / "cpu" / sh.SUMMARY).exists()

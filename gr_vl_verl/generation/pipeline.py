@@ -13,6 +13,7 @@ loses at most the shards in flight and a re-run does only the missing ones.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import time
@@ -137,32 +138,37 @@ def _result(rows: list[dict[str, Any]]) -> pa.Table:
 # The driver
 # --------------------------------------------------------------------------------------------------
 @contextmanager
-def ray_session(address: str | None) -> Iterator[bool]:
+def ray_session(address: str | None) -> Iterator[None]:
     """Use the Ray already initialised in this process, else connect (``address``) or start a local one;
     shut down only what was started here."""
     import ray
 
     if ray.is_initialized():
-        yield False
+        yield
         return
     ray.init(address=address, include_dashboard=False)
     try:
-        yield True
+        yield
     finally:
         ray.shutdown()
 
 
-def _check_resources(config: GenerationConfig, started_here: bool) -> None:
-    """Fail before building the pool when this Ray cannot place every actor (it would wait forever)."""
+def _check_resources(config: GenerationConfig) -> None:
+    """Fail before building the pool when a fixed Ray cannot place every actor (the pool would wait forever);
+    on a cluster given by address, which may scale up, only warn."""
     import ray
 
-    need = {"CPU": config.concurrency * config.num_cpus, "GPU": config.concurrency * config.gpus_per_actor}
+    tp_cpus = config.tensor_parallel_size if config.backend == "vllm" and config.tensor_parallel_size > 1 else 0
+    need = {
+        "CPU": config.concurrency * (config.num_cpus + tp_cpus),
+        "GPU": config.concurrency * config.gpus_per_actor,
+    }
     have = ray.cluster_resources()
     short = [f"{k} {need[k]:g} (it has {have.get(k, 0):g})" for k in need if need[k] > have.get(k, 0)]
     if not short:
         return
     message = f"{config.concurrency} actor(s) need " + ", ".join(short) + " in this Ray cluster"
-    if started_here or config.ray_address is None:
+    if not (config.ray_address or os.environ.get("RAY_ADDRESS")):
         raise GenerationError(message + "; lower --concurrency / --num-cpus / --num-gpus")
     print(f"warning: {message}; waiting for the cluster to scale", file=sys.stderr)
 
@@ -249,7 +255,7 @@ def _run(plan: sh.ShardPlan, todo: list[int], out_dir: Path, config: GenerationC
     got: Counter = Counter()
     total_rows = sum(plan.shard_rows(k) for k in todo)
     bar = tqdm(total=total_rows, unit="row", desc="generate", disable=not config.progress, file=sys.stderr)
-    batches = ds.iter_batches(batch_size=None, batch_format="pyarrow")
+    batches = iter(ds.iter_batches(batch_size=None, batch_format="pyarrow"))
     try:
         for table in batches:
             errors = table.column(sh.ERROR).drop_null()
@@ -269,9 +275,7 @@ def _run(plan: sh.ShardPlan, todo: list[int], out_dir: Path, config: GenerationC
                     summary.finish_reasons.update(written.column("finish_reason").to_pylist())
             bar.update(pc.sum(pc.equal(table.column("sample"), 0)).as_py() or 0)
     finally:
-        close = getattr(batches, "close", None)
-        if close is not None:  # stops the streaming executor when we leave early
-            close()
+        batches.close()  # a generator: closing it shuts the streaming executor down when we leave early
         bar.close()
     if pending:
         raise GenerationError(f"the pipeline ended with shard(s) {sorted(pending)} incomplete")
@@ -300,8 +304,8 @@ def generate(data_path: str | Path, out_dir: str | Path, config: GenerationConfi
         if config.backend == "vllm" and not vllm_available():
             raise GenerationError(VLLM_MISSING)
         start = time.perf_counter()
-        with ray_session(config.ray_address) as started_here, _data_context():
-            _check_resources(config, started_here)
+        with ray_session(config.ray_address), _data_context():
+            _check_resources(config)
             try:
                 _run(plan, todo, out_dir, config, summary)
             except GenerationError:
