@@ -23,7 +23,8 @@ from gr_vl_verl.protocol import gold_labels, parse_answer
 
 Kind = Literal["sft", "rl", "eval"]
 KINDS: tuple[str, ...] = ("sft", "rl", "eval")
-SCHEMA_VERSION = "1"
+#: 2: RL ``extra_info`` gained ``concat_of``.
+SCHEMA_VERSION = "2"
 #: ``data_source`` per modality: verl groups validation metrics by it, so each modality gets its own curve.
 DATA_SOURCE_PREFIX = "guardreasoner_vl/"
 ABILITY = "safety"
@@ -36,16 +37,17 @@ def _list(item: pa.DataType) -> pa.DataType:
 
 _MESSAGES = _list(pa.struct([("role", pa.string()), ("content", pa.string())]))
 _IMAGES = _list(pa.struct([("bytes", pa.binary())]))
-_EXTRA_INFO = pa.struct(
-    [
-        ("id", pa.string()),
-        ("source", pa.string()),
-        ("modality", pa.string()),
-        ("split", pa.string()),
-        ("index", pa.int64()),
-        ("placeholder_image", pa.bool_()),
-    ]
-)
+_EXTRA_INFO_FIELDS: list[tuple[str, pa.DataType]] = [
+    ("id", pa.string()),
+    ("source", pa.string()),
+    ("modality", pa.string()),
+    ("split", pa.string()),
+    ("index", pa.int64()),
+    ("placeholder_image", pa.bool_()),
+]
+_EXTRA_INFO = pa.struct(_EXTRA_INFO_FIELDS)
+# RL rows also name the two rows a safety-aware concatenation was made of (`gr-vl augment`); null otherwise.
+_RL_EXTRA_INFO = pa.struct([*_EXTRA_INFO_FIELDS, ("concat_of", _list(pa.string()))])
 _GROUND_TRUTH = pa.struct([("prompt_label", pa.string()), ("response_label", pa.string())])
 
 
@@ -69,7 +71,7 @@ RL_SCHEMA = pa.schema(
         ("images", _IMAGES),
         ("ability", pa.string()),
         ("reward_model", pa.struct([("style", pa.string()), ("ground_truth", _GROUND_TRUTH)])),
-        ("extra_info", _EXTRA_INFO),
+        ("extra_info", _RL_EXTRA_INFO),
     ],
     metadata=_meta("rl"),
 )
@@ -150,10 +152,11 @@ def read_prepared(path: Path) -> Iterator[GuardSample]:
     pf = pq.ParquetFile(path)
     for batch in pf.iter_batches(batch_size=64):
         for row in batch.to_pylist():
-            yield _prepared_row(kind, row)
+            yield sample_from_row(kind, row)
 
 
-def _prepared_row(kind: str, row: dict[str, Any]) -> GuardSample:
+def sample_from_row(kind: str, row: dict[str, Any]) -> GuardSample:
+    """One row of a ``kind`` parquet (as ``to_pylist`` gives it) as a sample; see :func:`read_prepared`."""
     if kind == "eval":
         info = {**row, "source": row["benchmark"]}
         messages = row["prompt"]
