@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from gr_vl_verl.data.images import ImagePolicy, decode_image, encode_png, merge_horizontal, normalize_image
 from gr_vl_verl.data.records import GuardSample, SampleError, infer_modality, require_training_labels
-from gr_vl_verl.data.schemas import RL_SCHEMA, parquet_kind, sample_from_row
+from gr_vl_verl.data.schemas import RL_SCHEMA, parquet_batches, parquet_kind, sample_from_row
 from gr_vl_verl.data.writers import AtomicParquetWriter, RowOptions, rl_row, write_json_atomic
 from gr_vl_verl.protocol import HARMFUL, IMAGE_PLACEHOLDER, UNHARMFUL, USER_HEADER, InstructionPlacement
 
@@ -245,8 +245,8 @@ def summary_path(out: Path) -> Path:
     return out.with_name(out.stem + ".summary.json")
 
 
-def _rows(pf: pq.ParquetFile, batch_size: int = 64) -> Iterator[dict[str, Any]]:
-    for batch in pf.iter_batches(batch_size=batch_size):
+def _rows(path: Path) -> Iterator[dict[str, Any]]:
+    for batch in parquet_batches(path):
         yield from batch.to_pylist()
 
 
@@ -257,8 +257,7 @@ def run_augment(data: Path, out: Path, config: ConcatConfig, progress: bool = Fa
     data, out = Path(data), Path(out)
     if parquet_kind(data) != "rl":
         raise ConcatError(f"{data}: holds {parquet_kind(data)} rows; augment reads an RL parquet")
-    pf = pq.ParquetFile(data)
-    n = pf.metadata.num_rows
+    n = pq.ParquetFile(data).metadata.num_rows
     if n == 0:
         raise ConcatError(f"{data}: no rows to augment")
     pairs = plan_pairs(n, config)
@@ -274,7 +273,7 @@ def run_augment(data: Path, out: Path, config: ConcatConfig, progress: bool = Fa
         AtomicParquetWriter(out, RL_SCHEMA) as writer,
     ):
         bar = tqdm(total=n + len(pairs), desc="augment", unit="row", disable=not progress)
-        for i, row in enumerate(_rows(pf)):
+        for i, row in enumerate(_rows(data)):
             rid = (row.get("extra_info") or {}).get("id")
             try:
                 part = part_from_row(row)

@@ -21,10 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import pyarrow.parquet as pq
-
 from gr_vl_verl.data.records import MODALITIES
-from gr_vl_verl.data.schemas import RL_SCHEMA, parquet_kind
+from gr_vl_verl.data.schemas import RL_SCHEMA, parquet_batches, parquet_kind
 from gr_vl_verl.data.writers import AtomicParquetWriter, write_json_atomic
 from gr_vl_verl.protocol import PARSE_MODES, Labels, ParseMode, answer_correct, normalize_label, predicted_labels
 
@@ -101,7 +99,7 @@ def read_row_meta(path: Path) -> dict[str, RowMeta]:
         raise MiningError(f"{path}: holds {parquet_kind(path)} rows; mining reads an RL parquet")
     rows: dict[str, RowMeta] = {}
     index = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=4096, columns=["extra_info", "reward_model"]):
+    for batch in parquet_batches(path, batch_size=4096, columns=["extra_info", "reward_model"]):
         infos, rewards = batch.column("extra_info").to_pylist(), batch.column("reward_model").to_pylist()
         for info, reward in zip(infos, rewards, strict=True):
             rid = info["id"]
@@ -258,7 +256,7 @@ def write_selection(data: Path, out_dir: Path, selection: Selection, batch_size:
     with ExitStack() as stack:
         writers = {split: stack.enter_context(AtomicParquetWriter(path, RL_SCHEMA)) for split, path in files.items()}
         index = 0
-        for batch in pq.ParquetFile(data).iter_batches(batch_size=batch_size):
+        for batch in parquet_batches(data, batch_size):
             for row in batch.to_pylist():
                 split = where.get(index)
                 index += 1

@@ -133,10 +133,20 @@ def generation_files(path: Path) -> list[Path]:
     return files
 
 
+def parquet_batches(path: Path, batch_size: int = 64, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+    """Record batches of a parquet file, holding about one row group at a time.
+
+    Why not plain ``ParquetFile(path).iter_batches``: with pyarrow's default ``pre_buffer=True`` (pyarrow 26)
+    the reader keeps every row group it has read until the iteration ends, so reading a 922 MiB RL parquet
+    peaked at 1.1 GiB RSS; without pre-buffering it stayed at 0.2 GiB (docs/data.md, "Memory").
+    """
+    yield from pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=batch_size, columns=columns)
+
+
 def read_generations(path: Path, batch_size: int = 1024) -> Iterator[dict[str, Any]]:
     """Rows of ``gr-vl generate`` output (a file or a folder of shards), streamed."""
     for f in generation_files(path):
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_size):
+        for batch in parquet_batches(f, batch_size):
             yield from batch.to_pylist()
 
 
@@ -149,8 +159,7 @@ def read_prepared(path: Path) -> Iterator[GuardSample]:
     kind = parquet_kind(path)
     if kind not in KINDS:
         raise ValueError(f"{path}: holds {kind}, not samples")
-    pf = pq.ParquetFile(path)
-    for batch in pf.iter_batches(batch_size=64):
+    for batch in parquet_batches(path):
         for row in batch.to_pylist():
             yield sample_from_row(kind, row)
 
