@@ -1,4 +1,4 @@
-"""Add safety-aware concatenations: pairs of RL rows merged into one, labels OR-merged (paper eq. 4-5).
+"""Safety-aware concatenation: add pairs of RL rows merged into one, labels OR-merged (paper eq. 4-5).
 
     gr-vl augment --data rl_train.parquet --out rl_train_aug.parquet [--ratio 0.2] [--seed 42]
                   [--style paper|original] [--min-pixels N] [--max-pixels N]

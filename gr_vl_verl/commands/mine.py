@@ -1,4 +1,4 @@
-"""Keep the hard RL rows: those the model answered wrongly in (at most --max-correct of) its k answers.
+"""Hard-sample mining: keep the RL rows with at most --max-correct right answers of k (paper §2.3.1).
 
     gr-vl mine --data rl_train.parquet --generations GEN --out DIR [--k 4] [--max-correct 0]
                [--sample-num 12000] [--val-fraction 0.2] [--seed 42] [--parse strict|compat]
