@@ -29,7 +29,7 @@ from gr_vl_verl.data.concat import (
 from gr_vl_verl.data.images import ImagePolicy
 from gr_vl_verl.data.pipeline import PrepConfig, run_prep
 from gr_vl_verl.data.records import GuardSample, infer_modality
-from gr_vl_verl.data.schemas import RL_SCHEMA, SFT_SCHEMA, read_prepared
+from gr_vl_verl.data.schemas import RL_SCHEMA, SFT_SCHEMA, read_prepared, sample_from_row
 from gr_vl_verl.data.writers import AtomicParquetWriter, RowOptions, rl_row
 from gr_vl_verl.protocol import INSTRUCTION, INSTRUCTION_RL, format_answer
 from gr_vl_verl.reward.score import compute_score
@@ -93,14 +93,8 @@ def test_responses_joined_and_response_labels_or_merged(ra, rb, expected):
     response, label = expected
     assert row["reward_model"]["ground_truth"]["response_label"] == label
     assert user_turn(row) == f"Human user:\nfirst request second request\n\nAI assistant:\n{response or 'None'}\n"
-    back = read_prepared_row(row)
+    back = sample_from_row("rl", row)  # reads back as the one interaction it is
     assert (back.response, back.response_label) == (response, label)
-
-
-def read_prepared_row(row: dict) -> GuardSample:
-    from gr_vl_verl.data.schemas import sample_from_row
-
-    return sample_from_row("rl", row)
 
 
 def test_reward_scores_a_concatenated_row_against_its_merged_labels():

@@ -243,9 +243,9 @@ def select_rows(rows: Mapping[str, RowMeta], tally: Tally, config: MiningConfig)
 def write_selection(data: Path, out_dir: Path, selection: Selection, batch_size: int = 64) -> dict[str, int]:
     """Copy the chosen rows into ``rl_train``/``rl_val`` (the latter only if any), one batch at a time.
 
-    Rows are unchanged except ``extra_info.split`` (the file the row is now in, so per-split metrics and the
-    reward's error messages name it right) and ``extra_info.index`` (its position in that file, as prep
-    writes it: verl hands ``index`` on with each sample).
+    Rows are unchanged except ``extra_info.split`` (the file the row is now in, as prep writes it; the reward
+    manager names it in its error messages) and ``extra_info.index`` (its position in that file, as prep writes
+    it; verl's ``RLHFDataset`` hands it on as each sample's ``index``).
     """
     out_dir = Path(out_dir)
     where = {i: "train" for i in selection.train} | {i: "val" for i in selection.val}
