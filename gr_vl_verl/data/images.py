@@ -198,8 +198,8 @@ def placeholder_png() -> bytes:
 def merge_horizontal(images: list[Image.Image], max_side: int | None = None) -> Image.Image:
     """Paste images left to right on a white canvas as tall as the tallest (safety-aware concatenation).
 
-    ``max_side`` shrinks the result to fit a square of that side, keeping the aspect ratio (the original
-    code used 1024).
+    ``max_side`` shrinks the result to fit a square of that side as the released code did
+    (``thumbnail((1024, 1024), LANCZOS)``): aspect ratio kept, never enlarged.
     """
     if not images:
         raise ValueError("merge_horizontal needs at least one image")
@@ -209,8 +209,6 @@ def merge_horizontal(images: list[Image.Image], max_side: int | None = None) -> 
     for im in rgb:
         canvas.paste(im, (x, 0))
         x += im.width
-    if max_side is not None and max(canvas.size) > max_side:
-        scale = max_side / max(canvas.size)
-        size = (max(1, round(canvas.width * scale)), max(1, round(canvas.height * scale)))
-        canvas = canvas.resize(size, Image.Resampling.LANCZOS)
+    if max_side is not None:
+        canvas.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     return canvas

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
-import os
 import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -39,7 +37,7 @@ from gr_vl_verl.data.images import (
 )
 from gr_vl_verl.data.records import GuardSample, Rejected, SampleError
 from gr_vl_verl.data.schemas import KINDS, SCHEMAS
-from gr_vl_verl.data.writers import ROW_BUILDERS, AtomicParquetWriter, RowOptions, temp_beside
+from gr_vl_verl.data.writers import ROW_BUILDERS, AtomicParquetWriter, RowOptions, write_json_atomic
 
 
 class PrepError(RuntimeError):
@@ -174,18 +172,6 @@ def _batched(items: Iterable[Any], n: int) -> Iterator[list[Any]]:
         yield batch
 
 
-def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    fd, tmp = temp_beside(path)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2, sort_keys=True, ensure_ascii=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def run_prep(
     items: Iterable[GuardSample | Rejected],
     out_dir: Path,
@@ -280,5 +266,5 @@ def run_prep(
                     writer.write(row)
                     stats.written += 1
         bar.close()
-    _write_json_atomic(out_dir / f"{name}_summary.json", summary.to_dict())
+    write_json_atomic(out_dir / f"{name}_summary.json", summary.to_dict())
     return summary

@@ -23,7 +23,8 @@ from gr_vl_verl.protocol import gold_labels
 
 Kind = Literal["sft", "rl", "eval"]
 KINDS: tuple[str, ...] = ("sft", "rl", "eval")
-SCHEMA_VERSION = "1"
+#: 2: RL ``extra_info`` gained ``concat_of``.
+SCHEMA_VERSION = "2"
 #: ``data_source`` per modality: verl groups validation metrics by it, so each modality gets its own curve.
 DATA_SOURCE_PREFIX = "guardreasoner_vl/"
 ABILITY = "safety"
@@ -36,16 +37,17 @@ def _list(item: pa.DataType) -> pa.DataType:
 
 _MESSAGES = _list(pa.struct([("role", pa.string()), ("content", pa.string())]))
 _IMAGES = _list(pa.struct([("bytes", pa.binary())]))
-_EXTRA_INFO = pa.struct(
-    [
-        ("id", pa.string()),
-        ("source", pa.string()),
-        ("modality", pa.string()),
-        ("split", pa.string()),
-        ("index", pa.int64()),
-        ("placeholder_image", pa.bool_()),
-    ]
-)
+_EXTRA_INFO_FIELDS: list[tuple[str, pa.DataType]] = [
+    ("id", pa.string()),
+    ("source", pa.string()),
+    ("modality", pa.string()),
+    ("split", pa.string()),
+    ("index", pa.int64()),
+    ("placeholder_image", pa.bool_()),
+]
+_EXTRA_INFO = pa.struct(_EXTRA_INFO_FIELDS)
+# RL rows also name the two rows a safety-aware concatenation was made of (`gr-vl augment`); null otherwise.
+_RL_EXTRA_INFO = pa.struct([*_EXTRA_INFO_FIELDS, ("concat_of", _list(pa.string()))])
 _GROUND_TRUTH = pa.struct([("prompt_label", pa.string()), ("response_label", pa.string())])
 
 
@@ -69,7 +71,7 @@ RL_SCHEMA = pa.schema(
         ("images", _IMAGES),
         ("ability", pa.string()),
         ("reward_model", pa.struct([("style", pa.string()), ("ground_truth", _GROUND_TRUTH)])),
-        ("extra_info", _EXTRA_INFO),
+        ("extra_info", _RL_EXTRA_INFO),
     ],
     metadata=_meta("rl"),
 )
@@ -131,10 +133,20 @@ def generation_files(path: Path) -> list[Path]:
     return files
 
 
+def parquet_batches(path: Path, batch_size: int = 64, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+    """Record batches of a parquet file, holding about one row group at a time.
+
+    Why not plain ``ParquetFile(path).iter_batches``: with pyarrow's default ``pre_buffer=True`` (pyarrow 26)
+    the reader keeps every row group it has read until the iteration ends, so reading a 922 MiB RL parquet
+    peaked at 1.1 GiB RSS; without pre-buffering it stayed at 0.2 GiB (docs/data.md, "Memory").
+    """
+    yield from pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=batch_size, columns=columns)
+
+
 def read_generations(path: Path, batch_size: int = 1024) -> Iterator[dict[str, Any]]:
     """Rows of ``gr-vl generate`` output (a file or a folder of shards), streamed."""
     for f in generation_files(path):
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_size):
+        for batch in parquet_batches(f, batch_size):
             yield from batch.to_pylist()
 
 
@@ -148,13 +160,13 @@ def read_prepared(path: Path) -> Iterator[GuardSample]:
     kind = parquet_kind(path)
     if kind not in KINDS:
         raise ValueError(f"{path}: holds {kind}, not samples")
-    pf = pq.ParquetFile(path)
-    for batch in pf.iter_batches(batch_size=64):
+    for batch in parquet_batches(path):
         for row in batch.to_pylist():
-            yield _prepared_row(kind, row)
+            yield sample_from_row(kind, row)
 
 
-def _prepared_row(kind: str, row: dict[str, Any]) -> GuardSample:
+def sample_from_row(kind: str, row: dict[str, Any]) -> GuardSample:
+    """One row of a ``kind`` parquet (as ``to_pylist`` gives it) as a sample; see :func:`read_prepared`."""
     answer = None
     if kind == "eval":
         info = {**row, "source": row["benchmark"]}

@@ -13,6 +13,7 @@ Pure Python + pyarrow: no torch, no verl.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -144,7 +145,8 @@ def rl_row(sample: GuardSample, index: int, opts: RowOptions) -> dict[str, Any]:
         "images": images,
         "ability": ABILITY,
         "reward_model": {"style": "rule", "ground_truth": sample.ground_truth},
-        "extra_info": _extra_info(sample, index, opts.split, placeholder),
+        # concat_of: set by safety-aware concatenation (data.concat) on the rows it makes.
+        "extra_info": {**_extra_info(sample, index, opts.split, placeholder), "concat_of": None},
     }
 
 
@@ -190,6 +192,19 @@ def temp_beside(path: Path) -> tuple[int, Path]:
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)
     return fd, Path(tmp)
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    """A summary or stats file: sorted keys, temp file + rename, like the parquets beside it."""
+    fd, tmp = temp_beside(path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(payload, f, indent=2, sort_keys=True, ensure_ascii=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 class AtomicParquetWriter:
