@@ -386,7 +386,7 @@ def test_pure_modules_import_no_heavy_stack():
         "import sys\n"
         "import gr_vl_verl.evaluation.metrics, gr_vl_verl.evaluation.predictions, gr_vl_verl.evaluation.report\n"
         "import gr_vl_verl.commands.score\n"
-        "print(sorted(m for m in ('torch', 'verl', 'sklearn', 'matplotlib', 'gr_vl_verl.data') if m in sys.modules))"
+        "print(sorted(m for m in ('torch', 'verl', 'sklearn', 'matplotlib', 'pyarrow', 'PIL') if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

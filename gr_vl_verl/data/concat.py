@@ -27,10 +27,11 @@ from typing import Any, Literal
 
 import pyarrow.parquet as pq
 
+from gr_vl_verl.atomic import write_json_atomic
 from gr_vl_verl.data.images import ImagePolicy, decode_image, encode_png, merge_horizontal, normalize_image
 from gr_vl_verl.data.records import GuardSample, SampleError, infer_modality, require_training_labels
 from gr_vl_verl.data.schemas import RL_SCHEMA, parquet_batches, parquet_kind, sample_from_row
-from gr_vl_verl.data.writers import AtomicParquetWriter, RowOptions, rl_row, write_json_atomic
+from gr_vl_verl.data.writers import AtomicParquetWriter, RowOptions, rl_row
 from gr_vl_verl.protocol import HARMFUL, IMAGE_PLACEHOLDER, UNHARMFUL, USER_HEADER, InstructionPlacement
 
 ConcatStyle = Literal["paper", "original"]

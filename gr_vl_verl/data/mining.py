@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from gr_vl_verl.atomic import write_json_atomic
 from gr_vl_verl.data.records import MODALITIES
 from gr_vl_verl.data.schemas import RL_SCHEMA, parquet_batches, parquet_kind
-from gr_vl_verl.data.writers import AtomicParquetWriter, write_json_atomic
+from gr_vl_verl.data.writers import AtomicParquetWriter
 from gr_vl_verl.protocol import PARSE_MODES, Labels, ParseMode, answer_correct, normalize_label, predicted_labels
 
 TRAIN_FILE, VAL_FILE, STATS_FILE = "rl_train.parquet", "rl_val.parquet", "mining_stats.json"

@@ -27,6 +27,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from gr_vl_verl.atomic import write_json_atomic
 from gr_vl_verl.data.images import (
     SFT_MAX_PIXELS,
     SFT_MIN_PIXELS,
@@ -37,7 +38,7 @@ from gr_vl_verl.data.images import (
 )
 from gr_vl_verl.data.records import GuardSample, Rejected, SampleError
 from gr_vl_verl.data.schemas import KINDS, SCHEMAS
-from gr_vl_verl.data.writers import ROW_BUILDERS, AtomicParquetWriter, RowOptions, write_json_atomic
+from gr_vl_verl.data.writers import ROW_BUILDERS, AtomicParquetWriter, RowOptions
 
 
 class PrepError(RuntimeError):

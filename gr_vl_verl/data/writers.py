@@ -13,9 +13,7 @@ Pure Python + pyarrow: no torch, no verl.
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from gr_vl_verl.atomic import publish, temp_beside
 from gr_vl_verl.data.images import placeholder_png
 from gr_vl_verl.data.records import GuardSample, SampleError, require_training_labels
 from gr_vl_verl.data.schemas import ABILITY, DATA_SOURCE_PREFIX
@@ -182,31 +181,6 @@ ROW_BUILDERS: dict[str, Callable[[GuardSample, int, RowOptions], dict[str, Any]]
 }
 
 
-def temp_beside(path: Path) -> tuple[int, Path]:
-    """An open temp file in ``path``'s folder (so ``os.replace`` is atomic), with the usual permissions.
-
-    ``mkstemp`` makes files 0600; a published output should get what the umask gives any new file.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    return fd, Path(tmp)
-
-
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """A summary or stats file: sorted keys, temp file + rename, like the parquets beside it."""
-    fd, tmp = temp_beside(path)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2, sort_keys=True, ensure_ascii=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 class AtomicParquetWriter:
     """Append rows; flush row groups by count or buffered bytes; publish with ``os.replace`` on success.
 
@@ -268,10 +242,7 @@ class AtomicParquetWriter:
                 self._flush()
             self._writer.close()
             if exc_type is None:
-                with open(self._tmp, "rb") as f:
-                    os.fsync(f.fileno())
-                os.replace(self._tmp, self.path)
+                publish(self._tmp, self.path)
         finally:
-            if self._tmp.exists():
-                self._tmp.unlink()
+            self._tmp.unlink(missing_ok=True)
             self._writer = None

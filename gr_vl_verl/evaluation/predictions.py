@@ -13,17 +13,15 @@ writer publishes atomically (temp file beside the target, then ``os.replace``). 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gr_vl_verl.atomic import atomic_write
+from gr_vl_verl.data.records import MODALITIES, TASKS
 from gr_vl_verl.protocol import LABELS
 
-TASKS: tuple[str, ...] = ("prompt", "response")
-MODALITIES: tuple[str, ...] = ("text", "image", "text_image")
 FIELDS: tuple[str, ...] = ("id", "benchmark", "task", "modality", "label", "output", "output_tokens")
 
 #: The released benchmark files split WildGuardTest by task; the paper reports it as one benchmark in both tables.
@@ -136,30 +134,6 @@ def write_predictions(path: Path, records: Iterable[Prediction]) -> int:
 
     atomic_write(path, lines())
     return count
-
-
-def atomic_write(path: Path, chunks: Iterable[bytes]) -> None:
-    """Write ``chunks`` to a temp file in ``path``'s folder, fsync, and rename over ``path``.
-
-    An exception (also one raised while producing the chunks) deletes the temp file and leaves whatever was
-    at ``path`` unchanged. Published files get the permissions the umask gives any new file.
-    """
-    path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gr_vl_verl.atomic import atomic_write
 from gr_vl_verl.evaluation.metrics import benchmark_order
-from gr_vl_verl.evaluation.predictions import TASKS, atomic_write
+from gr_vl_verl.evaluation.predictions import TASKS
 
 REPORT_VERSION = 1
 REPORT_FILES = ("report.json", "report.md", "report.csv", "f1_per_benchmark.png", "f1_vs_tokens.png")

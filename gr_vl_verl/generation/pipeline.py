@@ -27,6 +27,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from gr_vl_verl.atomic import write_json_atomic
 from gr_vl_verl.generation import shards as sh
 from gr_vl_verl.generation.config import GenerationConfig, GenerationError
 from gr_vl_verl.generation.engines import VLLM_MISSING, vllm_available
@@ -313,5 +314,5 @@ def generate(data_path: str | Path, out_dir: str | Path, config: GenerationConfi
             except Exception as e:  # Ray wraps actor and task failures; report the cause in one line
                 raise GenerationError(f"generation failed: {_root_message(e)}") from e
         summary.seconds = time.perf_counter() - start
-    sh.write_json(out_dir / sh.SUMMARY, summary.to_dict())
+    write_json_atomic(out_dir / sh.SUMMARY, summary.to_dict())
     return summary

@@ -26,8 +26,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from gr_vl_verl.atomic import atomic_path, write_json_atomic
 from gr_vl_verl.data.schemas import GENERATIONS_SCHEMA, parquet_kind
-from gr_vl_verl.data.writers import temp_beside
 
 MANIFEST = "generate_manifest.json"
 SUMMARY = "generate_summary.json"
@@ -205,7 +205,7 @@ def prepare_folder(out_dir: Path, plan: ShardPlan, settings: dict[str, Any]) -> 
     else:
         if any(out_dir.glob("shard-*.parquet")):
             raise FolderMismatch(f"{out_dir} holds shard files but no {MANIFEST}; use a new --out")
-        write_json(path, wanted)
+        write_json_atomic(path, wanted)
     for pattern in (".shard-*.tmp", ".generate_*.tmp"):
         for stale in out_dir.glob(pattern):
             stale.unlink()
@@ -231,24 +231,6 @@ def write_shard(path: Path, parts: list[pa.Table]) -> pa.Table:
     """Write one shard's results, ordered by input row then sample, atomically; returns what was written."""
     table = pa.concat_tables(parts).sort_by([(ROW, "ascending"), ("sample", "ascending")])
     table = table.select(GENERATIONS_SCHEMA.names).cast(GENERATIONS_SCHEMA)
-    fd, tmp = temp_beside(path)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return table
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    fd, tmp = temp_beside(path)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
