@@ -10,6 +10,7 @@ vLLM is imported only when its engine is built; everything else here runs withou
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,18 +54,18 @@ def vllm_engine_kwargs(config: GenerationConfig) -> dict[str, Any]:
     return kwargs
 
 
-def vllm_sampling_kwargs(config: GenerationConfig, seed: int | None) -> dict[str, Any]:
+def vllm_sampling_kwargs(config: GenerationConfig, seed: int | None, max_tokens: int | None = None) -> dict[str, Any]:
     """Arguments of one ``vllm.SamplingParams``: one request per sample (``n=1``) with that sample's seed.
 
     One request per sample rather than ``n`` in one request: the seed of sample j is then ours, not vLLM's
     derivation of child seeds, and the same as the transformers backend uses. vLLM's prefix cache shares the
-    prompt between them. Greedy requests carry no seed.
+    prompt between them. Greedy requests carry no seed. ``max_tokens`` overrides the config's for one call.
     """
     return {
         "n": 1,
         "temperature": float(config.temperature),
         "top_p": float(config.top_p),
-        "max_tokens": config.max_tokens,
+        "max_tokens": config.max_tokens if max_tokens is None else max_tokens,
         "seed": None if config.greedy else seed,
         "skip_special_tokens": True,
     }
@@ -91,13 +92,14 @@ class VLLMEngine:
         self._sampling_params = vllm.SamplingParams
         self.llm = vllm.LLM(**vllm_engine_kwargs(config))
 
-    def generate(self, requests: list[Request]) -> list[list[Completion]]:
+    def generate(self, requests: list[Request], max_tokens: int | None = None) -> list[list[Completion]]:
+        """Samples of each request; ``max_tokens`` overrides the config's for this call (the guard's knob)."""
         prompts, params, owners = [], [], []
         for i, request in enumerate(requests):
             seeds = sample_seeds(self.config, request.row_id)
             for seed in seeds[:1] if self.config.greedy else seeds:
                 prompts.append(vllm_prompt(request))
-                params.append(self._sampling_params(**vllm_sampling_kwargs(self.config, seed)))
+                params.append(self._sampling_params(**vllm_sampling_kwargs(self.config, seed, max_tokens)))
                 owners.append(i)
         outputs = self.llm.generate(prompts, sampling_params=params, use_tqdm=False)
         results: list[list[Completion]] = [[] for _ in requests]
@@ -177,24 +179,29 @@ class TransformersEngine:
             **({"do_sample": False} if config.greedy else sampling),
         )
 
-    def generate(self, requests: list[Request]) -> list[list[Completion]]:
-        return [self._one_request(r) for r in requests]
+    def generate(self, requests: list[Request], max_tokens: int | None = None) -> list[list[Completion]]:
+        """Samples of each request; ``max_tokens`` overrides the config's for this call (the guard's knob)."""
+        gen_config = self.gen_config
+        if max_tokens is not None and max_tokens != gen_config.max_new_tokens:
+            gen_config = copy.deepcopy(gen_config)
+            gen_config.max_new_tokens = max_tokens
+        return [self._one_request(r, gen_config) for r in requests]
 
-    def _one_request(self, request: Request) -> list[Completion]:
+    def _one_request(self, request: Request, gen_config: Any) -> list[Completion]:
         inputs = self.processor(text=[request.prompt], images=request.images or None, return_tensors="pt")
         inputs = inputs.to(self.device)
         seeds = sample_seeds(self.config, request.row_id)
         if self.config.greedy:
-            return [self._sample(inputs, None)] * self.config.n
-        return [self._sample(inputs, seed) for seed in seeds]
+            return [self._sample(inputs, None, gen_config)] * self.config.n
+        return [self._sample(inputs, seed, gen_config) for seed in seeds]
 
-    def _sample(self, inputs: Any, seed: int | None) -> Completion:
+    def _sample(self, inputs: Any, seed: int | None, gen_config: Any) -> Completion:
         torch = self._torch
         devices = [self.device.index] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), torch.inference_mode():
             if seed is not None:
                 torch.manual_seed(seed)
-            out = self.model.generate(**inputs, generation_config=self.gen_config)
+            out = self.model.generate(**inputs, generation_config=gen_config)
         tokens = out[0, inputs["input_ids"].shape[1] :].tolist()
         for k, tok in enumerate(tokens):  # batch size 1 pads nothing, but stay exact: cut at the first EOS
             if tok in self.eos_ids:
