@@ -1,0 +1,107 @@
+"""The generation options `gr-vl generate` and `gr-vl eval` share: their flags, the ``GenerationConfig`` they make,
+and one way of running it and reporting its failures.
+
+A helper of the command modules (its name starts with ``_``, so ``gr-vl`` lists no command for it). Like a
+command, it imports the generation package only inside its functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gr_vl_verl.commands import UsageError, WorkError
+
+if TYPE_CHECKING:
+    from gr_vl_verl.generation import GenerationConfig, GenerationSummary
+
+
+def json_object(value: str) -> dict:
+    """argparse type of ``--engine-kwargs``: a JSON object."""
+    try:
+        data = json.loads(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return data
+
+
+def add_generation_arguments(parser: argparse.ArgumentParser, *, samples: bool = True) -> None:
+    """``--model`` and every engine, sampling and Ray option. ``samples=False`` leaves out ``--n`` (a command
+    that uses one answer per row)."""
+    p = parser
+    p.add_argument("--model", required=True, help="checkpoint folder (model, tokenizer, processor)")
+    p.add_argument("--backend", choices=("vllm", "transformers"), default="vllm", help="default vllm")
+    if samples:
+        p.add_argument("--n", type=int, default=1, help="samples per row (default 1)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1.0)")
+    p.add_argument("--max-tokens", type=int, default=4096, help="new tokens per sample (default 4096)")
+    p.add_argument("--seed", type=int, default=0, help="run seed; each (row, sample) derives its own (default 0)")
+    p.add_argument("--batch-size", type=int, default=64, help="rows per engine call (default 64)")
+    p.add_argument("--concurrency", type=int, default=1, help="engine actors (default 1)")
+    p.add_argument("--shard-size", type=int, default=1000, help="input rows per output shard (default 1000)")
+    p.add_argument("--num-gpus", type=float, default=None, help="GPUs per actor (default: 1 for vllm, 0 otherwise)")
+    p.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per actor (default 1)")
+    p.add_argument("--tensor-parallel-size", type=int, default=1, help="vLLM tensor parallelism per engine")
+    p.add_argument(
+        "--engine-kwargs",
+        type=json_object,
+        default={},
+        metavar="JSON",
+        help="extra arguments for vllm.LLM / from_pretrained, e.g. '{\"max_model_len\": 8192}'",
+    )
+    p.add_argument("--ray-address", default=None, help="Ray cluster to join (default: start a local Ray)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def generation_config(args: argparse.Namespace, **fixed: Any) -> GenerationConfig:
+    """The ``GenerationConfig`` of parsed flags; ``fixed`` supplies what the command has no flag for (``n``).
+
+    A bad value, a missing model folder or ``--backend vllm`` without vLLM installed is a :class:`UsageError`.
+    """
+    from gr_vl_verl.generation import GenerationConfig
+    from gr_vl_verl.generation.engines import VLLM_MISSING, vllm_available
+
+    values = {
+        "model": args.model,
+        "backend": args.backend,
+        "n": getattr(args, "n", 1),
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "max_tokens": args.max_tokens,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "concurrency": args.concurrency,
+        "shard_size": args.shard_size,
+        "num_gpus": args.num_gpus,
+        "num_cpus": args.num_cpus,
+        "tensor_parallel_size": args.tensor_parallel_size,
+        "engine_kwargs": args.engine_kwargs,
+        "ray_address": args.ray_address,
+        "progress": not args.no_progress,
+        **fixed,
+    }
+    try:
+        config = GenerationConfig(**values)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if config.backend == "vllm" and not vllm_available():
+        raise UsageError(VLLM_MISSING)
+    return config
+
+
+def run_generation(data: Path, out: Path, config: GenerationConfig) -> GenerationSummary:
+    """``generation.generate`` with its failures as command errors: bad input or a folder of another run is
+    usage (exit 2), a failed run is work (exit 1)."""
+    from gr_vl_verl.generation import GenerationError, generate
+
+    try:
+        return generate(data, out, config)
+    except (FileNotFoundError, ValueError) as e:  # input kind, empty input, a folder of another run
+        raise UsageError(str(e)) from None
+    except (GenerationError, OSError) as e:
+        raise WorkError(str(e)) from None
