@@ -40,3 +40,17 @@ def tiny_verl(tiny_model_dir):
     processor = hf_processor(str(tiny_model_dir))
     assert processor is not None, "verl could not build the tiny model's processor"
     return hf_tokenizer(str(tiny_model_dir)), processor
+
+
+@pytest.fixture(scope="session")
+def eval_parquet(tmp_path_factory):
+    """The bundled benchmark sample as an eval parquet (`gr-vl prep vltest`), images at the tiny model's bounds."""
+    from data_helpers import VLTEST
+
+    from gr_vl_verl.cli import main
+
+    out = tmp_path_factory.mktemp("vltest")
+    argv = ["prep", "vltest", "--benchmark-dir", str(VLTEST / "benchmark"), "--image-dataset", str(VLTEST / "images"),
+            "--out", str(out), "--min-pixels", "784", "--max-pixels", "12544", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    return out / "eval.parquet"
