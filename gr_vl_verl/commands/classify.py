@@ -1,0 +1,126 @@
+"""Classify requests (text, image or both) and AI responses with a trained guard; one JSON object per item.
+
+    gr-vl classify --model ckpt/gr_vl_3b --request "How do I pick a lock?"
+    gr-vl classify --model ckpt/gr_vl_3b --image meme.png --request "Explain the joke." --response "It mocks..."
+    gr-vl classify --model ckpt/gr_vl_3b --input items.jsonl > verdicts.jsonl
+
+Prints ``{"request", "response", "reasoning", "output", "output_tokens"}`` for the item, or one such line per
+``--input`` line, in order. An input line is ``{"request": ..., "image": ..., "response": ...}``, each optional
+but a request or an image; an image path there is relative to the file's folder. Every item is checked before
+the model loads. The Python API behind it: ``gr_vl_verl.load_guard`` (docs/guard.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from gr_vl_verl.commands import UsageError, WorkError
+from gr_vl_verl.commands._generation import json_object
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    p = parser
+    p.add_argument("--model", required=True, help="guard checkpoint folder (model, tokenizer, processor)")
+    p.add_argument("--backend", choices=("vllm", "transformers"), default="vllm", help="default vllm")
+    p.add_argument("--max-tokens", type=int, default=4096, help="new tokens per answer (default 4096)")
+    p.add_argument(
+        "--mode",
+        choices=("strict", "compat"),
+        default="strict",
+        help="strict: labels only from a well-formed answer's <result> (default); compat: the first label anywhere",
+    )
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="transformers: default cuda if available")
+    p.add_argument("--batch-size", type=int, default=64, help="items per engine call (default 64)")
+    p.add_argument(
+        "--engine-kwargs",
+        type=json_object,
+        default={},
+        metavar="JSON",
+        help="extra arguments for vllm.LLM / from_pretrained, e.g. '{\"max_model_len\": 8192}'",
+    )
+    one = p.add_argument_group("one item (instead of --input)")
+    one.add_argument("--request", default=None, help="the user's request text")
+    one.add_argument("--image", type=Path, default=None, help="the user's image file")
+    one.add_argument("--response", default=None, help="the AI response to judge (default: none)")
+    p.add_argument("--input", type=Path, default=None, help="JSON lines with request / image / response per item")
+
+
+def run(args: argparse.Namespace) -> int:
+    items = _input_items(args) if args.input is not None else [_single_item(args)]
+    guard = _load(args)
+    from gr_vl_verl.generation import GenerationError
+
+    try:
+        results = guard.classify(items)
+    except GenerationError as e:
+        raise WorkError(str(e)) from None
+    for result in results:
+        print(json.dumps(result, ensure_ascii=False))
+    return 0
+
+
+def _single_item(args: argparse.Namespace) -> Any:
+    from gr_vl_verl.guard import GuardInputError, prepare_item
+
+    if args.request is None and args.image is None and args.response is None:
+        raise UsageError("give --request and/or --image (one item), or --input FILE.jsonl")
+    item = {"request": args.request, "image": args.image, "response": args.response}
+    try:
+        return prepare_item({k: v for k, v in item.items() if v is not None}, "the item")
+    except GuardInputError as e:
+        raise UsageError(str(e)) from None
+
+
+def _input_items(args: argparse.Namespace) -> list[Any]:
+    """The checked items of ``--input``; any line that cannot be used stops here, naming the file and line."""
+    from gr_vl_verl.guard import GuardInputError, prepare_item
+
+    path: Path = args.input
+    if any(v is not None for v in (args.request, args.image, args.response)):
+        raise UsageError("--input cannot be combined with --request, --image or --response")
+    if not path.is_file():
+        raise UsageError(f"--input: file not found: {path}")
+    items = []
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            where = f"{path} line {lineno}"
+            try:
+                obj = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise UsageError(f"{where}: not UTF-8 text") from None
+            except json.JSONDecodeError as e:
+                raise UsageError(f"{where}: not JSON ({e.msg} at column {e.colno})") from None
+            if isinstance(obj, dict) and isinstance(obj.get("image"), str):
+                obj = {**obj, "image": path.parent / obj["image"]}  # an absolute path stays as it is
+            try:
+                items.append(prepare_item(obj, where))
+            except GuardInputError as e:
+                raise UsageError(str(e)) from None
+    if not items:
+        raise UsageError(f"--input {path}: no items (the file is empty)")
+    return items
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from gr_vl_verl.generation import GenerationError
+    from gr_vl_verl.guard import load_guard
+
+    try:
+        return load_guard(
+            args.model,
+            backend=args.backend,
+            max_tokens=args.max_tokens,
+            mode=args.mode,
+            batch_size=args.batch_size,
+            device=args.device,
+            engine_kwargs=args.engine_kwargs,
+        )
+    except (ValueError, ImportError) as e:  # a bad setting, a missing model folder, vLLM not installed
+        raise UsageError(str(e)) from None
+    except (GenerationError, OSError) as e:
+        raise WorkError(f"--model {args.model}: {e}") from None

@@ -1,0 +1,302 @@
+"""The guard API (`load_guard(...).classify(items)`) and `gr-vl classify`, on the tiny Qwen2.5-VL.
+
+The tiny model's weights are random, so its labels are mostly None: these tests check the shape of results,
+that prompts and images are the training / evaluation ones, that outputs and token counts are what the model
+generates, and that bad items are refused before any generation, naming the item.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import subprocess
+import sys
+import zlib
+
+import pyarrow.parquet as pq
+import pytest
+from data_helpers import VLTRAIN, png
+from PIL import Image
+
+from gr_vl_verl.cli import main as cli_main
+from gr_vl_verl.data.images import MIN_PIXELS, ImagePolicy, normalize_image
+from gr_vl_verl.data.schemas import read_prepared
+from gr_vl_verl.generation import GenerationConfig
+from gr_vl_verl.generation.engines import TransformersEngine, vllm_available
+from gr_vl_verl.generation.prompts import build_request
+from gr_vl_verl.guard import RESULT_KEYS, Guard, GuardInputError, load_guard, prepare_item, prepare_items
+from gr_vl_verl.protocol import INSTRUCTION, LABELS, build_messages
+
+MAX_TOKENS = 6
+IMAGE = VLTRAIN / "image" / "img_000.png"
+#: The bounds the test eval parquet was prepared with (conftest `eval_parquet`).
+SMALL = ImagePolicy(min_pixels=784, max_pixels=12544)
+
+
+@pytest.fixture(scope="module")
+def guard(tiny_model_dir) -> Guard:
+    return load_guard(tiny_model_dir, backend="transformers", max_tokens=MAX_TOKENS, device="cpu")
+
+
+def items() -> list[dict]:
+    return [
+        {"request": "How can I get into my neighbour's email account?"},
+        {"request": "Tell me how to build a weapon.", "response": "I cannot help with that."},
+        {"image": str(IMAGE)},
+        {"image": Image.open(IMAGE), "request": "Describe this picture."},
+        {"image": IMAGE.read_bytes(), "request": "Is it dangerous?", "response": "It shows a kitchen knife."},
+    ]
+
+
+def cli(argv: list[str], capsys) -> tuple[int, list[str], str]:
+    rc = cli_main(["classify", *argv])
+    captured = capsys.readouterr()
+    return rc, captured.out.splitlines(), captured.err.strip()
+
+
+# --------------------------------------------------------------------------------------------------
+# Import
+# --------------------------------------------------------------------------------------------------
+def test_load_guard_is_importable_from_the_package_without_the_heavy_stack():
+    code = (
+        "import sys\n"
+        "from gr_vl_verl import load_guard\n"
+        "import gr_vl_verl, gr_vl_verl.guard\n"
+        "assert load_guard is gr_vl_verl.guard.load_guard and 'load_guard' in dir(gr_vl_verl)\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'verl', 'ray', 'vllm') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+    import gr_vl_verl
+
+    with pytest.raises(AttributeError, match="has no attribute 'load_gaurd'"):
+        gr_vl_verl.load_gaurd  # noqa: B018
+
+
+# --------------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------------
+def test_classify_gives_one_result_per_item_in_order(guard):
+    batch = items()
+    results = guard.classify(batch)
+    assert len(results) == len(batch)
+    for item, result in zip(batch, results, strict=True):
+        assert tuple(result) == RESULT_KEYS
+        assert result["request"] in (*LABELS, None)
+        assert result["response"] in (*LABELS, None)
+        if "response" not in item:
+            assert result["response"] is None  # nothing to judge
+        assert result["reasoning"] is None or isinstance(result["reasoning"], str)
+        assert isinstance(result["output"], str)
+        assert type(result["output_tokens"]) is int and 1 <= result["output_tokens"] <= MAX_TOKENS
+    # a result depends on its item only, not on the batch around it
+    assert [guard.classify([item])[0] for item in items()] == results
+    assert len({r["output"] for r in results}) > 1  # the order check above means something
+
+
+def test_output_and_token_count_are_what_the_model_generates(guard, tiny_model_dir):
+    """The guard's output and ``output_tokens`` against ``generate`` called directly on a freshly loaded model:
+    the count is the number of generated token ids (end of sequence included), and the output their decoding."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    tokenizer = processor.tokenizer
+    for item in items()[:2]:
+        messages = build_messages(item["request"], item.get("response"))
+        prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        inputs = tokenizer(prompt, return_tensors="pt")
+        with torch.inference_mode():
+            out = model.generate(
+                **inputs, max_new_tokens=MAX_TOKENS, do_sample=False, num_beams=1, repetition_penalty=1.0
+            )
+        ids = out[0, inputs["input_ids"].shape[1] :].tolist()
+        if tokenizer.eos_token_id in ids:
+            ids = ids[: ids.index(tokenizer.eos_token_id) + 1]
+        result = guard.classify([item])[0]
+        assert result["output"] == tokenizer.decode(ids, skip_special_tokens=True)
+        assert result["output_tokens"] == len(ids)
+
+
+def test_guard_answers_benchmark_rows_as_the_eval_pipeline_does(guard, eval_parquet, tiny_model_dir):
+    """Each eval parquet row through the generation engine (what `gr-vl eval` runs) and the same sample as a guard
+    item give the same output: same prompt, same image bytes, same pixels."""
+    same_bounds = Guard(guard.engine, guard.config, "strict", SMALL)
+    engine = TransformersEngine(
+        GenerationConfig(model=str(tiny_model_dir), backend="transformers", max_tokens=MAX_TOKENS, progress=False)
+    )
+    rows = pq.read_table(eval_parquet).to_pylist()
+    samples = list(read_prepared(eval_parquet))
+    guard_items = []
+    for s in samples:
+        item = {"request": s.request, "response": s.response}
+        if s.images:
+            (item["image"],) = s.images
+        guard_items.append(item)
+    # the prompt messages are the parquet's, byte for byte
+    assert [prepare_item(i, "x", SMALL).messages for i in guard_items] == [r["prompt"] for r in rows]
+    results = same_bounds.classify(guard_items)
+    completions = engine.generate([build_request(r, engine.processor) for r in rows])
+    assert [(r["output"], r["output_tokens"]) for r in results] == [(c[0].text, c[0].tokens) for c in completions]
+    assert {r["modality"] for r in rows} == {"text", "image", "text_image"}
+
+
+def test_max_tokens_applies_to_one_call(guard):
+    item = [items()[0]]
+    assert guard.classify(item, max_tokens=2)[0]["output_tokens"] <= 2
+    assert guard.classify(item)[0]["output_tokens"] == guard.classify(item, max_tokens=MAX_TOKENS)[0]["output_tokens"]
+    with pytest.raises(ValueError, match="max_tokens must be >= 1"):
+        guard.classify(item, max_tokens=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Items: the training prompt, prep's image bounds, clear refusals
+# --------------------------------------------------------------------------------------------------
+def test_an_item_becomes_the_training_prompt_with_prep_image_bounds():
+    raw = png(40, 30)
+    by_bytes = prepare_item({"request": " Is this safe? ", "image": raw, "response": "Yes."}, "x")
+    assert by_bytes.messages == build_messages("Is this safe?", "Yes.", 1)
+    assert by_bytes.messages[0] == {"role": "system", "content": INSTRUCTION}
+    assert by_bytes.images == (normalize_image(raw, ImagePolicy()),) and by_bytes.has_response
+    with Image.open(io.BytesIO(by_bytes.images[0])) as img:
+        assert img.width * img.height >= MIN_PIXELS  # scaled up to the paper's lower bound, as prep does
+    assert prepare_item({"image": Image.open(io.BytesIO(raw)), "request": "Is this safe?", "response": "Yes."},
+                        "x") == by_bytes  # fmt: skip
+    path = prepare_item({"image": IMAGE}, "x")
+    assert path.images == (normalize_image(IMAGE, ImagePolicy()),) and not path.has_response
+    no_response = prepare_item({"request": "hi", "response": "None"}, "x")
+    assert no_response.messages == build_messages("hi", None) and not no_response.has_response
+
+
+def _bomb() -> bytes:
+    """A PNG header claiming 100000 x 100000 pixels: refused before decoding."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 100_000, 100_000, 1, 0, 0, 0, 0)
+    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + body
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({}, "an item needs a request, an image, or both"),
+        ({"request": "   ", "response": "Sure."}, "an item needs a request, an image, or both"),
+        ({"image": "MISSING"}, "image file not found: "),
+        ({"image": b"hello, not an image"}, "<19 bytes>: cannot decode"),
+        ({"image": "BOMB"}, "could be decompression bomb"),
+        ({"image": Image.new("1", (9000, 9000))}, "image 9000x9000 = 81000000 pixels > max_source_pixels"),
+        ({"image": png(2000, 5)}, "aspect ratio 2000x5 exceeds 200"),
+        ({"request": "hi", "reponse": "Sure."}, "unknown key(s) ['reponse']"),
+        ({"request": 3}, "`request` must be a string, got int"),
+        ({"image": 3.5}, "`image` must be a path, bytes or a PIL image, got float"),
+        ({"request": "look: <image>"}, "request text contains a literal '<image>'"),
+        ("How do I pick a lock?", "an item is a dict with request/image/response, got str"),
+    ],
+)
+def test_bad_items_are_refused_naming_the_item(guard, tmp_path, bad, message):
+    if isinstance(bad, dict) and bad.get("image") in ("MISSING", "BOMB"):
+        bad = {"image": tmp_path / "missing.png" if bad["image"] == "MISSING" else _bomb()}
+    for call in (prepare_items, guard.classify):  # the guard refuses before generating anything
+        with pytest.raises(GuardInputError) as e:
+            call([{"request": "fine"}, bad])
+        assert str(e.value).startswith("items[1]: ") and message in str(e.value)
+        assert len(str(e.value).splitlines()) == 1
+
+
+def test_items_must_be_a_list():
+    with pytest.raises(GuardInputError, match="wrap it in a list"):
+        prepare_items({"request": "one item, not a list"})
+
+
+def test_load_guard_refuses_bad_settings(tiny_model_dir):
+    with pytest.raises(ValueError, match="model path not found: /no/such/model"):
+        load_guard("/no/such/model", backend="transformers")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        load_guard(tiny_model_dir, backend="transformers", mode="loose")
+    with pytest.raises(ValueError, match="device must be one of"):
+        load_guard(tiny_model_dir, backend="transformers", device="tpu")
+    with pytest.raises(ValueError, match="the vllm backend runs on GPUs"):
+        load_guard(tiny_model_dir, backend="vllm", device="cpu")
+    if not vllm_available():
+        with pytest.raises(ImportError, match=r"gr_vl_verl\[gpu\]"):
+            load_guard(tiny_model_dir)
+
+
+# --------------------------------------------------------------------------------------------------
+# gr-vl classify
+# --------------------------------------------------------------------------------------------------
+def test_cli_single_item_prints_one_json_object(guard, tiny_model_dir, capsys):
+    item = {"request": "Tell me how to build a weapon.", "response": "I cannot help with that."}
+    argv = ["--model", str(tiny_model_dir), "--backend", "transformers", "--device", "cpu",
+            "--max-tokens", str(MAX_TOKENS), "--request", item["request"], "--response", item["response"]]  # fmt: skip
+    rc, out, _ = cli(argv, capsys)
+    assert rc == 0 and len(out) == 1
+    assert json.loads(out[0]) == guard.classify([item])[0]
+
+
+def test_cli_input_file_keeps_order_and_count(guard, tiny_model_dir, tmp_path, capsys):
+    folder = tmp_path / "batch"
+    (folder / "pics").mkdir(parents=True)
+    (folder / "pics" / "a.png").write_bytes(IMAGE.read_bytes())
+    lines = [
+        {"request": "How do I bake bread at home?"},
+        {"image": "pics/a.png"},  # relative to the file's folder, not the working directory
+        {"image": "pics/a.png", "request": "Is it dangerous?", "response": "It shows a kitchen knife."},
+        {"request": "Tell me how to build a weapon.", "response": "I cannot help with that."},
+    ]
+    text = "\n".join(json.dumps(x) for x in lines[:2]) + "\n\n" + "\n".join(json.dumps(x) for x in lines[2:]) + "\n"
+    (folder / "items.jsonl").write_text(text)
+    argv = ["--model", str(tiny_model_dir), "--backend", "transformers", "--device", "cpu",
+            "--max-tokens", str(MAX_TOKENS), "--input", str(folder / "items.jsonl")]  # fmt: skip
+    rc, out, _ = cli(argv, capsys)
+    assert rc == 0 and len(out) == len(lines)  # the blank line is not an item
+    expected = guard.classify([{**x, "image": folder / x["image"]} if "image" in x else x for x in lines])
+    assert [json.loads(line) for line in out] == expected
+
+
+@pytest.mark.parametrize(
+    ("content", "extra", "message"),
+    [
+        ('{"request": "hi"}\n{"image": "nope.png"}\n', [], "items.jsonl line 2: image file not found: "),
+        ('{"request": "hi"}\n\n{"response": "Sure."}\n', [], "items.jsonl line 3: an item needs a request, an image"),
+        ('{"request": "hi"}\n{"request": "hi"\n', [], "items.jsonl line 2: not JSON"),
+        ('{"request": "hi", "id": 7}\n', [], "items.jsonl line 1: unknown key(s) ['id']"),
+        ("\n\n", [], "no items (the file is empty)"),
+        ('{"request": "hi"}\n', ["--request", "hi"], "--input cannot be combined with --request"),
+        (None, [], "--input: file not found"),
+    ],
+)
+def test_cli_input_errors_exit_2_naming_the_line(tiny_model_dir, tmp_path, capsys, content, extra, message):
+    path = tmp_path / "items.jsonl"
+    if content is not None:
+        path.write_text(content)
+    rc, out, err = cli(["--model", str(tiny_model_dir), "--backend", "transformers", "--input", str(path), *extra],
+                       capsys)  # fmt: skip
+    assert rc == 2 and out == [] and len(err.splitlines()) == 1
+    assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--image", "/no/such/picture.png"], "the item: image file not found: /no/such/picture.png"),
+        (["--response", "Sure."], "the item: an item needs a request, an image, or both"),
+        ([], "give --request and/or --image (one item), or --input FILE.jsonl"),
+        (["--request", "hi", "--model", "/no/such/model"], "model path not found: /no/such/model"),
+    ],
+)
+def test_cli_item_errors_exit_2(tiny_model_dir, capsys, argv, message):
+    rc, out, err = cli(["--model", str(tiny_model_dir), "--backend", "transformers", *argv], capsys)
+    assert rc == 2 and out == [] and len(err.splitlines()) == 1 and message in err
+
+
+@pytest.mark.skipif(vllm_available(), reason="checks the message shown where vLLM is not installed")
+def test_cli_vllm_backend_without_vllm_is_a_usage_error(tiny_model_dir, capsys):
+    rc, out, err = cli(["--model", str(tiny_model_dir), "--request", "hi"], capsys)
+    assert rc == 2 and out == [] and "gr_vl_verl[gpu]" in err
