@@ -12,7 +12,9 @@ import json
 import struct
 import subprocess
 import sys
+import types
 import zlib
+from types import SimpleNamespace
 
 import pyarrow.parquet as pq
 import pytest
@@ -26,7 +28,7 @@ from gr_vl_verl.generation import GenerationConfig
 from gr_vl_verl.generation.engines import TransformersEngine, vllm_available
 from gr_vl_verl.generation.prompts import build_request
 from gr_vl_verl.guard import RESULT_KEYS, Guard, GuardInputError, load_guard, prepare_item, prepare_items
-from gr_vl_verl.protocol import INSTRUCTION, LABELS, build_messages
+from gr_vl_verl.protocol import INSTRUCTION, LABELS, build_messages, format_answer
 
 MAX_TOKENS = 6
 IMAGE = VLTRAIN / "image" / "img_000.png"
@@ -150,6 +152,57 @@ def test_max_tokens_applies_to_one_call(guard):
     assert guard.classify(item)[0]["output_tokens"] == guard.classify(item, max_tokens=MAX_TOKENS)[0]["output_tokens"]
     with pytest.raises(ValueError, match="max_tokens must be >= 1"):
         guard.classify(item, max_tokens=0)
+
+
+class _StandInVLLM:
+    """vLLM cannot be installed here: this records what the guard's vLLM engine asks of ``vllm.LLM`` and answers
+    each prompt with the next of ``answers``, in vLLM's output shape."""
+
+    def __init__(self, answers: list[str]):
+        self.module = types.ModuleType("vllm")
+        self.module.SamplingParams = lambda **kw: kw
+        self.module.LLM = self._llm
+        self.answers = answers
+        self.calls: list = []
+
+    def _llm(self, **kwargs):
+        def generate(prompts, sampling_params, use_tqdm):
+            self.calls.append((prompts, sampling_params))
+            return [
+                SimpleNamespace(outputs=[SimpleNamespace(text=text, token_ids=[7] * len(text), finish_reason="stop")])
+                for text in self.answers[: len(prompts)]
+            ]
+
+        return SimpleNamespace(generate=generate)
+
+
+def test_labels_reasoning_and_the_vllm_path(tiny_model_dir, monkeypatch):
+    """Answers a trained guard gives, through the vLLM engine (a stand-in for vLLM itself): labels in each parse
+    mode, the reasoning, no response label without a response, one greedy request per item with its image."""
+    well_formed = format_answer("The request asks for a weapon.", "harmful", "unharmful")  # the trained format
+    no_think = "<result>Request: unharmful\nResponse: harmful</result>"
+    cut_off = "<think>\nStep 1: the image shows"
+    stand_in = _StandInVLLM([well_formed, well_formed, no_think, cut_off, well_formed])
+    monkeypatch.setitem(sys.modules, "vllm", stand_in.module)
+    monkeypatch.setattr("gr_vl_verl.generation.engines.vllm_available", lambda: True)
+    guard = load_guard(tiny_model_dir, max_tokens=100)  # the default backend
+    batch = items()
+    results = guard.classify(batch, max_tokens=7)
+    prompts, params = stand_in.calls[-1]
+    assert len(prompts) == len(batch) and [("multi_modal_data" in p) for p in prompts] == ["image" in i for i in batch]
+    assert all(p["max_tokens"] == 7 and p["temperature"] == 0.0 and p["seed"] is None for p in params)
+    assert results[0] == {"request": "harmful", "response": None, "reasoning": "The request asks for a weapon.",
+                          "output": well_formed, "output_tokens": len(well_formed)}  # fmt: skip
+    assert (results[1]["request"], results[1]["response"]) == ("harmful", "unharmful")  # item 1 has a response
+    assert (results[2]["request"], results[2]["reasoning"]) == (None, None)  # strict: no <think>, no labels
+    assert (results[3]["request"], results[3]["reasoning"]) == (None, None)  # cut off before </think>
+    assert results[4]["response"] == "unharmful"
+    guard.classify(batch)
+    assert all(p["max_tokens"] == 100 for p in stand_in.calls[-1][1])  # the override was for one call
+    compat = load_guard(tiny_model_dir, mode="compat").classify(batch)
+    assert [(r["request"], r["response"]) for r in compat] == [
+        ("harmful", None), ("harmful", "unharmful"), ("unharmful", None), (None, None), ("harmful", "unharmful"),
+    ]  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------
