@@ -333,3 +333,29 @@ def test_cli_end_to_end_with_sharded_generations(data, tmp_path, capsys):
     write_generations(shards / "shard-00000.parquet", gens[:40])  # rows 0-9 lose answers
     fails(1, "of the first 4 answers", *args, "--strict")
     assert list(read_generations(shards))[0] == gens[0]
+
+
+def test_model_mode_generates_the_k_answers_then_mines(data, tmp_path, tiny_model_dir, capsys):
+    """--model: the k answers come from the Ray Data generation pipeline (tiny model, transformers backend)
+    into OUT/generations, with the paper's sampling defaults, and mining reads exactly those."""
+    path, samples, _ = data
+    out = tmp_path / "mined"
+    argv = ["--data", str(path), "--out", str(out), "--k", "2", "--sample-num", "all", "--val-fraction", "0.25"]
+    gen_flags = ["--model", str(tiny_model_dir), "--backend", "transformers", "--max-tokens", "8", "--no-progress"]
+    assert run_mine(*argv, *gen_flags) == 0
+    manifest = json.loads((out / "generations" / "generate_manifest.json").read_text())
+    settings = json.dumps(manifest)
+    assert '"temperature": 1.0' in settings and '"top_p": 0.95' in settings and '"n": 2' in settings
+    gens = list(read_generations(out / "generations"))
+    assert sorted((g["id"], g["sample"]) for g in gens) == sorted((s.id, j) for s in samples for j in range(2))
+    # mining the same generations by hand gives the same outputs: --model is generation + --generations
+    by_hand = tmp_path / "by_hand"
+    assert run_mine(*argv[:2], "--out", str(by_hand), *argv[4:], "--generations", str(out / "generations")) == 0
+    for name in ("rl_train.parquet", "rl_val.parquet"):
+        assert (out / name).read_bytes() == (by_hand / name).read_bytes()
+    # a random tiny model answers nothing in the trained format: every row has 0 right answers and is kept
+    stats = json.loads((out / "mining_stats.json").read_text())
+    assert stats["totals"]["histogram"] == {"0": len(samples), "1": 0, "2": 0}
+    capsys.readouterr()
+    assert run_mine(*argv) == 2  # neither --model nor --generations
+    assert "exactly one of --model" in capsys.readouterr().err

@@ -29,18 +29,27 @@ def json_object(value: str) -> dict:
     return data
 
 
-def add_generation_arguments(parser: argparse.ArgumentParser, *, samples: bool = True) -> None:
+def add_generation_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    samples: bool = True,
+    model_required: bool = True,
+    seed: bool = True,
+    defaults: dict[str, Any] | None = None,
+) -> None:
     """``--model`` and every engine, sampling and Ray option. ``samples=False`` leaves out ``--n`` (a command
-    that uses one answer per row)."""
+    that fixes the number of answers per row itself); ``seed=False`` leaves out ``--seed`` (a command whose own
+    ``--seed`` seeds the generation too); ``defaults`` replaces flag defaults (e.g. a command's sampling)."""
     p = parser
-    p.add_argument("--model", required=True, help="checkpoint folder (model, tokenizer, processor)")
+    p.add_argument("--model", required=model_required, help="checkpoint folder (model, tokenizer, processor)")
     p.add_argument("--backend", choices=("vllm", "transformers"), default="vllm", help="default vllm")
     if samples:
-        p.add_argument("--n", type=int, default=1, help="samples per row (default 1)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1.0)")
-    p.add_argument("--max-tokens", type=int, default=4096, help="new tokens per sample (default 4096)")
-    p.add_argument("--seed", type=int, default=0, help="run seed; each (row, sample) derives its own (default 0)")
+        p.add_argument("--n", type=int, default=1, help="samples per row (default %(default)s)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default %(default)s)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default %(default)s)")
+    p.add_argument("--max-tokens", type=int, default=4096, help="new tokens per sample (default %(default)s)")
+    if seed:
+        p.add_argument("--seed", type=int, default=0, help="run seed; each (row, sample) derives its own (default 0)")
     p.add_argument("--batch-size", type=int, default=64, help="rows per engine call (default 64)")
     p.add_argument("--concurrency", type=int, default=1, help="engine actors (default 1)")
     p.add_argument("--shard-size", type=int, default=1000, help="input rows per output shard (default 1000)")
@@ -56,6 +65,8 @@ def add_generation_arguments(parser: argparse.ArgumentParser, *, samples: bool =
     )
     p.add_argument("--ray-address", default=None, help="Ray cluster to join (default: start a local Ray)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    if defaults:
+        p.set_defaults(**defaults)
 
 
 def generation_config(args: argparse.Namespace, **fixed: Any) -> GenerationConfig:

@@ -1,11 +1,14 @@
 """Hard-sample mining: keep the RL rows with at most --max-correct right answers of k (paper §2.3.1).
 
-    gr-vl mine --data rl_train.parquet --generations GEN --out DIR [--k 4] [--max-correct 0]
-               [--sample-num 12000] [--val-fraction 0.2] [--seed 42] [--parse strict|compat]
-               [--keep-all-modality image] [--strict]
+    gr-vl mine --data rl_train.parquet (--model CKPT [generation options] | --generations GEN) --out DIR
+               [--k 4] [--max-correct 0] [--sample-num 12000] [--val-fraction 0.2] [--seed 42]
+               [--parse strict|compat] [--keep-all-modality image] [--strict]
 
-``--generations`` is what ``gr-vl generate --n K`` wrote over the same parquet (one file or a folder of
-shards). Writes ``DIR/rl_train.parquet``, ``DIR/rl_val.parquet`` and ``DIR/mining_stats.json``.
+With ``--model`` the k answers per row are generated first, into ``DIR/generations/`` (as ``gr-vl generate``
+does, so an interrupted run resumes), with the paper's sampling settings as defaults (temperature 1.0, top_p
+0.95, up to 4096 tokens). ``--generations`` instead takes what ``gr-vl generate --n K`` wrote over the same
+parquet (one file or a folder of shards), so generation can run on a cluster and selection anywhere. Writes
+``DIR/rl_train.parquet``, ``DIR/rl_val.parquet`` and ``DIR/mining_stats.json``.
 """
 
 from __future__ import annotations
@@ -15,6 +18,10 @@ import json
 from pathlib import Path
 
 from gr_vl_verl.commands import UsageError, WorkError, require_parquet
+from gr_vl_verl.commands._generation import add_generation_arguments, generation_config, run_generation
+
+#: Rejection sampling in the paper (appendix A.5.2) and the released rejection_sampling.py.
+PAPER_SAMPLING = {"temperature": 1.0, "top_p": 0.95, "max_tokens": 4096}
 
 
 def _sample_num(value: str) -> int | None:
@@ -32,7 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--data", type=Path, required=True, help="RL parquet the generations were made from")
     parser.add_argument(
-        "--generations", type=Path, required=True, help="`gr-vl generate` output: a parquet or a folder of shards"
+        "--generations",
+        type=Path,
+        default=None,
+        help="`gr-vl generate` output: a parquet or a folder of shards (instead of --model)",
     )
     parser.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
     parser.add_argument("--k", type=int, default=4, help="answers per row that decide (default 4)")
@@ -43,7 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--sample-num", type=_sample_num, default=12000, help="cap on kept rows, or 'all' (default 12000)"
     )
     parser.add_argument("--val-fraction", type=float, default=0.2, help="share of the kept rows in rl_val")
-    parser.add_argument("--seed", type=int, default=42, help="seed of the cap and the split")
+    parser.add_argument(
+        "--seed", type=int, default=42, help="seed of the cap and the split, and of the generation with --model"
+    )
     parser.add_argument(
         "--parse",
         choices=PARSE_MODES,
@@ -59,6 +71,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="keep every row of this modality whatever its answers (the released code: image); repeatable",
     )
     parser.add_argument("--strict", action="store_true", help="a row without k answers is an error")
+    group = parser.add_argument_group("generating the k answers (with --model)")
+    add_generation_arguments(group, samples=False, model_required=False, seed=False, defaults=PAPER_SAMPLING)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,6 +93,13 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UsageError(str(e)) from None
     require_parquet("--data", args.data, "rl")
+    if (args.model is None) == (args.generations is None):
+        raise UsageError("give exactly one of --model (generate the k answers here) and --generations")
+    if args.model is not None:
+        gen_config = generation_config(args, n=args.k)
+        args.generations = Path(args.out) / "generations"
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        run_generation(args.data, args.generations, gen_config)
     try:
         gen_files = generation_files(args.generations)
     except (FileNotFoundError, ValueError) as e:
