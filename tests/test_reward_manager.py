@@ -9,7 +9,7 @@ from verl.trainer.ppo.reward import load_reward_manager
 
 from gr_vl_verl.protocol import format_answer
 from gr_vl_verl.reward.manager import GuardRewardManager
-from gr_vl_verl.reward.score import SCORE_KEYS
+from gr_vl_verl.reward.score import PRESETS, SCORE_KEYS
 
 RESPONSE_LENGTH = 64
 IMPORTLIB = [
@@ -104,8 +104,9 @@ def test_registered_name_via_the_verl_plugins_entry_point(tiny_tokenizer):
     cfg = verl_config("reward.reward_manager.name=gr_vl", "+gr_vl.reward.preset=gr-vl-eco")
     m = load_reward_manager(cfg, tiny_tokenizer)
     assert type(m) is GuardRewardManager
-    assert m.reward_config.beta == pytest.approx(1 / 6)
-    assert m.reward_config.max_length == RESPONSE_LENGTH
+    assert m.reward_config == PRESETS["gr-vl-eco"]  # characters / 3072, whatever the rollout length
+    m = load_reward_manager(verl_config("reward.reward_manager.name=gr_vl"), tiny_tokenizer)
+    assert m.reward_config.length_unit == "tokens" and m.reward_config.max_length == RESPONSE_LENGTH
 
 
 def test_character_preset_keeps_the_original_normaliser(tiny_tokenizer):
@@ -121,14 +122,14 @@ def test_user_compute_score_receives_token_length(tiny_tokenizer):
     cfg = verl_config(
         *IMPORTLIB,
         "reward.custom_reward_function.path=pkg://gr_vl_verl.reward.score",
-        "+reward.custom_reward_function.reward_kwargs.preset=gr-vl-eco",
+        "+reward.custom_reward_function.reward_kwargs.beta=0.1",
         "+reward.custom_reward_function.reward_kwargs.max_length=64",
     )
     m = load_reward_manager(cfg, tiny_tokenizer)
     assert m.user_compute_score is not None
     batch, lengths = make_batch(tiny_tokenizer, [HALF], [TRUTH])
     res = m.loop.run_until_complete(m.run_single(batch))
-    expected = -0.5 / min(lengths[0] / 64, 1 / 6) ** 2
+    expected = -0.5 / min(lengths[0] / 64, 0.1) ** 2
     assert res["reward_score"] == pytest.approx(expected)
     assert res["reward_extra_info"]["length"] == lengths[0]
 

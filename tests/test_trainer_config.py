@@ -22,8 +22,8 @@ from gr_vl_verl.trainer.dynamic_clip import DynamicClipMixin, GRRayPPOTrainer, c
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("grpo_*.sh"))
-BETA = {"grpo_qwen2_5_vl_3b": 1.0, "grpo_qwen2_5_vl_7b": 1.0, "grpo_qwen2_5_vl_3b_eco": 1 / 6}
-BETA["grpo_qwen2_5_vl_7b_eco"] = 1 / 6
+BETA = {"grpo_qwen2_5_vl_3b": 1.0, "grpo_qwen2_5_vl_7b": 1.0, "grpo_qwen2_5_vl_3b_eco": 500 / 3072}
+BETA["grpo_qwen2_5_vl_7b_eco"] = 500 / 3072  # Eco: the gain stops at 500 characters (docs/reward.md)
 
 
 def compose_cfg(overrides: list[str]):
@@ -75,7 +75,8 @@ def test_recipe_composes_and_passes_verl_checks(script: Path, recipe_env) -> Non
     assert cfg.reward.reward_manager.name == "GuardRewardManager"
     assert settings.clip.kind == "linear" and settings.clip.eps(1, 23)[0] == pytest.approx(0.2 * 22 / 23)
     assert settings.reward.beta == pytest.approx(BETA[script.stem])
-    assert settings.reward.max_length == 3072  # null -> the rollout's response length
+    assert settings.reward.max_length == 3072  # tokens: the rollout's response length; Eco: 3072 characters
+    assert settings.reward.length_unit == ("chars" if script.stem.endswith("_eco") else "tokens")
     assert updates_per_step(cfg) >= 2 and clip_warning(cfg) is None  # the clip has something to clip
     assert Path(cfg.data.train_files[0]) == Path(recipe_env["TRAIN_FILES"])
 

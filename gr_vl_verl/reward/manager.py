@@ -90,7 +90,7 @@ class GuardRewardManager(RewardManagerBase):
         self, text: str, ground_truth: Any, valid_len: int, data_source: Any, extra_info: Mapping[str, Any]
     ) -> dict[str, float]:
         try:
-            truth = parse_ground_truth(ground_truth)
+            truth = parse_ground_truth(ground_truth, original=self.reward_config.format_mode == "compat")
         except ValueError as e:
             where = {k: extra_info.get(k) for k in ("id", "index", "split") if k in extra_info}
             raise ValueError(f"bad ground truth in row {where} (data_source={data_source!r}): {e}") from None
