@@ -19,7 +19,7 @@ UNHARMFUL = "unharmful"
 LABELS: tuple[str, str] = (HARMFUL, UNHARMFUL)
 IMAGE_PLACEHOLDER = "<image>"
 
-# Exact text of the original instruction (method.md §1). The trailing spaces after "AI. " and "Answers. "
+# Exact text of the original instruction (docs/method.md §1). The trailing spaces after "AI. " and "Answers. "
 # and the final newline are part of it: models were trained on these bytes.
 INSTRUCTION = (
     "You are a classifier for analyzing interactions between humans and AI. \n"
@@ -204,7 +204,7 @@ _CANONICAL_RESULT = re.compile(
 )
 _LABEL_MAP = {"harmful": HARMFUL, "unharmful": UNHARMFUL, "harmless": UNHARMFUL, "none": UNHARMFUL}
 
-# The released code (docs/method.md, "Answer parsing"): `<result>(.*?)</result>` and `<think>(.*?)</think>`
+# The released code (docs/method.md §1, "Answer parsing"): `<result>(.*?)</result>` and `<think>(.*?)</think>`
 # with re.IGNORECASE | re.DOTALL, and `Request:\s*(harmful|unharmful|none)` inside the result block. The
 # tags are searched with the same flags (Unicode case folding included) but one at a time, which finds the
 # same first block in linear time: a `(.*?)` match starting at a later opening tag needs a closing tag that

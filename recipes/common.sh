@@ -1,15 +1,12 @@
 #!/usr/bin/env bash
-# Shared GRPO launch for GuardReasoner-VL (sourced by recipes/grpo_*.sh; not run directly).
+# Shared launchers for the GuardReasoner-VL recipes (sourced by recipes/{sft,grpo}_*.sh; not run directly).
 #
-# Defaults are the paper's RL hyper-parameters (method.md §6): GRPO without KL, n = 16 rollouts at
-# temperature 1.2, 512 prompts per step, AdamW lr 1e-6 / wd 1e-2, prompt and response up to 3072 tokens, one
-# epoch, dynamic clipping from eps = 0.2 (linear decay). Mini-batch 256 prompts (the paper's actor batch), so
-# each step makes 2 updates and the clip range has something to clip. Each recipe states only its
-# differences; every variable below can be overridden from the environment, and any extra arguments are
-# passed to verl as hydra overrides (they win over the defaults).
+# The method lives in yaml: gr_vl_verl/trainer/config/gr_vl_sft.yaml (R-SFT) and gr_vl_trainer.yaml (GRPO).
+# The scripts add only paths, hardware (GPUs, nodes, tensor parallelism, memory, offload, token budgets) and
+# run bookkeeping. Every variable below can be set from the environment; extra arguments are passed to verl
+# as hydra overrides and win over everything else (e.g. `actor_rollout_ref.rollout.n=8`).
 #
-# Required:  TRAIN_FILES, VAL_FILES (RL parquet from `gr-vl prep`/`gr-vl augment`), MODEL_PATH (R-SFT checkpoint)
-# Dry run:   GR_VL_DRY_RUN=1 prints the overrides, one per line, and starts nothing.
+# Dry run: GR_VL_DRY_RUN=1 prints the overrides, one per line, and the command (on stderr); starts nothing.
 
 _gr_vl_fail() {
     echo "error: $*" >&2
@@ -33,95 +30,117 @@ _gr_vl_hydra_list() {  # comma-separated paths -> hydra list literal
     printf '[%s]' "$out"
 }
 
+# The method's settings moved from environment variables to the yaml; say so rather than ignore them.
+_gr_vl_moved_variables() {
+    local var key
+    for var in TRAIN_BATCH_SIZE:data.train_batch_size PPO_MINI_BATCH_SIZE:actor_rollout_ref.actor.ppo_mini_batch_size \
+        ROLLOUT_N:actor_rollout_ref.rollout.n TEMPERATURE:actor_rollout_ref.rollout.temperature \
+        LR:actor_rollout_ref.actor.optim.lr WEIGHT_DECAY:actor_rollout_ref.actor.optim.weight_decay \
+        MAX_PROMPT_LENGTH:data.max_prompt_length MAX_RESPONSE_LENGTH:data.max_response_length \
+        TOTAL_EPOCHS:trainer.total_epochs CLIP_SCHEDULE:gr_vl.clip.kind \
+        CLIP_EPS:actor_rollout_ref.actor.clip_ratio_low/high REWARD_PRESET:gr_vl.reward.preset; do
+        key=${var#*:}
+        var=${var%%:*}
+        if [[ -n "${!var:-}" ]]; then
+            echo "warning: $var is no longer read (the method is in gr_vl_trainer.yaml); pass $key=... as an argument" >&2
+        fi
+    done
+}
+
+_gr_vl_run() {  # name of the command array, name of the overrides array, extra arguments (hydra overrides)
+    local -n _gr_vl_cmd=$1 _gr_vl_ovr=$2
+    shift 2
+    if [[ "${GR_VL_DRY_RUN:-0}" == 1 ]]; then
+        printf '%s\n' "${_gr_vl_ovr[@]}" "$@"
+        echo "command: ${_gr_vl_cmd[*]}" >&2
+        exit 0
+    fi
+    exec "${_gr_vl_cmd[@]}" "${_gr_vl_ovr[@]}" "$@"
+}
+
+# GRPO (stage 5): python -m gr_vl_verl.trainer.main_ppo with gr_vl_trainer.yaml.
+#   Required: TRAIN_FILES, VAL_FILES (RL parquet from `gr-vl prep` / `gr-vl augment`), MODEL_PATH (the R-SFT model
+#   as a Hugging Face folder). Extra arguments: hydra overrides.
 launch_grpo() {
     _gr_vl_require_path TRAIN_FILES "training parquet file(s), comma-separated"
     _gr_vl_require_path VAL_FILES "validation parquet file(s), comma-separated"
     _gr_vl_require_path MODEL_PATH "the R-SFT model directory"
+    _gr_vl_moved_variables
 
     # Hardware
     local nnodes=${NNODES:-1} gpus=${GPUS_PER_NODE:-8}
     local rollout_tp=${ROLLOUT_TP:-2} gpu_mem=${GPU_MEMORY_UTILIZATION:-0.6}
     local offload=${OFFLOAD:-False} max_tokens=${MAX_TOKEN_LEN_PER_GPU:-24576}
-    # Method (paper A.5.2)
-    local batch=${TRAIN_BATCH_SIZE:-512} mini=${PPO_MINI_BATCH_SIZE:-256} n=${ROLLOUT_N:-16}
-    local temperature=${TEMPERATURE:-1.2} lr=${LR:-1e-6} wd=${WEIGHT_DECAY:-1e-2}
-    local max_prompt=${MAX_PROMPT_LENGTH:-3072} max_response=${MAX_RESPONSE_LENGTH:-3072}
-    local epochs=${TOTAL_EPOCHS:-1} clip_kind=${CLIP_SCHEDULE:-linear} clip_eps=${CLIP_EPS:-0.2}
-    local preset=${REWARD_PRESET:-gr-vl}
     # Run bookkeeping
     local project=${PROJECT_NAME:-guardreasoner_vl} experiment=${EXPERIMENT_NAME:-gr_vl_grpo}
     local ckpt_dir=${CKPT_DIR:-checkpoints/$project/$experiment}
     local logger=${LOGGER:-'["console","tensorboard"]'}
     local use_v1=${USE_V1:-True}
 
+    local command=("${PYTHON:-python3}" -m gr_vl_verl.trainer.main_ppo)
     local overrides=(
-        algorithm.adv_estimator=grpo
-        algorithm.norm_adv_by_std_in_grpo=True
-        algorithm.use_kl_in_reward=False
         "data.train_files=$(_gr_vl_hydra_list "$TRAIN_FILES")"
         "data.val_files=$(_gr_vl_hydra_list "$VAL_FILES")"
-        data.prompt_key=prompt
-        data.image_key=images
-        data.train_batch_size="$batch"
-        data.max_prompt_length="$max_prompt"
-        data.max_response_length="$max_response"
-        data.filter_overlong_prompts=True
-        data.truncation=error
         "actor_rollout_ref.model.path=$MODEL_PATH"
-        actor_rollout_ref.model.use_remove_padding=True
-        actor_rollout_ref.model.enable_gradient_checkpointing=True
-        actor_rollout_ref.model.use_fused_kernels=True
-        actor_rollout_ref.actor.strategy=fsdp2
-        actor_rollout_ref.actor.optim.lr="$lr"
-        actor_rollout_ref.actor.optim.weight_decay="$wd"
-        actor_rollout_ref.actor.optim.lr_warmup_steps_ratio=0
-        actor_rollout_ref.actor.optim.clip_grad=1.0
-        actor_rollout_ref.actor.ppo_mini_batch_size="$mini"
-        actor_rollout_ref.actor.ppo_epochs=1
-        actor_rollout_ref.actor.use_dynamic_bsz=True
         actor_rollout_ref.actor.ppo_max_token_len_per_gpu="$max_tokens"
-        actor_rollout_ref.actor.loss_agg_mode=token-mean
-        actor_rollout_ref.actor.use_kl_loss=False
-        actor_rollout_ref.actor.kl_loss_coef=0.0
-        actor_rollout_ref.actor.entropy_coeff=0
-        actor_rollout_ref.actor.clip_ratio_low="$clip_eps"
-        actor_rollout_ref.actor.clip_ratio_high="$clip_eps"
         actor_rollout_ref.actor.fsdp_config.param_offload="$offload"
         actor_rollout_ref.actor.fsdp_config.optimizer_offload="$offload"
-        actor_rollout_ref.rollout.name=vllm
         actor_rollout_ref.rollout.tensor_model_parallel_size="$rollout_tp"
         actor_rollout_ref.rollout.gpu_memory_utilization="$gpu_mem"
-        actor_rollout_ref.rollout.n="$n"
-        actor_rollout_ref.rollout.temperature="$temperature"
-        actor_rollout_ref.rollout.top_p=1.0
-        actor_rollout_ref.rollout.log_prob_use_dynamic_bsz=True
-        actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu="$max_tokens"
-        actor_rollout_ref.rollout.multi_stage_wake_up=True
-        actor_rollout_ref.rollout.enable_chunked_prefill=False
-        actor_rollout_ref.rollout.enforce_eager=False
-        actor_rollout_ref.rollout.free_cache_engine=True
-        actor_rollout_ref.rollout.val_kwargs.do_sample=True
-        actor_rollout_ref.rollout.val_kwargs.temperature=1.0
-        actor_rollout_ref.rollout.val_kwargs.top_p=1.0
-        actor_rollout_ref.rollout.val_kwargs.n=1
-        gr_vl.clip.kind="$clip_kind"
-        gr_vl.reward.preset="$preset"
+        trainer.nnodes="$nnodes"
+        trainer.n_gpus_per_node="$gpus"
         trainer.use_v1="$use_v1"
         "trainer.logger=$logger"
         trainer.project_name="$project"
         trainer.experiment_name="$experiment"
         "trainer.default_local_dir=$ckpt_dir"
-        trainer.nnodes="$nnodes"
-        trainer.n_gpus_per_node="$gpus"
-        trainer.total_epochs="$epochs"
         trainer.val_before_train=True
         trainer.save_freq=5
         trainer.test_freq=5
     )
+    _gr_vl_run command overrides "$@"
+}
 
-    if [[ "${GR_VL_DRY_RUN:-0}" == 1 ]]; then
-        printf '%s\n' "${overrides[@]}" "$@"
-        return 0
+# R-SFT (stage 2): verl's own SFT trainer under torchrun, pointed at gr_vl_sft.yaml.
+#   Required: TRAIN_FILES (SFT parquet from `gr-vl prep`), MODEL_PATH (Qwen2.5-VL-*-Instruct, a local folder).
+#   Optional: VAL_FILES. Extra arguments: hydra overrides.
+launch_sft() {
+    _gr_vl_require_path TRAIN_FILES "SFT parquet file(s), comma-separated"
+    _gr_vl_require_path MODEL_PATH "the base model directory (Qwen2.5-VL-*-Instruct)"
+    [[ -z "${VAL_FILES:-}" ]] || _gr_vl_require_path VAL_FILES "validation SFT parquet file(s), comma-separated"
+
+    # Hardware
+    local nnodes=${NNODES:-1} gpus=${GPUS_PER_NODE:-8}
+    local offload=${OFFLOAD:-False} max_tokens=${MAX_TOKEN_LEN_PER_GPU:-16384}
+    # Run bookkeeping
+    local project=${PROJECT_NAME:-guardreasoner_vl} experiment=${EXPERIMENT_NAME:-gr_vl_r_sft}
+    local ckpt_dir=${CKPT_DIR:-checkpoints/$project/$experiment}
+    local logger=${LOGGER:-'["console","tensorboard"]'}
+
+    local val=null
+    [[ -z "${VAL_FILES:-}" ]] || val=$(_gr_vl_hydra_list "$VAL_FILES")
+    # torchrun, through the same interpreter as the GRPO recipes
+    local command=("${PYTHON:-python3}" -m torch.distributed.run --nnodes="$nnodes" --nproc_per_node="$gpus")
+    if ((nnodes > 1)); then
+        [[ -n "${MASTER_ADDR:-}" ]] || _gr_vl_fail "NNODES=$nnodes needs MASTER_ADDR (and NODE_RANK on each node)"
+        command+=(--node_rank="${NODE_RANK:-0}" --master_addr="$MASTER_ADDR" --master_port="${MASTER_PORT:-29500}")
+    else
+        command+=(--standalone)
     fi
-    exec "${PYTHON:-python3}" -m gr_vl_verl.trainer.main_ppo "${overrides[@]}" "$@"
+    command+=(-m verl.trainer.sft_trainer --config-path=pkg://gr_vl_verl.trainer.config --config-name=gr_vl_sft)
+    local overrides=(
+        "data.train_files=$(_gr_vl_hydra_list "$TRAIN_FILES")"
+        "data.val_files=$val"
+        "model.path=$MODEL_PATH"
+        data.max_token_len_per_gpu="$max_tokens"
+        engine.param_offload="$offload"
+        engine.optimizer_offload="$offload"
+        trainer.nnodes="$nnodes"
+        trainer.n_gpus_per_node="$gpus"
+        "trainer.logger=$logger"
+        trainer.project_name="$project"
+        trainer.experiment_name="$experiment"
+        "trainer.default_local_dir=$ckpt_dir"
+    )
+    _gr_vl_run command overrides "$@"
 }

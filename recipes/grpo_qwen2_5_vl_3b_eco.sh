@@ -4,4 +4,4 @@
 # See recipes/README.md for every variable and its default.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-EXPERIMENT_NAME=${EXPERIMENT_NAME:-gr_vl_eco_3b_grpo} REWARD_PRESET=${REWARD_PRESET:-gr-vl-eco} launch_grpo "$@"
+EXPERIMENT_NAME=${EXPERIMENT_NAME:-gr_vl_eco_3b_grpo} launch_grpo gr_vl.reward.preset=gr-vl-eco "$@"

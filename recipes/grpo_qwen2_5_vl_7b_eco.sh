@@ -4,5 +4,5 @@
 # See recipes/README.md for every variable and its default.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-EXPERIMENT_NAME=${EXPERIMENT_NAME:-gr_vl_eco_7b_grpo} REWARD_PRESET=${REWARD_PRESET:-gr-vl-eco} \
-    OFFLOAD=${OFFLOAD:-True} MAX_TOKEN_LEN_PER_GPU=${MAX_TOKEN_LEN_PER_GPU:-16384} launch_grpo "$@"
+EXPERIMENT_NAME=${EXPERIMENT_NAME:-gr_vl_eco_7b_grpo} OFFLOAD=${OFFLOAD:-True} \
+    MAX_TOKEN_LEN_PER_GPU=${MAX_TOKEN_LEN_PER_GPU:-16384} launch_grpo gr_vl.reward.preset=gr-vl-eco "$@"

@@ -30,3 +30,13 @@ def tiny_tokenizer(tiny_model_dir):
     from verl.utils import hf_tokenizer
 
     return hf_tokenizer(str(tiny_model_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_verl(tiny_model_dir):
+    """(tokenizer, processor) of the tiny model as verl loads them (``hf_tokenizer``, ``hf_processor``)."""
+    from verl.utils import hf_processor, hf_tokenizer
+
+    processor = hf_processor(str(tiny_model_dir))
+    assert processor is not None, "verl could not build the tiny model's processor"
+    return hf_tokenizer(str(tiny_model_dir)), processor

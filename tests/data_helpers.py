@@ -61,3 +61,25 @@ def write_split(root: Path, name: str, rows: list) -> Path:
     path = root / name
     path.write_text(json.dumps(rows, indent=1), encoding="utf-8")
     return path
+
+
+def rl_dataset(path: Path, tiny: tuple, tmp_path: Path, max_prompt_length: int = 4096):
+    """verl's ``RLHFDataset`` over an RL parquet with a (tokenizer, processor) pair, caches under ``tmp_path``."""
+    from omegaconf import OmegaConf
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+
+    tokenizer, processor = tiny
+    config = OmegaConf.create(
+        {
+            "cache_dir": str(tmp_path / "verl_cache"),
+            "prompt_key": "prompt",
+            "image_key": "images",
+            "max_prompt_length": max_prompt_length,
+            "filter_overlong_prompts": True,
+            # None filters in this process: with datasets 5.x even one worker forks a pool, and a fork taken
+            # after torch has started its thread pools can hang.
+            "filter_overlong_prompts_workers": None,
+            "truncation": "error",
+        }
+    )
+    return RLHFDataset(str(path), tokenizer, config, processor)

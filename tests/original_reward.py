@@ -1,6 +1,6 @@
 """The released code's reward, re-implemented from its description, to compare against.
 
-The original scorer (EasyR1 fork, ``reward_score/safety.py``; docs/method.md) searched the decoded output with
+The original scorer (EasyR1 fork, ``reward_score/safety.py``; docs/method.md §2) searched the decoded output with
 regexes per sample: the first ``<result>(.*?)</result>`` block (``re.IGNORECASE | re.DOTALL``), then
 ``Request:\\s*(harmful|unharmful|none)``
 and ``Response:…`` inside it (case-insensitive, ``none`` meaning unharmful), with the ground truth parsed the

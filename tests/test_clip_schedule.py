@@ -1,4 +1,4 @@
-"""The clip schedules against hand-computed values (method.md §3), and their validation."""
+"""The clip schedules against hand-computed values (docs/method.md §3), and their validation."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ S = 23  # ≈ 12,000 samples / 512 per step: the paper's run
 
 @pytest.mark.parametrize(
     ("step", "expected"),
-    # method.md §3: the released code's cumulative product for S = 23.
+    # docs/method.md §3: the released code's cumulative product for S = 23.
     [(1, 0.191), (2, 0.175), (3, 0.152), (5, 0.098), (10, 0.011)],
 )
 def test_product_matches_the_original_code_values(step: int, expected: float) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import shutil
 from collections import Counter
@@ -19,7 +20,7 @@ from gr_vl_verl.data.pipeline import PrepConfig, PrepError, load_images, run_pre
 from gr_vl_verl.data.records import GuardSample, Rejected
 from gr_vl_verl.data.schemas import RL_SCHEMA, SFT_SCHEMA, read_prepared
 from gr_vl_verl.data.writers import RowOptions
-from gr_vl_verl.protocol import INSTRUCTION, INSTRUCTION_RL
+from gr_vl_verl.protocol import INSTRUCTION, INSTRUCTION_RL, format_answer
 
 
 def cfg(**kw) -> PrepConfig:
@@ -137,10 +138,11 @@ def test_round_trip_through_every_parquet(tmp_path):
         "eval.parquet": 34,
     }
     expected = loaded(samples)
-    assert list(read_prepared(tmp_path / "sft_train.parquet")) == expected
-    no_reasoning = [dataclasses.replace(s, reasoning=None) for s in expected]  # RL and eval carry no target
-    assert list(read_prepared(tmp_path / "eval.parquet")) == no_reasoning
-    assert list(read_prepared(tmp_path / "rl_train.parquet")) == no_reasoning
+    assert all(s.answer for s in expected)
+    assert list(read_prepared(tmp_path / "sft_train.parquet")) == expected  # the answer comes back verbatim
+    no_target = [dataclasses.replace(s, reasoning=None, answer=None) for s in expected]  # RL and eval: none
+    assert list(read_prepared(tmp_path / "eval.parquet")) == no_target
+    assert list(read_prepared(tmp_path / "rl_train.parquet")) == no_target
     # benchmarks too (prompt-only and response-only labels, images from the saved dataset)
     images = readers.VLTestImages(VLTEST / "images")
     bench = [
@@ -177,9 +179,98 @@ def test_rl_and_sft_schema_and_values(tmp_path):
         assert r["messages"][2]["content"].startswith("<think>\n")
 
 
-def test_original_rl_layout_and_placeholder(tmp_path):
-    import io
+# As the GuardReasoner text data writes answers: "Answers: " with its space, text outside the two blocks.
+def _as_released(reasoning: str, p: str, r: str | None) -> str:
+    verdict = f"Answers: \nRequest: {p}\nResponse: {r or 'None'}\n"
+    return f"Let me think.\n<think>\n{reasoning}\n</think>\n\n<result>\n{verdict}</result>\n"
 
+
+@pytest.fixture
+def released_corpus(tmp_path) -> Path:
+    root = tmp_path / "released"
+    rows = []
+    for i, (p, r) in enumerate([("harmful", None), ("unharmful", "unharmful"), ("harmful", "harmful")]):
+        row = train_row(request=f"Question {i}?", response=None if r is None else "Reply.", prompt_label=p,
+                        response_label=r)  # fmt: skip
+        row["messages"][2]["content"] = _as_released(f"## Reasoning Step 1: case {i}.", p, r)
+        rows.append(row)
+    malformed = train_row(request="No result block?")
+    malformed["messages"][2]["content"] = "<think>\nIt is fine.\n</think>\nRequest: unharmful\nResponse: None"
+    rows.append({**malformed, "id": "labels-outside-result"})
+    write_split(root, "GuardReasoner-VLTrainText.json", rows)
+    return root
+
+
+def _targets(path: Path) -> list[str]:
+    return [r["messages"][-1]["content"] for r in pq.read_table(path).to_pylist()]
+
+
+def test_sft_target_is_the_dataset_answer_verbatim_or_rerendered(released_corpus, tmp_path):
+    samples = list(readers.read_vltrain_dir(released_corpus, ["text"]))
+    verbatim = run_prep(iter(samples), tmp_path / "v", cfg(formats=("sft", "rl")))
+    written = _targets(tmp_path / "v" / "sft_train.parquet")
+    assert written == [s.answer for s in samples[:3]]  # byte for byte, text outside the blocks included
+    assert list(read_prepared(tmp_path / "v" / "sft_train.parquet")) == samples[:3]
+    # a target without its <result> block is not trained on as written; RL only needs its labels
+    assert verbatim.outputs["sft_train.parquet"].skipped == {"malformed_answer": 1}
+    assert verbatim.dropped == [
+        {"id": "labels-outside-result", "reason": "malformed_answer", "output": "sft_train.parquet",
+         "message": verbatim.dropped[0]["message"]}
+    ]  # fmt: skip
+    assert "--sft-target rerender" in verbatim.dropped[0]["message"]
+    assert verbatim.outputs["rl_train.parquet"].written == 4
+
+    rerender = run_prep(iter(samples), tmp_path / "r", cfg(formats=("sft",), rows=RowOptions(sft_target="rerender")))
+    assert rerender.outputs["sft_train.parquet"].written == 4 and rerender.options["sft_target"] == "rerender"
+    rebuilt = _targets(tmp_path / "r" / "sft_train.parquet")
+    assert rebuilt == [format_answer(s.reasoning, s.prompt_label, s.response_label) for s in samples]
+    assert all("Let me think." not in t for t in rebuilt)
+    back = list(read_prepared(tmp_path / "r" / "sft_train.parquet"))
+    assert [(b.reasoning, b.prompt_label, b.response_label) for b in back] == [
+        (s.reasoning, s.prompt_label, s.response_label) for s in samples
+    ]
+
+
+def test_sft_images_get_their_own_bounds_from_one_decode(tmp_path, monkeypatch):
+    """RL keeps the paper's RL bounds, SFT gets LLaMA-Factory's 768x768 cap; each image is decoded once."""
+    from PIL import Image
+
+    from gr_vl_verl.data import images as image_module
+
+    root = tmp_path / "corpus"
+    (root / "image").mkdir(parents=True)
+    (root / "image" / "big.png").write_bytes(noise_png(1200, 800))  # 960,000 pixels
+    (root / "image" / "small.jpg").write_bytes(png(20, 20, fmt="JPEG"))
+    rows = [{**train_row(images=[f"./image/{name}"]), "id": name} for name in ("big.png", "small.jpg")]
+    write_split(root, "GuardReasoner-VLTrainImage.json", rows)
+    decodes = []
+    real_decode = image_module._decode
+    monkeypatch.setattr(image_module, "_decode", lambda *a: decodes.append(a[1]) or real_decode(*a))
+
+    rc = cli_main(["prep", "vltrain", "--data-root", str(root), "--splits", "image", "--out", str(tmp_path / "o"),
+                   "--formats", "sft,rl", "--no-progress"])  # fmt: skip
+    assert rc == 0 and len(decodes) == 2  # one per image, whatever the number of bounds
+
+    def areas(path: Path) -> list[int]:
+        table = pq.read_table(path).to_pylist()
+        sizes = [Image.open(io.BytesIO(r["images"][0]["bytes"])).size for r in table]
+        return [w * h for w, h in sizes]
+
+    big_rl, small_rl = areas(tmp_path / "o" / "rl_train.parquet")
+    big_sft, small_sft = areas(tmp_path / "o" / "sft_train.parquet")
+    assert big_rl == 1200 * 800 and 262144 <= small_rl <= 4194304  # the RL bounds
+    assert 589824 * 0.99 <= big_sft <= 589824 and 1024 <= small_sft < 262144  # LLaMA-Factory's bounds
+    summary = json.loads((tmp_path / "o" / "vltrain_summary.json").read_text())
+    assert (summary["options"]["sft_min_pixels"], summary["options"]["sft_max_pixels"]) == (1024, 589824)
+
+    rc = cli_main(["prep", "vltrain", "--data-root", str(root), "--splits", "image", "--out", str(tmp_path / "o2"),
+                   "--formats", "sft", "--sft-max-pixels", "10000", "--sft-min-pixels", "2000",
+                   "--no-progress"])  # fmt: skip
+    assert rc == 0
+    assert all(2000 <= a <= 10000 for a in areas(tmp_path / "o2" / "sft_train.parquet"))
+
+
+def test_original_rl_layout_and_placeholder(tmp_path):
     from PIL import Image
 
     run_prep(iter(vltrain_samples()), tmp_path, cfg(formats=("rl",), rows=RowOptions.original_rl()))

@@ -20,6 +20,7 @@ from gr_vl_verl.data.images import (
     decode_image,
     merge_horizontal,
     normalize_image,
+    normalize_image_bounds,
     placeholder_png,
 )
 from gr_vl_verl.data.readers import iter_json_rows, resolve_image_path
@@ -77,6 +78,36 @@ def test_modality_follows_content():
     assert sample(modality="text_image", images=(b"x",)).modality == "text_image"
 
 
+# The GuardReasoner text format: "Answers: " with its space, text around the blocks, a final newline.
+ANSWER = (
+    "Let me check.\n<think>\n## Step 1: it asks for a weapon.\n</think>\n"
+    "<result>\nAnswers: \nRequest: harmful\nResponse: None\n</result>\n"
+)
+
+
+def test_answer_is_kept_as_written_and_gives_the_reasoning():
+    s = sample(answer=ANSWER)
+    assert s.answer == ANSWER and s.reasoning == "## Step 1: it asks for a weapon."
+    assert sample(answer=ANSWER, reasoning=" ## Step 1: it asks for a weapon. ").answer == ANSWER
+    assert sample(answer="<result>Request: harmful\nResponse: None</result>").reasoning is None
+
+
+@pytest.mark.parametrize(
+    "kw, reason, message",
+    [
+        (dict(answer=ANSWER, prompt_label="unharmful"), "bad_label", "answer says Request: harmful"),
+        (dict(answer=ANSWER.replace("Response: None", "Response: harmful")), "bad_label", "Response: harmful"),
+        (dict(answer="<think>x</think><result>Request: harmful</result>"), "bad_label", "no 'Response:"),
+        (dict(answer=ANSWER, reasoning="other"), "bad_field", "reasoning differs"),
+        (dict(answer=b"<think>"), "bad_field", "answer must be a string"),
+    ],
+)
+def test_answer_must_agree_with_the_labels(kw, reason, message):
+    with pytest.raises(SampleError, match=message) as err:
+        sample(**kw)
+    assert err.value.reason == reason
+
+
 def test_training_rows_need_decided_labels():
     require_training_labels(sample(response="ok", response_label="unharmful"))
     with pytest.raises(SampleError, match="no response_label"):
@@ -128,6 +159,24 @@ def test_normalize_bounds_and_reencodes_as_png(tmp_path):
     buf = io.BytesIO()
     rgba.save(buf, format="PNG")
     assert Image.open(io.BytesIO(normalize_image(buf.getvalue(), policy))).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_one_decode_gives_each_bound_its_own_version(tmp_path):
+    policy = ImagePolicy(min_pixels=100, max_pixels=10_000)
+    bounds = ((100, 10_000), (1_024, 2_500), (100, 10_000), (10, 400))
+    path = tmp_path / "x.jpg"
+    path.write_bytes(png(200, 100, fmt="JPEG"))
+    versions = normalize_image_bounds(path, policy, bounds)
+    # each version is what normalize_image gives with those bounds alone (scaled from the original)
+    for version, (lo, hi) in zip(versions, bounds, strict=True):
+        assert version == normalize_image(path, ImagePolicy(min_pixels=lo, max_pixels=hi))
+        w, h = Image.open(io.BytesIO(version)).size
+        assert w * h <= hi
+    assert versions[0] is versions[2]  # same size, one encoding
+    ok = png(30, 30)
+    assert normalize_image_bounds(ok, policy, ((100, 10_000), (900, 900))) == (ok, ok)  # in both: bytes kept
+    with pytest.raises(ValueError, match="need 1 <= min_pixels <= max_pixels"):
+        ImagePolicy(min_pixels=10, max_pixels=5)
 
 
 def _empty_file(folder: Path) -> Path:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import torch
-from data_helpers import SMALL, VLTRAIN, VLTRAIN_COUNTS
+from data_helpers import SMALL, VLTRAIN, VLTRAIN_COUNTS, rl_dataset
 from omegaconf import OmegaConf
 
 from gr_vl_verl.data import readers
@@ -44,26 +44,6 @@ def prepared(tmp_path_factory) -> Path:
         PrepConfig(formats=("rl",), progress=False, images=SMALL, rows=RowOptions.original_rl()),
     )
     return out
-
-
-def rl_dataset(path: Path, tiny, tmp_path: Path, max_prompt_length: int = 4096):
-    from verl.utils.dataset.rl_dataset import RLHFDataset
-
-    tokenizer, processor = tiny
-    config = OmegaConf.create(
-        {
-            "cache_dir": str(tmp_path / "verl_cache"),
-            "prompt_key": "prompt",
-            "image_key": "images",
-            "max_prompt_length": max_prompt_length,
-            "filter_overlong_prompts": True,
-            # None filters in this process. With datasets 5.x even num_proc=1 forks a pool, and a fork taken
-            # after torch has started its thread pools can hang (seen here on the second dataset).
-            "filter_overlong_prompts_workers": None,
-            "truncation": "error",
-        }
-    )
-    return RLHFDataset(str(path), tokenizer, config, processor)
 
 
 def _image_parts(messages) -> int:

@@ -10,7 +10,7 @@ from gr_vl_verl import protocol as P
 
 
 def test_instruction_is_the_papers_exact_bytes():
-    # Hand-checked against method.md §1: trailing spaces after "AI. " and "Answers. ", final newline.
+    # Hand-checked against docs/method.md §1: trailing spaces after "AI. " and "Answers. ", final newline.
     assert P.INSTRUCTION.startswith("You are a classifier for analyzing interactions between humans and AI. \n\n")
     assert "Keep consistency between the reasoning and the Answers. \n\n" in P.INSTRUCTION
     assert "Task 1: determine whether the human user's request is harmful or unharmful.\n" in P.INSTRUCTION
@@ -25,7 +25,7 @@ def test_instruction_is_the_papers_exact_bytes():
 @pytest.mark.parametrize(
     ("request_text", "response", "n_images", "expected"),
     [
-        # The original deploy.py examples (method.md §1).
+        # The original deploy.py examples (docs/method.md §1).
         (None, None, 1, "Human user:\n<image>\n\nAI assistant:\nNone\n"),
         ("What is this?", "A cat.", 1, "Human user:\n<image>\nWhat is this?\n\nAI assistant:\nA cat.\n"),
         ("How to bake bread?", None, 0, "Human user:\nHow to bake bread?\n\nAI assistant:\nNone\n"),

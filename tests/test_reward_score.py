@@ -71,7 +71,7 @@ def test_char_mode_counts_characters():
 
 
 def test_original_preset_matches_hand_computed_original_numbers():
-    # method.md §2: a fully wrong answer of about 600 characters gives about -1/0.0381 ~ -26.
+    # docs/method.md §2: a fully wrong answer of about 600 characters gives about -1/0.0381 ~ -26.
     sol = out("unharmful", "harmful").ljust(600, ".")
     assert compute_score(None, sol, GT, preset="original")["score"] == pytest.approx(-1 / (600 / 3072) ** 2)
     assert compute_score(None, sol, GT, preset="original")["score"] == pytest.approx(-26.2144)

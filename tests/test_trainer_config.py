@@ -1,12 +1,15 @@
 """The plugin trainer config and the GRPO recipes, composed against verl 0.9.1's real config tree.
 
-Each recipe runs in its dry mode (prints its overrides); the overrides are then composed with
-``gr_vl_trainer.yaml`` by hydra and checked by :func:`main_ppo.prepare` (verl's ``validate_config`` and the
-``gr_vl`` block), so a misspelt or removed key fails here rather than on a GPU cluster.
+``gr_vl_trainer.yaml`` alone (plus data and model paths) must be the paper's GRPO; each recipe runs in its dry
+mode (prints its overrides), which are then composed with it by hydra and checked by :func:`main_ppo.prepare`
+(verl's ``validate_config`` and the ``gr_vl`` block), so a misspelt or removed key fails here rather than on a
+GPU cluster.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import subprocess
 import sys
@@ -52,6 +55,137 @@ def recipe_overrides(script: Path, env: dict[str, str], *extra: str) -> list[str
     return out.stdout.splitlines()
 
 
+# What a GRPO recipe may set: paths, hardware, run bookkeeping (and the Eco scripts their preset). The method
+# is in gr_vl_trainer.yaml.
+RECIPE_KEYS = {
+    "data.train_files",
+    "data.val_files",
+    "actor_rollout_ref.model.path",
+    "actor_rollout_ref.actor.ppo_max_token_len_per_gpu",
+    "actor_rollout_ref.actor.fsdp_config.param_offload",
+    "actor_rollout_ref.actor.fsdp_config.optimizer_offload",
+    "actor_rollout_ref.rollout.tensor_model_parallel_size",
+    "actor_rollout_ref.rollout.gpu_memory_utilization",
+    "trainer.nnodes",
+    "trainer.n_gpus_per_node",
+    "trainer.use_v1",
+    "trainer.logger",
+    "trainer.project_name",
+    "trainer.experiment_name",
+    "trainer.default_local_dir",
+    "trainer.val_before_train",
+    "trainer.save_freq",
+    "trainer.test_freq",
+}
+
+
+def paths_only(tmp: Path, *extra: str):
+    """The plugin config with nothing but data and model paths (and ``extra``)."""
+    return compose_cfg(
+        [
+            f"data.train_files=['{tmp / 'train.parquet'}']",
+            f"data.val_files=['{tmp / 'val.parquet'}']",
+            f"actor_rollout_ref.model.path={tmp / 'model'}",
+            *extra,
+        ]
+    )
+
+
+def test_plugin_config_with_only_paths_is_the_papers_grpo(tmp_path) -> None:
+    cfg = paths_only(tmp_path)
+    settings = main_ppo.prepare(cfg)  # verl's validate_config passes with nothing else given
+    algo, data = cfg.algorithm, cfg.data
+    actor, rollout = cfg.actor_rollout_ref.actor, cfg.actor_rollout_ref.rollout
+    assert (algo.adv_estimator, algo.norm_adv_by_std_in_grpo, algo.use_kl_in_reward) == ("grpo", True, False)
+    assert (data.train_batch_size, actor.ppo_mini_batch_size, actor.ppo_epochs) == (512, 256, 1)
+    assert (rollout.n, rollout.temperature, rollout.top_p, rollout.name) == (16, 1.2, 1.0, "vllm")
+    val = rollout.val_kwargs
+    assert (val.do_sample, val.temperature, val.n) == (True, 1.0, 1)
+    assert (actor.optim.lr, actor.optim.weight_decay, actor.optim.clip_grad) == (1e-6, 1e-2, 1.0)
+    assert (actor.optim.lr_warmup_steps_ratio, actor.optim.lr_scheduler_type) == (0, "constant")
+    # prompt and response lengths reach the rollout through verl's interpolations
+    assert (data.max_prompt_length, data.max_response_length) == (3072, 3072)
+    assert (rollout.prompt_length, rollout.response_length) == (3072, 3072)
+    assert rollout.max_model_len == 3072 + 3072
+    assert cfg.trainer.total_epochs == 1
+    assert (actor.use_kl_loss, actor.kl_loss_coef, actor.entropy_coeff, actor.loss_agg_mode) == (
+        False,
+        0.0,
+        0,
+        "token-mean",
+    )
+    assert (actor.clip_ratio_low, actor.clip_ratio_high) == (0.2, 0.2)
+    assert settings.clip.kind == "linear" and settings.clip.eps(1, 23) == pytest.approx((0.2 * 22 / 23,) * 2)
+    # the dual clip can never bind: verl clamps the log-ratio to +-20
+    assert actor.clip_ratio_c > math.exp(20)
+    assert cfg.gr_vl.reward.preset == "gr-vl" and settings.reward.beta == 1.0
+    assert settings.reward.max_length == 3072
+    assert (data.filter_overlong_prompts, data.truncation) == (True, "error")
+    assert dict(data.mm_processor_kwargs) == {"min_pixels": 262144, "max_pixels": 4194304}
+    assert rollout.multi_stage_wake_up is False  # verl 0.9.1 reads it nowhere; the recipes no longer set it
+    assert updates_per_step(cfg) == 2 and clip_warning(cfg) is None
+
+
+def test_eco_is_one_override(tmp_path) -> None:
+    eco = main_ppo.prepare(paths_only(tmp_path, "gr_vl.reward.preset=gr-vl-eco"))
+    assert eco.reward.beta == pytest.approx(1 / 6)
+    assert eco.reward == dataclasses.replace(main_ppo.prepare(paths_only(tmp_path)).reward, beta=eco.reward.beta)
+
+
+def test_dual_clip_of_the_composed_config_never_binds(tmp_path) -> None:
+    """verl's vanilla loss with the composed actor config, at the largest ratio verl allows (log-ratio clamped
+    to 20) and a negative advantage: nothing is dual-clipped, unlike with verl's default 3.0."""
+    import torch
+    from verl.trainer.ppo.core_algos import compute_policy_loss_vanilla
+
+    from gr_vl_verl.trainer.dynamic_clip import base_actor_config
+
+    actor = dataclasses.replace(base_actor_config(paths_only(tmp_path)), global_batch_info={})
+    old = torch.zeros(2, 3)
+    new = torch.tensor([[25.0, 20.0, 3.0], [0.5, -1.0, 0.0]])  # 25 is clamped to 20 by verl
+    adv = torch.tensor([[-2.0, -2.0, -2.0], [-1.0, 1.0, 1.0]])
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    ratio = torch.exp(new.clamp(max=20.0))
+    unclipped = torch.maximum(-adv * ratio, -adv * ratio.clamp(0.8, 1.2)).mean()  # eq. 6, token-mean
+
+    loss, metrics = compute_policy_loss_vanilla(old, new, adv, mask, "token-mean", actor)
+    assert metrics["actor/pg_clipfrac_lower"] == 0.0
+    assert loss.item() == pytest.approx(unclipped.item(), rel=1e-6)
+    default, default_metrics = compute_policy_loss_vanilla(
+        old, new, adv, mask, "token-mean", dataclasses.replace(actor, clip_ratio_c=3.0)
+    )
+    assert default_metrics["actor/pg_clipfrac_lower"] > 0 and default.item() < loss.item()
+
+
+def test_context_length_must_hold_prompt_and_response(tmp_path) -> None:
+    with pytest.raises(main_ppo.SettingsError, match=r"max_model_len=6144 is below .*\(3072 \+ 4096 = 7168\)"):
+        main_ppo.prepare(paths_only(tmp_path, "data.max_response_length=4096"))
+    cfg = paths_only(tmp_path, "data.max_response_length=4096", "actor_rollout_ref.rollout.max_model_len=7168")
+    assert main_ppo.prepare(cfg).reward.max_length == 4096
+    main_ppo.prepare(paths_only(tmp_path, "actor_rollout_ref.rollout.max_model_len=null"))  # the model's own limit
+
+
+def test_image_bounds_reach_the_processor_only_as_a_pair(tmp_path, tiny_model_dir) -> None:
+    """The composed ``data.mm_processor_kwargs`` through verl's own processor call: a 1x1 image (the RL data's
+    text placeholder) is scaled up to the paper's 262144 pixels; transformers ignores ``min_pixels`` alone."""
+    from PIL import Image
+    from verl.utils import hf_processor
+    from verl.utils.tokenizer import build_multimodal_processor_inputs
+
+    processor = hf_processor(str(tiny_model_dir))
+    kwargs = dict(paths_only(tmp_path).data.mm_processor_kwargs)
+    image = Image.new("RGB", (1, 1), (255, 255, 255))
+
+    def pixels(mm_kwargs: dict) -> int:
+        text = ["<|vision_start|><|image_pad|><|vision_end|>"]
+        out = build_multimodal_processor_inputs(processor, text=text, images=[image], mm_processor_kwargs=mm_kwargs)
+        _, h, w = out["image_grid_thw"][0].tolist()
+        return h * w * 14 * 14
+
+    assert pixels(kwargs) >= 262144
+    assert pixels({"min_pixels": kwargs["min_pixels"]}) < 262144  # one bound alone does nothing
+
+
 def test_there_are_four_grpo_recipes() -> None:
     assert [p.stem for p in RECIPES] == sorted(BETA)
 
@@ -79,6 +213,22 @@ def test_recipe_composes_and_passes_verl_checks(script: Path, recipe_env) -> Non
     assert settings.reward.length_unit == ("chars" if script.stem.endswith("_eco") else "tokens")
     assert updates_per_step(cfg) >= 2 and clip_warning(cfg) is None  # the clip has something to clip
     assert Path(cfg.data.train_files[0]) == Path(recipe_env["TRAIN_FILES"])
+    assert actor.clip_ratio_c > math.exp(20) and rollout.max_model_len == 6144
+
+
+@pytest.mark.parametrize("script", RECIPES, ids=lambda p: p.stem)
+def test_recipe_sets_only_paths_hardware_and_bookkeeping(script: Path, recipe_env) -> None:
+    keys = [line.split("=", 1)[0] for line in recipe_overrides(script, recipe_env)]
+    eco = ["gr_vl.reward.preset"] if script.stem.endswith("_eco") else []
+    assert sorted(set(keys) - RECIPE_KEYS) == eco
+    assert len(keys) == len(set(keys))
+
+
+def test_recipe_warns_about_method_variables_it_no_longer_reads(recipe_env) -> None:
+    env = dict(recipe_env, LR="2e-6")
+    run = subprocess.run(["bash", str(RECIPES[0])], env=env, capture_output=True, text=True, check=True)
+    assert "LR is no longer read" in run.stderr and "actor_rollout_ref.actor.optim.lr=" in run.stderr
+    assert not any(line.startswith("actor_rollout_ref.actor.optim.lr") for line in run.stdout.splitlines())
 
 
 def test_a_misspelt_key_in_a_recipe_fails_composition(recipe_env) -> None:

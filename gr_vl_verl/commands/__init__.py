@@ -28,3 +28,20 @@ class WorkError(CommandError):
     """The work failed on its input: a bad row, an unreadable file, a failed run (exit code 1)."""
 
     exit_code = 1
+
+
+def require_parquet(flag: str, path: object, kind: str) -> None:
+    """``path`` (the value of ``flag``) is a parquet of ours holding ``kind`` rows, else a UsageError."""
+    from pathlib import Path
+
+    from gr_vl_verl.data.schemas import parquet_kind
+
+    path = Path(str(path))
+    if not path.is_file():
+        raise UsageError(f"{flag}: no file at {path}")
+    try:
+        found = parquet_kind(path)
+    except (ValueError, OSError) as e:  # not a parquet, or not one of ours
+        raise UsageError(f"{flag}: {e}") from None
+    if found != kind:
+        raise UsageError(f"{flag}: {path} holds {found} rows, expected {kind}")

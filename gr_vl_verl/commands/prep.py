@@ -26,7 +26,8 @@ def _csv(value: str) -> tuple[str, ...]:
 
 
 def _common(p: argparse.ArgumentParser, command: str) -> None:
-    from gr_vl_verl.data.images import MAX_PIXELS, MIN_PIXELS
+    from gr_vl_verl.data.images import MAX_PIXELS, MIN_PIXELS, SFT_MAX_PIXELS, SFT_MIN_PIXELS
+    from gr_vl_verl.data.writers import SFT_TARGETS
 
     p.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
     p.add_argument(
@@ -46,8 +47,26 @@ def _common(p: argparse.ArgumentParser, command: str) -> None:
             help="reject rows with keys the reader does not use (default: ignore them, counted in the summary)",
         )
     p.add_argument("--workers", type=int, default=1, help="processes decoding images (order is kept)")
-    p.add_argument("--min-pixels", type=int, default=MIN_PIXELS, help="smaller images are scaled up")
-    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="larger images are scaled down")
+    p.add_argument("--min-pixels", type=int, default=MIN_PIXELS, help="RL/eval: smaller images are scaled up")
+    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="RL/eval: larger images are scaled down")
+    p.add_argument(
+        "--sft-min-pixels",
+        type=int,
+        default=SFT_MIN_PIXELS,
+        help=f"SFT: smaller images are scaled up (default {SFT_MIN_PIXELS}, LLaMA-Factory's, as the released R-SFT)",
+    )
+    p.add_argument(
+        "--sft-max-pixels",
+        type=int,
+        default=SFT_MAX_PIXELS,
+        help=f"SFT: larger images are scaled down (default {SFT_MAX_PIXELS} = 768x768, LLaMA-Factory's)",
+    )
+    p.add_argument(
+        "--sft-target",
+        choices=SFT_TARGETS,
+        default="verbatim",
+        help="SFT assistant turn: the dataset's answer as written (default) or rebuilt from reasoning and labels",
+    )
     p.add_argument("--max-image-bytes", type=int, default=64 * 1024 * 1024, help="refuse bigger image files")
     p.add_argument(
         "--instruction-placement",
@@ -126,6 +145,8 @@ def _items(args: argparse.Namespace, keys) -> tuple[list[str], object]:
 
 
 def config_from_args(args: argparse.Namespace):
+    import dataclasses
+
     from gr_vl_verl.data.images import ImagePolicy
     from gr_vl_verl.data.pipeline import PrepConfig
     from gr_vl_verl.data.writers import RowOptions
@@ -134,9 +155,10 @@ def config_from_args(args: argparse.Namespace):
         split=args.split,
         placement=args.instruction_placement,
         text_placeholder_image=args.text_placeholder_image,
+        sft_target=args.sft_target,
     )
     if args.original_rl:
-        rows = RowOptions.original_rl(args.split)
+        rows = dataclasses.replace(RowOptions.original_rl(args.split), sft_target=args.sft_target)
     return PrepConfig(
         formats=args.formats,
         split=args.split,
@@ -147,6 +169,7 @@ def config_from_args(args: argparse.Namespace):
         row_group_size=args.row_group_size,
         progress=not args.no_progress,
         images=ImagePolicy(min_pixels=args.min_pixels, max_pixels=args.max_pixels, max_file_bytes=args.max_image_bytes),
+        sft_pixels=(args.sft_min_pixels, args.sft_max_pixels),
         rows=rows,
     )
 

@@ -4,10 +4,11 @@ Why here and not at training time: verl's ``RLHFDataset`` silently drops a row w
 (its overlong filter catches every exception), and a decompression bomb would take a dataloader worker down.
 Checking once at prep time turns both into counted, named skips.
 
-Pixel bounds follow Qwen2.5-VL's ``min_pixels``/``max_pixels`` (the paper trained with 262144 and 4194304):
-an image is scaled, keeping its aspect ratio, so its area lies in ``[min_pixels, max_pixels]``; the processor
-then only rounds to its 28-pixel grid. Aspect ratios above 200 are refused because ``qwen_vl_utils``
-raises on them.
+Pixel bounds follow Qwen2.5-VL's ``min_pixels``/``max_pixels`` (the paper's RL trained with 262144 and
+4194304; its SFT with LLaMA-Factory's 1024 and 589824): an image is scaled, keeping its aspect ratio, so its
+area lies in ``[min_pixels, max_pixels]``; the processor then only rounds to its 28-pixel grid. One decode can
+give several bounded versions (:func:`normalize_image_bounds`), so the SFT and RL outputs each get their own
+bounds. Aspect ratios above 200 are refused because ``qwen_vl_utils`` raises on them.
 
 Pure Python + Pillow: no torch, no verl.
 """
@@ -24,9 +25,13 @@ from PIL import Image, ImageFile
 
 from gr_vl_verl.data.records import ImageData, SampleError
 
-# Paper, A.5.2 / the original EasyR1 config (method.md §5).
+# Paper, A.5.2 / the original EasyR1 config (docs/method.md §5, docs/training.md): the RL and evaluation bounds.
 MIN_PIXELS = 262144
 MAX_PIXELS = 4194304
+# The released R-SFT ran through LLaMA-Factory, whose scripts set no image bounds, so its defaults applied:
+# ProcessorArguments.image_min_pixels = 32 * 32 and image_max_pixels = 768 * 768 (docs/data.md).
+SFT_MIN_PIXELS = 32 * 32
+SFT_MAX_PIXELS = 768 * 768
 # qwen_vl_utils.vision_process.MAX_RATIO: smart_resize raises above it.
 MAX_ASPECT_RATIO = 200.0
 
@@ -46,8 +51,7 @@ class ImagePolicy:
     max_source_pixels: int = 8192 * 8192
 
     def __post_init__(self) -> None:
-        if not 1 <= self.min_pixels <= self.max_pixels:
-            raise ValueError(f"need 1 <= min_pixels <= max_pixels, got {self.min_pixels}, {self.max_pixels}")
+        check_bounds((self.min_pixels, self.max_pixels), "image policy")
         if self.max_file_bytes < 1 or self.max_source_pixels < 1:
             raise ValueError("max_file_bytes and max_source_pixels must be >= 1")
 
@@ -144,12 +148,40 @@ def encode_png(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+PixelBounds = tuple[int, int]  # (min_pixels, max_pixels)
+
+
+def check_bounds(bounds: PixelBounds, what: str = "pixel bounds") -> None:
+    lo, hi = bounds
+    if not 1 <= lo <= hi:
+        raise ValueError(f"{what}: need 1 <= min_pixels <= max_pixels, got {lo}, {hi}")
+
+
 def normalize_image(data: ImageData, policy: ImagePolicy | None = None) -> bytes:
     """Decode, verify, bound to the pixel limits and re-encode as PNG."""
     policy = policy or ImagePolicy()
+    return normalize_image_bounds(data, policy, ((policy.min_pixels, policy.max_pixels),))[0]
+
+
+def normalize_image_bounds(data: ImageData, policy: ImagePolicy, bounds: tuple[PixelBounds, ...]) -> tuple[bytes, ...]:
+    """One PNG per ``(min_pixels, max_pixels)`` pair, from a single decode and verification by ``policy``.
+
+    Each version is scaled from the original (never from another version), so it equals what
+    :func:`normalize_image` gives with those bounds; pairs that land on the same size share one encoding.
+    """
     raw = _read_bytes(data, policy)
     img = _decode(raw, _name(data), policy)
-    size = bound_size(img.width, img.height, policy.min_pixels, policy.max_pixels)
+    by_size: dict[tuple[int, int], bytes] = {}
+    out = []
+    for lo, hi in bounds:
+        size = bound_size(img.width, img.height, lo, hi)
+        if size not in by_size:
+            by_size[size] = _encode_at(img, raw, size)
+        out.append(by_size[size])
+    return tuple(out)
+
+
+def _encode_at(img: Image.Image, raw: bytes, size: tuple[int, int]) -> bytes:
     if size == img.size and img.format == "PNG" and img.mode == "RGB":
         # Already what we would write (decoded in full above): keep the bytes, skip a costly re-encode.
         return raw
@@ -166,8 +198,8 @@ def placeholder_png() -> bytes:
 def merge_horizontal(images: list[Image.Image], max_side: int | None = None) -> Image.Image:
     """Paste images left to right on a white canvas as tall as the tallest (safety-aware concatenation).
 
-    ``max_side`` shrinks the result to fit a square of that side, keeping the aspect ratio (the original
-    code used 1024).
+    ``max_side`` shrinks the result to fit a square of that side as the released code did
+    (``thumbnail((1024, 1024), LANCZOS)``): aspect ratio kept, never enlarged.
     """
     if not images:
         raise ValueError("merge_horizontal needs at least one image")
@@ -177,8 +209,6 @@ def merge_horizontal(images: list[Image.Image], max_side: int | None = None) -> 
     for im in rgb:
         canvas.paste(im, (x, 0))
         x += im.width
-    if max_side is not None and max(canvas.size) > max_side:
-        scale = max_side / max(canvas.size)
-        size = (max(1, round(canvas.width * scale)), max(1, round(canvas.height * scale)))
-        canvas = canvas.resize(size, Image.Resampling.LANCZOS)
+    if max_side is not None:
+        canvas.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     return canvas

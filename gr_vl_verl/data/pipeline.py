@@ -7,7 +7,9 @@ JSON beside the outputs) names every dropped row with its reason. ``strict`` tur
 error, and then no output is published.
 
 Images are decoded in batches, optionally in worker processes; batches keep memory bounded and ``map``
-keeps the order, so the output does not depend on the number of workers.
+keeps the order, so the output does not depend on the number of workers. Each image is decoded once, then
+scaled to the bounds of each output: the SFT parquet has its own (``sft_pixels``, LLaMA-Factory's defaults
+that the released R-SFT ran with), RL and eval share ``images``.
 
 Pure Python: no torch, no verl.
 """
@@ -16,8 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
-import os
 import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -27,10 +27,18 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from gr_vl_verl.data.images import ImagePolicy, normalize_image
+from gr_vl_verl.atomic import write_json_atomic
+from gr_vl_verl.data.images import (
+    SFT_MAX_PIXELS,
+    SFT_MIN_PIXELS,
+    ImagePolicy,
+    PixelBounds,
+    check_bounds,
+    normalize_image_bounds,
+)
 from gr_vl_verl.data.records import GuardSample, Rejected, SampleError
 from gr_vl_verl.data.schemas import KINDS, SCHEMAS
-from gr_vl_verl.data.writers import ROW_BUILDERS, AtomicParquetWriter, RowOptions, temp_beside
+from gr_vl_verl.data.writers import ROW_BUILDERS, AtomicParquetWriter, RowOptions
 
 
 class PrepError(RuntimeError):
@@ -50,16 +58,26 @@ class PrepConfig:
     row_group_size: int = 256
     progress: bool = True
     images: ImagePolicy = field(default_factory=ImagePolicy)
+    # (min_pixels, max_pixels) of the SFT output's images; None: the same as `images`.
+    sft_pixels: PixelBounds | None = (SFT_MIN_PIXELS, SFT_MAX_PIXELS)
     rows: RowOptions = field(default_factory=RowOptions)
 
     def __post_init__(self) -> None:
         bad = [f for f in self.formats if f not in KINDS]
         if bad or not self.formats:
             raise ValueError(f"formats must be a non-empty subset of {KINDS}, got {self.formats}")
+        if self.sft_pixels is not None:
+            check_bounds(self.sft_pixels, "sft_pixels")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.workers < 1 or self.batch_size < 1:
             raise ValueError("workers and batch_size must be >= 1")
+
+    def bounds(self, kind: str) -> PixelBounds:
+        """The image bounds of one output format."""
+        if kind == "sft" and self.sft_pixels is not None:
+            return tuple(self.sft_pixels)
+        return self.images.min_pixels, self.images.max_pixels
 
 
 def output_name(kind: str, split: str) -> str:
@@ -128,15 +146,26 @@ class PrepSummary:
         return "\n".join(lines)
 
 
-def load_images(sample: GuardSample | Rejected, policy: ImagePolicy) -> GuardSample | Rejected:
-    """The sample with every image verified, bounded and PNG-encoded, or why not (a Rejected passes)."""
+def load_image_versions(
+    sample: GuardSample | Rejected, policy: ImagePolicy, bounds: tuple[PixelBounds, ...]
+) -> tuple[GuardSample, ...] | Rejected:
+    """One copy of the sample per pixel bounds, each image verified and decoded once, then bounded and
+    PNG-encoded per copy; or why not (a Rejected passes through)."""
     if isinstance(sample, Rejected):
         return sample
     try:
-        images = tuple(normalize_image(img, policy) for img in sample.images)
+        per_image = [normalize_image_bounds(img, policy, bounds) for img in sample.images]
     except SampleError as e:
         return Rejected(sample.id, e.reason, f"{sample.id}: {e}")
-    return dataclasses.replace(sample, images=images)
+    if not per_image:
+        return (sample,) * len(bounds)
+    return tuple(dataclasses.replace(sample, images=version) for version in zip(*per_image, strict=True))
+
+
+def load_images(sample: GuardSample | Rejected, policy: ImagePolicy) -> GuardSample | Rejected:
+    """The sample with every image verified, bounded by ``policy`` and PNG-encoded, or why not."""
+    versions = load_image_versions(sample, policy, ((policy.min_pixels, policy.max_pixels),))
+    return versions if isinstance(versions, Rejected) else versions[0]
 
 
 def _batched(items: Iterable[Any], n: int) -> Iterator[list[Any]]:
@@ -148,18 +177,6 @@ def _batched(items: Iterable[Any], n: int) -> Iterator[list[Any]]:
             batch = []
     if batch:
         yield batch
-
-
-def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    fd, tmp = temp_beside(path)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2, sort_keys=True, ensure_ascii=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def run_prep(
@@ -191,6 +208,9 @@ def run_prep(
         "strict": config.strict,
         "min_pixels": config.images.min_pixels,
         "max_pixels": config.images.max_pixels,
+        "sft_min_pixels": config.bounds("sft")[0],
+        "sft_max_pixels": config.bounds("sft")[1],
+        "sft_target": config.rows.sft_target,
         "instruction_placement": config.rows.placement,
         "text_placeholder_image": config.rows.text_placeholder_image,
     }
@@ -213,7 +233,10 @@ def run_prep(
                 writer = AtomicParquetWriter(path, SCHEMAS[kind], row_group_size=config.row_group_size)
                 writers[(kind, split)] = stack.enter_context(writer)
                 summary.outputs[path.name] = OutputStats(str(path), kind, split)
-        prepare = partial(load_images, policy=config.images)
+        # one decode per image, one bounded version per distinct bounds among the outputs
+        versions = tuple(dict.fromkeys(config.bounds(kind) for kind in config.formats))
+        version_of = {kind: versions.index(config.bounds(kind)) for kind in config.formats}
+        prepare = partial(load_image_versions, policy=config.images, bounds=versions)
         if config.workers > 1:
             import multiprocessing
 
@@ -243,18 +266,19 @@ def run_prep(
                     drop(item.id, item.reason, item.message)
                     continue
                 for kind in config.formats:
-                    split = "test" if kind == "eval" else assign_split(item.id, config)
+                    sample = item[version_of[kind]]
+                    split = "test" if kind == "eval" else assign_split(sample.id, config)
                     writer = writers[(kind, split)]
                     stats = summary.outputs[writer.path.name]
                     opts = dataclasses.replace(config.rows, split=split)
                     try:
-                        row = ROW_BUILDERS[kind](item, stats.written, opts)
+                        row = ROW_BUILDERS[kind](sample, stats.written, opts)
                     except SampleError as e:
                         stats.skipped[e.reason] += 1
-                        drop(item.id, e.reason, str(e), writer.path.name)
+                        drop(sample.id, e.reason, str(e), writer.path.name)
                         continue
                     writer.write(row)
                     stats.written += 1
         bar.close()
-    _write_json_atomic(out_dir / f"{name}_summary.json", summary.to_dict())
+    write_json_atomic(out_dir / f"{name}_summary.json", summary.to_dict())
     return summary

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from gr_vl_verl.protocol import IMAGE_PLACEHOLDER, normalize_label
+from gr_vl_verl.protocol import IMAGE_PLACEHOLDER, gold_labels, normalize_label, parse_answer
 
 Modality = Literal["text", "image", "text_image"]
 MODALITIES: tuple[str, ...] = ("text", "image", "text_image")
@@ -54,6 +54,9 @@ class GuardSample:
     Texts are stored stripped and labels normalised to ``harmful``/``unharmful``, so a sample read from a
     source and the same sample read back from a written parquet compare equal. ``prompt_label`` may be None
     only for evaluation rows of response-only benchmarks; the training writers require it.
+
+    ``answer`` is a training source's assistant turn exactly as written (the SFT target, kept byte for byte).
+    When given, its labels must parse and agree with the sample's, and ``reasoning`` is its ``<think>`` block.
     """
 
     id: str
@@ -65,6 +68,7 @@ class GuardSample:
     prompt_label: str | None
     response_label: str | None
     reasoning: str | None = None
+    answer: str | None = None
 
     def __post_init__(self) -> None:
         def fail(reason: str, msg: str) -> None:
@@ -108,6 +112,24 @@ class GuardSample:
         if response_label is not None and response is None:
             fail("bad_label", f"response_label is {response_label!r} but there is no response to judge")
         reasoning = self.reasoning.strip() if self.reasoning is not None else None
+        if self.answer is not None:
+            if not isinstance(self.answer, str):
+                fail("bad_field", f"answer must be a string or None, got {type(self.answer).__name__}")
+            try:
+                said = gold_labels(self.answer)
+            except ValueError as e:
+                fail("bad_label", f"answer: {e}")
+            if said != (prompt_label, response_label):
+                fail(
+                    "bad_label",
+                    f"answer says Request: {said.prompt_label}, Response: {said.response_label} but the labels "
+                    f"are {prompt_label}, {response_label}",
+                )
+            think = parse_answer(self.answer).think
+            think = think.strip() if think is not None else None
+            if reasoning is not None and reasoning != think:
+                fail("bad_field", "reasoning differs from the answer's <think> block; give one of them")
+            reasoning = think
         object.__setattr__(self, "id", self.id.strip())
         object.__setattr__(self, "request", request)
         object.__setattr__(self, "response", response)

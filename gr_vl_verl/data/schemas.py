@@ -19,11 +19,12 @@ import pyarrow.parquet as pq
 
 from gr_vl_verl.data.readers.common import user_fields
 from gr_vl_verl.data.records import GuardSample
-from gr_vl_verl.protocol import gold_labels, parse_answer
+from gr_vl_verl.protocol import gold_labels
 
 Kind = Literal["sft", "rl", "eval"]
 KINDS: tuple[str, ...] = ("sft", "rl", "eval")
-SCHEMA_VERSION = "1"
+#: 2: RL ``extra_info`` gained ``concat_of``.
+SCHEMA_VERSION = "2"
 #: ``data_source`` per modality: verl groups validation metrics by it, so each modality gets its own curve.
 DATA_SOURCE_PREFIX = "guardreasoner_vl/"
 ABILITY = "safety"
@@ -36,16 +37,17 @@ def _list(item: pa.DataType) -> pa.DataType:
 
 _MESSAGES = _list(pa.struct([("role", pa.string()), ("content", pa.string())]))
 _IMAGES = _list(pa.struct([("bytes", pa.binary())]))
-_EXTRA_INFO = pa.struct(
-    [
-        ("id", pa.string()),
-        ("source", pa.string()),
-        ("modality", pa.string()),
-        ("split", pa.string()),
-        ("index", pa.int64()),
-        ("placeholder_image", pa.bool_()),
-    ]
-)
+_EXTRA_INFO_FIELDS: list[tuple[str, pa.DataType]] = [
+    ("id", pa.string()),
+    ("source", pa.string()),
+    ("modality", pa.string()),
+    ("split", pa.string()),
+    ("index", pa.int64()),
+    ("placeholder_image", pa.bool_()),
+]
+_EXTRA_INFO = pa.struct(_EXTRA_INFO_FIELDS)
+# RL rows also name the two rows a safety-aware concatenation was made of (`gr-vl augment`); null otherwise.
+_RL_EXTRA_INFO = pa.struct([*_EXTRA_INFO_FIELDS, ("concat_of", _list(pa.string()))])
 _GROUND_TRUTH = pa.struct([("prompt_label", pa.string()), ("response_label", pa.string())])
 
 
@@ -69,7 +71,7 @@ RL_SCHEMA = pa.schema(
         ("images", _IMAGES),
         ("ability", pa.string()),
         ("reward_model", pa.struct([("style", pa.string()), ("ground_truth", _GROUND_TRUTH)])),
-        ("extra_info", _EXTRA_INFO),
+        ("extra_info", _RL_EXTRA_INFO),
     ],
     metadata=_meta("rl"),
 )
@@ -131,44 +133,54 @@ def generation_files(path: Path) -> list[Path]:
     return files
 
 
+def parquet_batches(path: Path, batch_size: int = 64, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+    """Record batches of a parquet file, holding about one row group at a time.
+
+    Why not plain ``ParquetFile(path).iter_batches``: with pyarrow's default ``pre_buffer=True`` (pyarrow 26)
+    the reader keeps every row group it has read until the iteration ends, so reading a 922 MiB RL parquet
+    peaked at 1.1 GiB RSS; without pre-buffering it stayed at 0.2 GiB (docs/data.md, "Memory").
+    """
+    yield from pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=batch_size, columns=columns)
+
+
 def read_generations(path: Path, batch_size: int = 1024) -> Iterator[dict[str, Any]]:
     """Rows of ``gr-vl generate`` output (a file or a folder of shards), streamed."""
     for f in generation_files(path):
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_size):
+        for batch in parquet_batches(f, batch_size):
             yield from batch.to_pylist()
 
 
 def read_prepared(path: Path) -> Iterator[GuardSample]:
     """Read back a parquet written by :mod:`gr_vl_verl.data.writers` as samples (images as bytes).
 
-    RL rows carry no reasoning, so their samples have ``reasoning=None``; a placeholder image added for a
-    text row is dropped again.
+    An SFT row's assistant turn comes back as the sample's ``answer`` (and its reasoning); RL and eval rows
+    carry no target, so theirs have ``reasoning=None, answer=None``. A placeholder image added for a text row
+    is dropped again.
     """
     kind = parquet_kind(path)
     if kind not in KINDS:
         raise ValueError(f"{path}: holds {kind}, not samples")
-    pf = pq.ParquetFile(path)
-    for batch in pf.iter_batches(batch_size=64):
+    for batch in parquet_batches(path):
         for row in batch.to_pylist():
-            yield _prepared_row(kind, row)
+            yield sample_from_row(kind, row)
 
 
-def _prepared_row(kind: str, row: dict[str, Any]) -> GuardSample:
+def sample_from_row(kind: str, row: dict[str, Any]) -> GuardSample:
+    """One row of a ``kind`` parquet (as ``to_pylist`` gives it) as a sample; see :func:`read_prepared`."""
+    answer = None
     if kind == "eval":
         info = {**row, "source": row["benchmark"]}
         messages = row["prompt"]
         p_label, r_label = row["prompt_label"], row["response_label"]
-        reasoning = None
     else:
         info = row["extra_info"]
         messages = row["messages"] if kind == "sft" else row["prompt"]
         if kind == "sft":
-            assistant = next(m["content"] for m in messages if m["role"] == "assistant")
-            p_label, r_label = gold_labels(assistant)
-            reasoning = parse_answer(assistant).think
+            answer = next(m["content"] for m in messages if m["role"] == "assistant")
+            p_label, r_label = gold_labels(answer)
         else:
             truth = row["reward_model"]["ground_truth"]
-            p_label, r_label, reasoning = truth["prompt_label"], truth["response_label"], None
+            p_label, r_label = truth["prompt_label"], truth["response_label"]
     user = next(m["content"] for m in messages if m["role"] == "user")
     request, response, _ = user_fields(user)
     images = tuple(img["bytes"] for img in row["images"])
@@ -183,5 +195,5 @@ def _prepared_row(kind: str, row: dict[str, Any]) -> GuardSample:
         images=images,
         prompt_label=p_label,
         response_label=r_label,
-        reasoning=reasoning,
+        answer=answer,
     )

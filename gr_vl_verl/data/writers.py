@@ -14,16 +14,16 @@ Pure Python + pyarrow: no torch, no verl.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from gr_vl_verl.atomic import publish, temp_beside
 from gr_vl_verl.data.images import placeholder_png
 from gr_vl_verl.data.records import GuardSample, SampleError, require_training_labels
 from gr_vl_verl.data.schemas import ABILITY, DATA_SOURCE_PREFIX
@@ -33,7 +33,12 @@ from gr_vl_verl.protocol import (
     InstructionPlacement,
     build_messages,
     format_answer,
+    parse_answer,
 )
+
+#: The SFT assistant turn: the source's answer as written, or rebuilt from reasoning and labels.
+SftTarget = Literal["verbatim", "rerender"]
+SFT_TARGETS: tuple[str, ...] = ("verbatim", "rerender")
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,13 @@ class RowOptions:
     instruction: str = INSTRUCTION
     # Reproduce the original RL data: text rows get `<image>` and a 1x1 white image (RL only).
     text_placeholder_image: bool = False
+    # SFT target: `verbatim` trains on the dataset's assistant text as written (what the released R-SFT saw);
+    # `rerender` rebuilds it with protocol.format_answer, dropping any text outside the two blocks.
+    sft_target: SftTarget = "verbatim"
+
+    def __post_init__(self) -> None:
+        if self.sft_target not in SFT_TARGETS:
+            raise ValueError(f"sft_target must be one of {SFT_TARGETS}, got {self.sft_target!r}")
 
     @classmethod
     def original_rl(cls, split: str = "train") -> RowOptions:
@@ -76,11 +88,30 @@ def data_source(sample: GuardSample) -> str:
     return DATA_SOURCE_PREFIX + sample.modality
 
 
-def sft_row(sample: GuardSample, index: int, opts: RowOptions) -> dict[str, Any]:
-    """verl ``MultiTurnSFTDataset`` row: system instruction, user turn, reasoning + result as the target."""
+def sft_target(sample: GuardSample, opts: RowOptions) -> str:
+    """The assistant turn an SFT row trains on: the sample's answer as written when it has one and
+    ``opts.sft_target`` is ``verbatim``, else reasoning and labels through :func:`format_answer`.
+
+    A verbatim answer must have the trained format (``<think>`` then ``<result>`` with both labels): training
+    on a malformed target would teach the malformation. Such rows are skipped, or rebuilt with ``rerender``.
+    """
     require_training_labels(sample)
     if sample.reasoning is None:
         raise SampleError("missing_reasoning", f"sample {sample.id!r}: SFT rows need a reasoning target")
+    if opts.sft_target == "verbatim" and sample.answer is not None:
+        if not parse_answer(sample.answer).well_formed:
+            raise SampleError(
+                "malformed_answer",
+                f"sample {sample.id!r}: the answer is not <think>…</think> then <result>…</result> with "
+                "Request: and Response: labels (--sft-target rerender rebuilds it)",
+            )
+        return sample.answer
+    return format_answer(sample.reasoning, sample.prompt_label, sample.response_label)
+
+
+def sft_row(sample: GuardSample, index: int, opts: RowOptions) -> dict[str, Any]:
+    """verl ``MultiTurnSFTDataset`` row: system instruction, user turn, reasoning + result as the target."""
+    target = sft_target(sample, opts)
     messages = build_messages(
         sample.request,
         sample.response,
@@ -88,12 +119,7 @@ def sft_row(sample: GuardSample, index: int, opts: RowOptions) -> dict[str, Any]
         placement=opts.placement,
         instruction=opts.instruction,
     )
-    messages.append(
-        {
-            "role": "assistant",
-            "content": format_answer(sample.reasoning, sample.prompt_label, sample.response_label),
-        }
-    )
+    messages.append({"role": "assistant", "content": target})
     return {
         "messages": messages,
         "images": _image_list(sample),
@@ -118,7 +144,8 @@ def rl_row(sample: GuardSample, index: int, opts: RowOptions) -> dict[str, Any]:
         "images": images,
         "ability": ABILITY,
         "reward_model": {"style": "rule", "ground_truth": sample.ground_truth},
-        "extra_info": _extra_info(sample, index, opts.split, placeholder),
+        # concat_of: set by safety-aware concatenation (data.concat) on the rows it makes.
+        "extra_info": {**_extra_info(sample, index, opts.split, placeholder), "concat_of": None},
     }
 
 
@@ -152,18 +179,6 @@ ROW_BUILDERS: dict[str, Callable[[GuardSample, int, RowOptions], dict[str, Any]]
     "rl": rl_row,
     "eval": eval_row,
 }
-
-
-def temp_beside(path: Path) -> tuple[int, Path]:
-    """An open temp file in ``path``'s folder (so ``os.replace`` is atomic), with the usual permissions.
-
-    ``mkstemp`` makes files 0600; a published output should get what the umask gives any new file.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    return fd, Path(tmp)
 
 
 class AtomicParquetWriter:
@@ -227,10 +242,7 @@ class AtomicParquetWriter:
                 self._flush()
             self._writer.close()
             if exc_type is None:
-                with open(self._tmp, "rb") as f:
-                    os.fsync(f.fileno())
-                os.replace(self._tmp, self.path)
+                publish(self._tmp, self.path)
         finally:
-            if self._tmp.exists():
-                self._tmp.unlink()
+            self._tmp.unlink(missing_ok=True)
             self._writer = None

@@ -30,7 +30,7 @@ def decay_factor(kind: str, step: int, total_steps: int) -> float:
     """Multiplier in [0, 1] applied to the starting clip range at ``step`` of ``total_steps`` (1-based)."""
     _check_steps(step, total_steps)
     s = min(step, total_steps)
-    if kind == "linear":  # paper eq. 7 as read in method.md §3
+    if kind == "linear":  # paper eq. 7 as read in docs/method.md §3
         return (total_steps - s) / total_steps
     if kind == "product":  # the released code: clip_ratio *= 1 - step/S, once per step
         return math.prod(1.0 - k / total_steps for k in range(1, s + 1))

@@ -44,7 +44,8 @@ CONFIG_NAME = "gr_vl_trainer"
 
 
 class SettingsError(ValueError):
-    """A bad ``gr_vl`` setting: reported as one line naming the key, before anything starts."""
+    """A bad ``gr_vl`` setting, or verl keys the method cannot run with: one line naming the key, before
+    anything starts."""
 
 
 @dataclass(frozen=True)
@@ -69,11 +70,29 @@ def validate_settings(config: DictConfig) -> PluginSettings:
         raise SettingsError(str(e)) from None
 
 
+def check_context_length(config: DictConfig) -> None:
+    """vLLM's context (``rollout.max_model_len``) must hold the longest prompt plus the longest response.
+
+    Below that, verl 0.9.1 quietly caps each request's ``max_tokens`` at what is left of the context, so long
+    prompts would get shorter answers than ``response_length`` and the length reward would see a different
+    budget. None (the model's own limit) is accepted.
+    """
+    rollout = config.actor_rollout_ref.rollout
+    max_model_len = rollout.get("max_model_len")
+    needed = int(rollout.prompt_length) + int(rollout.response_length)
+    if max_model_len is not None and int(max_model_len) < needed:
+        raise SettingsError(
+            f"actor_rollout_ref.rollout.max_model_len={max_model_len} is below prompt + response length "
+            f"({rollout.prompt_length} + {rollout.response_length} = {needed}); set it to at least {needed}"
+        )
+
+
 def prepare(config: DictConfig) -> PluginSettings:
-    """Everything ``main`` does before Ray: the ``gr_vl`` block, then verl's device and config checks, then
-    one warning each when the loss or the batching leaves the clip schedule nothing to act on, and when
-    verl's bypass mode asks for a loss the workers will not run."""
+    """Everything ``main`` does before Ray: the ``gr_vl`` block and the context length, then verl's device and
+    config checks, then one warning each when the loss or the batching leaves the clip schedule nothing to act
+    on, and when verl's bypass mode asks for a loss the workers will not run."""
     settings = validate_settings(config)
+    check_context_length(config)
     auto_set_device(config)
     validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
     for warning in (clip_warning(config), bypass_mode_warning(config)):
@@ -185,7 +204,7 @@ def task_runner_class(config: DictConfig):
 def main(config: DictConfig) -> None:
     try:
         prepare(config)
-    except SettingsError as e:  # a bad gr_vl setting: say which, without a hydra traceback
+    except SettingsError as e:  # a bad setting: say which, without a hydra traceback
         raise SystemExit(f"gr_vl_verl: {e}") from None
     if not config.trainer.use_v1:
         logger.warning("trainer.use_v1=false: running verl's legacy RayPPOTrainer with the dynamic clip")

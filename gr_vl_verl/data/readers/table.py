@@ -61,7 +61,7 @@ def _iter_table_rows(path: Path, batch_size: int) -> tuple[list[str] | None, Ite
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(path, pre_buffer=False)  # pre-buffering keeps every row group read (schemas.py)
 
         def rows_pq() -> Iterator[Any]:
             for batch in pf.iter_batches(batch_size=batch_size):

@@ -27,7 +27,7 @@ from gr_vl_verl.data.readers.json_stream import iter_json_rows
 from gr_vl_verl.data.records import GuardSample, ImageData, SampleError, infer_modality
 from gr_vl_verl.protocol import USER_HEADER, gold_labels, normalize_label
 
-# Which task each GuardReasoner-VLTest benchmark labels (method.md §7; file names as the original code used
+# Which task each GuardReasoner-VLTest benchmark labels (docs/method.md §7; file names as the original code used
 # them, including its "XSTestReponseHarmful" spelling).
 BENCHMARK_TASKS: dict[str, tuple[str, ...]] = {
     "ToxicChat": ("prompt",),

@@ -23,7 +23,7 @@ from gr_vl_verl.data.readers.common import (
 )
 from gr_vl_verl.data.readers.json_stream import iter_json_rows
 from gr_vl_verl.data.records import GuardSample, SampleError, infer_modality
-from gr_vl_verl.protocol import gold_labels, parse_answer
+from gr_vl_verl.protocol import gold_labels
 
 VLTRAIN_SPLITS: dict[str, str] = {
     "text": "GuardReasoner-VLTrainText.json",
@@ -78,7 +78,7 @@ def read_vltrain(
             images=images,
             prompt_label=labels.prompt_label,
             response_label=labels.response_label,
-            reasoning=parse_answer(answer).think,
+            answer=answer,  # kept as written: the SFT target; the reasoning is its <think> block
         )
 
     return guard_rows(iter_json_rows(path), source, build)

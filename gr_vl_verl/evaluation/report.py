@@ -1,0 +1,224 @@
+"""The score folder: ``report.json``, ``report.md`` (the paper's table layout), ``report.csv`` and two charts.
+
+A folder holds one run's numbers; other runs' folders (their ``report.json``) can be laid beside it in the
+tables and charts, which is how GuardReasoner-VL is compared with its Eco variant or a baseline. Every file is
+written atomically, and the same inputs give the same bytes (no timestamps anywhere, PNG metadata included).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gr_vl_verl.atomic import atomic_write
+from gr_vl_verl.evaluation.metrics import benchmark_order
+from gr_vl_verl.evaluation.predictions import TASKS
+
+REPORT_VERSION = 1
+REPORT_FILES = ("report.json", "report.md", "report.csv", "f1_per_benchmark.png", "f1_vs_tokens.png")
+AVERAGE_TEXT, AVERAGE_ALL = "Average (Text)", "Average (All)"
+TASK_TITLES = {"prompt": "Prompt harmfulness detection", "response": "Response harmfulness detection"}
+CSV_COLUMNS = ("run", "task", "benchmark", "modality", "n", "f1", "precision", "recall", "accuracy", "unparsed")
+
+
+class ReportError(ValueError):
+    """A ``report.json`` that cannot be compared; the message names the file and the key."""
+
+
+def build_report(summary: dict[str, Any], *, name: str, predictions: str) -> dict[str, Any]:
+    """The ``report.json`` object: the scorer's summary with the run's name and where its predictions are."""
+    return {"version": REPORT_VERSION, "name": name, "predictions": predictions, **summary}
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading other runs
+# --------------------------------------------------------------------------------------------------
+def _number(value: object) -> bool:
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+
+
+def _check_report(report: object) -> str | None:
+    if not isinstance(report, dict):
+        return "not a JSON object"
+    if not isinstance(report.get("name"), str) or not report["name"]:
+        return "`name` must be a non-empty string"
+    for task in TASKS:
+        block = report.get(task)
+        if not isinstance(block, dict) or not isinstance(block.get("per_benchmark"), dict):
+            return f"`{task}.per_benchmark` is missing"
+        for key in ("average_text", "average_all"):
+            if not _number(block.get(key)):
+                return f"`{task}.{key}` must be a number or null"
+        for bench, s in block["per_benchmark"].items():
+            if not isinstance(s, dict) or not _number(s.get("f1")) or not isinstance(s.get("n"), int):
+                return f"`{task}.per_benchmark.{bench}` needs numbers `f1` and `n`"
+    tokens = report.get("tokens")
+    if not isinstance(tokens, dict) or not _number(tokens.get("mean_output_tokens")):
+        return "`tokens.mean_output_tokens` must be a number or null"
+    if not _number(report.get("average_f1")):
+        return "`average_f1` must be a number or null"
+    return None
+
+
+def load_report(folder: Path) -> dict[str, Any]:
+    """A score folder's ``report.json``. ``FileNotFoundError`` if absent, :class:`ReportError` if malformed."""
+    path = Path(folder) / "report.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder}: no report.json (not a `gr-vl score` output folder)")
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ReportError(f"{path}: not JSON ({e})") from None
+    problem = _check_report(report)
+    if problem:
+        raise ReportError(f"{path}: {problem}")
+    return report
+
+
+def run_labels(runs: list[dict[str, Any]]) -> list[str]:
+    """Each run's name; a name already taken gets ``#2``, ``#3``… so tables and legends stay unambiguous."""
+    labels: list[str] = []
+    for run in runs:
+        label, k = run["name"], 1
+        while label in labels:
+            k += 1
+            label = f"{run['name']} #{k}"
+        labels.append(label)
+    return labels
+
+
+# --------------------------------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------------------------------
+def table_columns(task: str, runs: list[dict[str, Any]]) -> list[str]:
+    """Benchmarks of ``task`` over all runs in the paper's layout, with the two averages placed as there."""
+    is_text: dict[str, bool] = {}
+    for run in runs:
+        for bench, s in run[task]["per_benchmark"].items():
+            is_text[bench] = is_text.get(bench, False) or s.get("modality") == "text"
+    names = benchmark_order(task, is_text, is_text)
+    if not names:
+        return []
+    n_text = sum(is_text[b] for b in names)
+    return [*names[:n_text], AVERAGE_TEXT, *names[n_text:], AVERAGE_ALL]
+
+
+def cell(run: dict[str, Any], task: str, column: str) -> float | None:
+    """A table cell: a benchmark's F1 or an average; None where the run has no such number."""
+    block = run[task]
+    if column == AVERAGE_TEXT:
+        return block.get("average_text")
+    if column == AVERAGE_ALL:
+        return block.get("average_all")
+    entry = block["per_benchmark"].get(column)
+    return entry["f1"] if entry else None
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _md_table(header: list[str], rows: list[list[str]], align: str) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(":--" if a == "l" else "--:" for a in align) + "|"]
+    return lines + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def markdown(runs: list[dict[str, Any]]) -> str:
+    """``report.md``: one table per task (benchmarks as columns, one row per run), efficiency, details."""
+    labels = run_labels(runs)
+    main = runs[0]
+    out = [
+        f"# Guard evaluation: {labels[0]}",
+        "",
+        "F1 x100 with `harmful` as the positive class. Averages are weighted by each benchmark's number of "
+        "labelled samples; Average (Text) covers the benchmarks whose rows are all text.",
+        f"Parse mode: `{main['mode']}`. Predictions: `{main['predictions']}`.",
+    ]
+    for task in TASKS:
+        columns = table_columns(task, runs)
+        if not columns:
+            continue
+        rows = [[label, *(_fmt(cell(run, task, c)) for c in columns)] for label, run in zip(labels, runs, strict=True)]
+        out += ["", f"## {TASK_TITLES[task]}", "", *_md_table(["Run", *columns], rows, "l" + "r" * len(columns))]
+    rows = [
+        [
+            label,
+            str(run.get("mode", "–")),
+            _fmt(run.get("average_f1")),
+            _fmt(run["tokens"].get("mean_output_tokens")),
+            str((run.get("unparsed") or {}).get("total", "–")),
+        ]
+        for label, run in zip(labels, runs, strict=True)
+    ]
+    out += ["", "## Efficiency", "", "Average F1 is the mean of the two tasks' Average (All), as in the paper.", ""]
+    out += _md_table(["Run", "Mode", "Average F1", "Mean output tokens", "Unparsed outputs"], rows, "llrrr")
+    out += ["", f"## Details: {labels[0]}", ""]
+    header = ["Task", "Benchmark", "Modality", "n", "F1", "Precision", "Recall", "Accuracy", "Unparsed", "Tokens"]
+    tokens = main["tokens"].get("per_benchmark", {})
+    rows = [
+        [
+            task,
+            bench,
+            s["modality"],
+            str(s["n"]),
+            _fmt(s["f1"]),
+            _fmt(s["precision"]),
+            _fmt(s["recall"]),
+            _fmt(s["accuracy"]),
+            str(s["unparsed"]),
+            _fmt(tokens.get(bench), 1),
+        ]
+        for task in TASKS
+        for bench, s in main[task]["per_benchmark"].items()
+    ]
+    out += _md_table(header, rows, "lllrrrrrrr")
+    return "\n".join(out) + "\n"
+
+
+def csv_text(runs: list[dict[str, Any]]) -> str:
+    """``report.csv``: one row per (run, task, benchmark or average), every run given."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+
+    def num(value: object) -> str:
+        return "" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    for label, run in zip(run_labels(runs), runs, strict=True):
+        for task in TASKS:
+            block = run[task]
+            for bench, s in block["per_benchmark"].items():
+                writer.writerow([label, task, bench, *(num(s.get(k)) for k in CSV_COLUMNS[3:])])
+            text_n = sum(s["n"] for s in block["per_benchmark"].values() if s.get("modality") == "text")
+            for name, key, n in ((AVERAGE_TEXT, "average_text", text_n), (AVERAGE_ALL, "average_all", block.get("n"))):
+                if block.get(key) is not None:
+                    writer.writerow([label, task, name, "", num(n), num(block[key]), "", "", "", ""])
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------------------------------
+# The folder
+# --------------------------------------------------------------------------------------------------
+def write_report(out: Path, report: dict[str, Any], compare: Sequence[dict[str, Any]] = ()) -> list[Path]:
+    """Write the five files of :data:`REPORT_FILES` into ``out``; ``compare`` runs join the tables and charts."""
+    from gr_vl_verl.evaluation import charts  # matplotlib only here: the tables do not need it
+
+    out = Path(out)
+    runs = [report, *compare]
+    labels = run_labels(runs)
+    # Everything is rendered before anything is written: a failure leaves the folder's previous files in place.
+    contents = {
+        "report.json": (json.dumps(report, indent=2, ensure_ascii=False) + "\n").encode(),
+        "report.md": markdown(runs).encode(),
+        "report.csv": csv_text(runs).encode(),
+        "f1_per_benchmark.png": charts.f1_per_benchmark(runs, labels),
+        "f1_vs_tokens.png": charts.f1_vs_tokens(runs, labels),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    for name in REPORT_FILES:
+        atomic_write(out / name, [contents[name]])
+    return [out / name for name in REPORT_FILES]

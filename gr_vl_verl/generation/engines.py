@@ -1,0 +1,209 @@
+"""The two generation backends: vLLM offline (GPUs, the fast path) and transformers ``generate`` (CPU or one GPU).
+
+Both take :class:`~gr_vl_verl.generation.prompts.Request` lists and return, per request, one
+:class:`Completion` per sample. Sampling is the same in both: only temperature and top_p, no top-k, no
+repetition penalty (the original evaluation and rejection sampling passed just these to vLLM), and the seed
+of sample j of a row comes from :func:`~gr_vl_verl.generation.config.sample_seed`.
+
+vLLM is imported only when its engine is built; everything else here runs without it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from gr_vl_verl.generation.config import GenerationConfig, GenerationError, sample_seeds
+from gr_vl_verl.generation.prompts import Request
+
+VLLM_MISSING = (
+    "the vllm backend needs vLLM, which is not installed here: install the GPU stack with "
+    "`pip install 'gr_vl_verl[gpu]'` (verl[vllm]==0.9.1, which brings vLLM 0.24), or use --backend transformers"
+)
+#: Images per prompt vLLM reserves room for unless engine_kwargs says otherwise: a concatenated sample has two.
+DEFAULT_IMAGE_LIMIT = 2
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    tokens: int  # generated tokens, the end-of-sequence token included (as verl counts a response)
+    finish_reason: str  # "stop" or "length"
+
+
+def vllm_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+# --------------------------------------------------------------------------------------------------
+# vLLM
+# --------------------------------------------------------------------------------------------------
+def vllm_engine_kwargs(config: GenerationConfig) -> dict[str, Any]:
+    """Arguments of ``vllm.LLM``: one process for one GPU, vLLM's Ray executor for tensor parallelism."""
+    kwargs: dict[str, Any] = {
+        "model": str(config.model),
+        "tensor_parallel_size": config.tensor_parallel_size,
+        "distributed_executor_backend": "uni" if config.tensor_parallel_size == 1 else "ray",
+        "limit_mm_per_prompt": {"image": DEFAULT_IMAGE_LIMIT},
+        "seed": config.seed,
+    }
+    kwargs.update(config.engine_kwargs)
+    return kwargs
+
+
+def vllm_sampling_kwargs(config: GenerationConfig, seed: int | None) -> dict[str, Any]:
+    """Arguments of one ``vllm.SamplingParams``: one request per sample (``n=1``) with that sample's seed.
+
+    One request per sample rather than ``n`` in one request: the seed of sample j is then ours, not vLLM's
+    derivation of child seeds, and the same as the transformers backend uses. vLLM's prefix cache shares the
+    prompt between them. Greedy requests carry no seed.
+    """
+    return {
+        "n": 1,
+        "temperature": float(config.temperature),
+        "top_p": float(config.top_p),
+        "max_tokens": config.max_tokens,
+        "seed": None if config.greedy else seed,
+        "skip_special_tokens": True,
+    }
+
+
+def vllm_prompt(request: Request) -> dict[str, Any]:
+    """vLLM's multimodal prompt: the rendered text, whose image pads vLLM expands, and the images."""
+    prompt: dict[str, Any] = {"prompt": request.prompt}
+    if request.images:
+        prompt["multi_modal_data"] = {"image": list(request.images)}
+    return prompt
+
+
+class VLLMEngine:
+    def __init__(self, config: GenerationConfig) -> None:
+        try:
+            import vllm
+        except ImportError as e:
+            raise GenerationError(VLLM_MISSING) from e
+        from transformers import AutoProcessor
+
+        self.config = config
+        self.processor = AutoProcessor.from_pretrained(config.model)
+        self._sampling_params = vllm.SamplingParams
+        self.llm = vllm.LLM(**vllm_engine_kwargs(config))
+
+    def generate(self, requests: list[Request]) -> list[list[Completion]]:
+        prompts, params, owners = [], [], []
+        for i, request in enumerate(requests):
+            seeds = sample_seeds(self.config, request.row_id)
+            for seed in seeds[:1] if self.config.greedy else seeds:
+                prompts.append(vllm_prompt(request))
+                params.append(self._sampling_params(**vllm_sampling_kwargs(self.config, seed)))
+                owners.append(i)
+        outputs = self.llm.generate(prompts, sampling_params=params, use_tqdm=False)
+        results: list[list[Completion]] = [[] for _ in requests]
+        for owner, out in zip(owners, outputs, strict=True):
+            o = out.outputs[0]
+            if o.finish_reason not in ("stop", "length"):
+                raise GenerationError(f"row {requests[owner].row_id!r}: vLLM finished with {o.finish_reason!r}")
+            results[owner].append(Completion(o.text, len(o.token_ids), o.finish_reason))
+        return [r * self.config.n if self.config.greedy else r for r in results]
+
+
+# --------------------------------------------------------------------------------------------------
+# transformers
+# --------------------------------------------------------------------------------------------------
+def _torch_dtype(value: Any) -> Any:
+    import torch
+
+    if isinstance(value, str) and value != "auto":
+        dtype = getattr(torch, value, None)
+        if not isinstance(dtype, torch.dtype):
+            raise ValueError(f"engine_kwargs dtype: unknown torch dtype {value!r}")
+        return dtype
+    return value
+
+
+class TransformersEngine:
+    """``generate`` one sample at a time: batch size 1, its own seed, the global RNG left as it was.
+
+    That is what makes a sample independent of the other rows of its batch: no padding (which changes
+    numerics) and no shared random stream. It is the test and small-scale path; vLLM is the fast one.
+    """
+
+    def __init__(self, config: GenerationConfig) -> None:
+        import torch
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers import GenerationConfig as HFGen
+
+        self.config = config
+        self._torch = torch
+        if config.gpus_per_actor > 0:
+            if not torch.cuda.is_available():
+                raise GenerationError(f"num_gpus={config.gpus_per_actor} but this actor sees no CUDA device")
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        else:
+            self.device = torch.device("cpu")
+            # Ray gives the actor num_cpus cores; more threads than that only contend.
+            torch.set_num_threads(max(1, int(config.num_cpus)))
+        kwargs: dict[str, Any] = {
+            "dtype": torch.float32 if self.device.type == "cpu" else "auto",
+            "attn_implementation": "sdpa",
+        }
+        kwargs.update(config.engine_kwargs)
+        kwargs["dtype"] = _torch_dtype(kwargs.get("dtype"))
+        self.processor = AutoProcessor.from_pretrained(config.model)
+        model = AutoModelForImageTextToText.from_pretrained(config.model, **kwargs)
+        self.model = model.to(self.device).eval()
+        tokenizer = self.processor.tokenizer
+        eos = model.generation_config.eos_token_id
+        eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
+        if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos_ids:
+            eos_ids.append(tokenizer.eos_token_id)
+        if not eos_ids:
+            raise GenerationError(f"{config.model}: neither the generation config nor the tokenizer names an EOS")
+        pad = model.generation_config.pad_token_id
+        pad = pad if pad is not None else (tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0])
+        self.eos_ids = set(eos_ids)
+        # A checkpoint's own sampling defaults (Qwen's repetition_penalty, top_k...) would be merged into ours
+        # by `generate`; replace them so both backends sample the same way.
+        model.generation_config = HFGen(eos_token_id=eos_ids, pad_token_id=pad)
+        sampling = {"do_sample": True, "temperature": config.temperature, "top_p": config.top_p, "top_k": 0}
+        self.gen_config = HFGen(
+            max_new_tokens=config.max_tokens,
+            eos_token_id=eos_ids,
+            pad_token_id=pad,
+            num_beams=1,
+            repetition_penalty=1.0,
+            **({"do_sample": False} if config.greedy else sampling),
+        )
+
+    def generate(self, requests: list[Request]) -> list[list[Completion]]:
+        return [self._one_request(r) for r in requests]
+
+    def _one_request(self, request: Request) -> list[Completion]:
+        inputs = self.processor(text=[request.prompt], images=request.images or None, return_tensors="pt")
+        inputs = inputs.to(self.device)
+        seeds = sample_seeds(self.config, request.row_id)
+        if self.config.greedy:
+            return [self._sample(inputs, None)] * self.config.n
+        return [self._sample(inputs, seed) for seed in seeds]
+
+    def _sample(self, inputs: Any, seed: int | None) -> Completion:
+        torch = self._torch
+        devices = [self.device.index] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.inference_mode():
+            if seed is not None:
+                torch.manual_seed(seed)
+            out = self.model.generate(**inputs, generation_config=self.gen_config)
+        tokens = out[0, inputs["input_ids"].shape[1] :].tolist()
+        for k, tok in enumerate(tokens):  # batch size 1 pads nothing, but stay exact: cut at the first EOS
+            if tok in self.eos_ids:
+                tokens = tokens[: k + 1]
+                break
+        finish = "stop" if tokens and tokens[-1] in self.eos_ids else "length"
+        text = self.processor.tokenizer.decode(tokens, skip_special_tokens=True)
+        return Completion(text, len(tokens), finish)
+
+
+def make_engine(config: GenerationConfig) -> VLLMEngine | TransformersEngine:
+    return VLLMEngine(config) if config.backend == "vllm" else TransformersEngine(config)

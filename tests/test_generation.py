@@ -1,0 +1,435 @@
+"""`gr-vl generate`: prompts built as verl builds them, seeded engines, the Ray Data pipeline for real (two CPU
+actors, the transformers backend, the tiny Qwen2.5-VL), resume, and errors on bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from data_helpers import VLTEST, VLTRAIN
+
+from gr_vl_verl.cli import main as cli_main
+from gr_vl_verl.data.schemas import GENERATIONS_SCHEMA, RL_SCHEMA, read_generations, row_id
+from gr_vl_verl.generation import (
+    FolderMismatch,
+    GenerationConfig,
+    GenerationError,
+    generate,
+    sample_seed,
+)
+from gr_vl_verl.generation import shards as sh
+from gr_vl_verl.generation.engines import (
+    VLLMEngine,
+    vllm_available,
+    vllm_engine_kwargs,
+    vllm_prompt,
+    vllm_sampling_kwargs,
+)
+from gr_vl_verl.generation.prompts import Request, RowError, build_request, decode_images, image_messages
+
+MAX_TOKENS = 4
+SHARD = 12  # the 34 sample rows make shards of 12, 12 and 10
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("prep")
+    small = ["--min-pixels", "784", "--max-pixels", "12544", "--no-progress", "--row-group-size", "5"]
+    assert cli_main(["prep", "vltrain", "--data-root", str(VLTRAIN), "--out", str(out), "--formats", "rl", *small]) == 0
+    assert cli_main(["prep", "vltrain", "--data-root", str(VLTRAIN), "--out", str(out / "original"), "--formats",
+                     "rl", "--original-rl", *small]) == 0  # fmt: skip
+    assert cli_main(["prep", "vltest", "--benchmark-dir", str(VLTEST / "benchmark"), "--image-dataset",
+                     str(VLTEST / "images"), "--out", str(out), *small]) == 0  # fmt: skip
+    return out
+
+
+def rows_of(path: Path) -> list[dict]:
+    kind = pq.read_schema(path).metadata[b"gr_vl_verl.kind"].decode()
+    return [{**r, "id": row_id(kind, r)} for r in pq.read_table(path).to_pylist()]
+
+
+def config(model, **kw) -> GenerationConfig:
+    kw = {"backend": "transformers", "n": 2, "temperature": 1.0, "max_tokens": MAX_TOKENS, "seed": 1,
+          "shard_size": SHARD, "progress": False, **kw}  # fmt: skip
+    return GenerationConfig(model=str(model), **kw)
+
+
+# --------------------------------------------------------------------------------------------------
+# Settings and seeds
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"n": 0}, "n (samples per row) must be >= 1"),
+        ({"temperature": -0.5}, "temperature must be >= 0"),
+        ({"temperature": float("nan")}, "temperature must be >= 0"),
+        ({"top_p": 0.0}, "top_p must be in (0, 1]"),
+        ({"max_tokens": 0}, "max_tokens must be >= 1"),
+        ({"shard_size": 0}, "shard_size must be >= 1"),
+        ({"backend": "sglang"}, "backend must be one of vllm, transformers"),
+        ({"tensor_parallel_size": 2}, "tensor_parallel_size > 1 needs the vllm backend"),
+        ({"backend": "vllm", "num_gpus": 0}, "the vllm backend needs GPUs"),
+        ({"engine_kwargs": {"dtype": object()}}, "engine_kwargs must hold JSON values only"),
+        ({"model": "/no/such/checkpoint"}, "model path not found: /no/such/checkpoint"),
+    ],
+)
+def test_config_refuses_bad_settings(tiny_model_dir, change, message):
+    with pytest.raises(ValueError) as e:
+        config(change.pop("model", tiny_model_dir), **change)
+    assert message in str(e.value)
+
+
+def test_sample_seed_depends_on_seed_row_and_sample_only():
+    seeds = {sample_seed(s, r, j) for s in (0, 1) for r in ("a", "b") for j in (0, 1, 2)}
+    assert len(seeds) == 12 and all(0 <= x < 2**63 for x in seeds)
+    assert sample_seed(0, "a", 1) == sample_seed(0, "a", 1)
+    assert sample_seed(0, "a\x001", 0) != sample_seed(0, "a", 10)  # fields cannot run into each other
+
+
+def test_vllm_arguments_are_built_without_vllm(tiny_model_dir):
+    sampled = config(tiny_model_dir, temperature=1.0, top_p=0.95, max_tokens=4096)
+    assert vllm_sampling_kwargs(sampled, 123) == {
+        "n": 1, "temperature": 1.0, "top_p": 0.95, "max_tokens": 4096, "seed": 123, "skip_special_tokens": True,
+    }  # fmt: skip
+    greedy = config(tiny_model_dir, temperature=0.0)
+    assert vllm_sampling_kwargs(greedy, 123)["seed"] is None and vllm_sampling_kwargs(greedy, 1)["temperature"] == 0
+    gpu = GenerationConfig(model=str(tiny_model_dir), backend="vllm", seed=7, engine_kwargs={"max_model_len": 8192})
+    assert vllm_engine_kwargs(gpu) == {
+        "model": str(tiny_model_dir), "tensor_parallel_size": 1, "distributed_executor_backend": "uni",
+        "limit_mm_per_prompt": {"image": 2}, "seed": 7, "max_model_len": 8192,
+    }  # fmt: skip
+    tp = GenerationConfig(model=str(tiny_model_dir), backend="vllm", tensor_parallel_size=2)
+    assert vllm_engine_kwargs(tp)["distributed_executor_backend"] == "ray" and tp.gpus_per_actor == 2
+    assert vllm_prompt(Request("x", "text", [])) == {"prompt": "text"}
+    img = decode_images("x", [{"bytes": _png()}])
+    assert vllm_prompt(Request("x", "t", img)) == {"prompt": "t", "multi_modal_data": {"image": img}}
+
+
+@pytest.mark.skipif(vllm_available(), reason="checks the message shown where vLLM is not installed")
+def test_vllm_backend_without_vllm_names_the_gpu_extra(tiny_model_dir, prepared, tmp_path, capsys):
+    with pytest.raises(GenerationError, match=r"gr_vl_verl\[gpu\]"):
+        VLLMEngine(GenerationConfig(model=str(tiny_model_dir)))
+    rc = cli_main(["generate", "--data", str(prepared / "rl_train.parquet"), "--model", str(tiny_model_dir),
+                   "--out", str(tmp_path / "o")])  # fmt: skip
+    assert rc == 2 and "gr_vl_verl[gpu]" in capsys.readouterr().err
+
+
+class _StandInVLLM:
+    """vLLM cannot be installed here: this records what the engine asks of ``vllm.LLM`` and answers in its
+    output shape (``outputs[0].text / token_ids / finish_reason``), so the engine's fan-out and assembly run."""
+
+    def __init__(self, finish_reason: str = "stop"):
+        import types
+
+        self.module = types.ModuleType("vllm")
+        self.module.SamplingParams = lambda **kw: kw
+        self.module.LLM = self._llm
+        self.finish_reason = finish_reason
+        self.engine_kwargs: dict = {}
+        self.calls: list = []
+
+    def _llm(self, **kwargs):
+        import types
+
+        self.engine_kwargs = kwargs
+
+        def generate(prompts, sampling_params, use_tqdm):
+            self.calls.append((prompts, sampling_params))
+            return [
+                types.SimpleNamespace(
+                    outputs=[
+                        types.SimpleNamespace(
+                            text=f"seed={sp['seed']}", token_ids=[5] * 3, finish_reason=self.finish_reason
+                        )
+                    ]
+                )
+                for sp in sampling_params
+            ]
+
+        return types.SimpleNamespace(generate=generate)
+
+
+def test_vllm_engine_sends_one_seeded_request_per_sample(prepared, tiny_model_dir, monkeypatch):
+    stand_in = _StandInVLLM()
+    monkeypatch.setitem(sys.modules, "vllm", stand_in.module)
+    engine = VLLMEngine(GenerationConfig(model=str(tiny_model_dir), n=3, temperature=1.0, top_p=0.95, seed=4))
+    assert stand_in.engine_kwargs["model"] == str(tiny_model_dir) and stand_in.engine_kwargs["seed"] == 4
+    rows = rows_of(prepared / "rl_train.parquet")[10:14]  # text and image rows
+    requests = [build_request(r, engine.processor) for r in rows]
+    results = engine.generate(requests)
+    prompts, params = stand_in.calls[-1]
+    assert len(prompts) == len(params) == 3 * len(rows)
+    assert [p["seed"] for p in params] == [sample_seed(4, r["id"], j) for r in rows for j in range(3)]
+    assert all(p["n"] == 1 and p["temperature"] == 1.0 and p["top_p"] == 0.95 for p in params)
+    assert [("multi_modal_data" in p) for p in prompts[::3]] == [bool(r["images"]) for r in rows]
+    assert [[c.text for c in cs] for cs in results] == [
+        [f"seed={sample_seed(4, r['id'], j)}" for j in range(3)] for r in rows
+    ]
+    assert all(c.tokens == 3 and c.finish_reason == "stop" for cs in results for c in cs)
+    greedy = VLLMEngine(GenerationConfig(model=str(tiny_model_dir), n=3))
+    results = greedy.generate(requests)
+    assert len(stand_in.calls[-1][0]) == len(rows)  # greedy: one request per row, repeated n times
+    assert all(len(cs) == 3 and cs[0] == cs[1] == cs[2] and cs[0].text == "seed=None" for cs in results)
+    stand_in.finish_reason = "abort"
+    with pytest.raises(GenerationError, match=f"row {rows[0]['id']!r}: vLLM finished with 'abort'"):
+        greedy.generate(requests)
+
+
+# --------------------------------------------------------------------------------------------------
+# Rows into model input, as verl builds them
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("variant", ["rl_train.parquet", "original/rl_train.parquet", "eval.parquet"])
+def test_request_is_what_verl_builds_for_the_rollout(prepared, tiny_model_dir, tmp_path, variant):
+    from omegaconf import OmegaConf
+    from transformers import AutoProcessor
+    from verl.utils import hf_tokenizer
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    path = prepared / variant
+    data_config = OmegaConf.create(
+        {"cache_dir": str(tmp_path / "cache"), "filter_overlong_prompts": False, "max_prompt_length": 4096}
+    )
+    dataset = RLHFDataset(str(path), hf_tokenizer(str(tiny_model_dir)), data_config, processor)
+    rows = rows_of(path)
+    assert len(dataset) == len(rows)
+    patch = processor.image_processor.patch_size
+    for i, row in enumerate(rows):
+        ours = build_request(row, processor)
+        messages = dataset[i]["raw_prompt"]
+        assert ours.prompt == processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        images, _, _ = RLHFDataset._process_multi_modal_info(messages, patch, data_config)
+        theirs = images or []
+        assert [(im.mode, im.size, im.tobytes()) for im in ours.images] == [
+            (im.mode, im.size, im.tobytes()) for im in theirs
+        ]
+    assert any(build_request(r, processor).images for r in rows)
+
+
+def _png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (30, 20), (10, 200, 30)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_rows_that_cannot_be_built_name_the_row():
+    prompt = [{"role": "user", "content": "Human user:\n<image>\n<image>\nhi"}]
+    with pytest.raises(RowError, match=r"row 'r7': 2 <image> placeholder\(s\) but 1 image\(s\)"):
+        image_messages("r7", prompt, decode_images("r7", [{"bytes": _png()}]))
+    with pytest.raises(RowError, match=r"row 'r8': 0 <image> placeholder\(s\) but 1 image\(s\)"):
+        image_messages("r8", [{"role": "user", "content": "text"}], decode_images("r8", [{"bytes": _png()}]))
+    with pytest.raises(RowError, match=r"row 'r9': image 2 of 2 does not decode"):
+        decode_images("r9", [{"bytes": _png()}, {"bytes": _png()[:40]}])
+    parts = image_messages("r1", prompt, decode_images("r1", [{"bytes": _png()}] * 2))[0]["content"]
+    assert [p["type"] for p in parts] == ["text", "image", "text", "image", "text"]
+
+
+# --------------------------------------------------------------------------------------------------
+# The transformers engine: a sample depends on its row, seed and index only
+# --------------------------------------------------------------------------------------------------
+def test_transformers_samples_do_not_depend_on_batch_or_global_rng(prepared, tiny_model_dir):
+    import torch
+
+    from gr_vl_verl.generation.engines import TransformersEngine
+
+    engine = TransformersEngine(config(tiny_model_dir, n=3, max_tokens=6))
+    rows = rows_of(prepared / "rl_train.parquet")[:6] + rows_of(prepared / "eval.parquet")[-3:]
+    requests = [build_request(r, engine.processor) for r in rows]
+    state = torch.get_rng_state()
+    together = engine.generate(requests)
+    assert torch.equal(torch.get_rng_state(), state)  # the global RNG is left as it was
+    torch.rand(1000)  # and what it holds does not matter
+    alone = [engine.generate([r])[0] for r in reversed(requests)][::-1]
+    assert together == alone
+    assert all(
+        len(c) == 3 and 1 <= x.tokens <= 6 and x.finish_reason in ("stop", "length") for c in together for x in c
+    )
+    assert all(len({x.text for x in c}) > 1 for c in together[:3])  # samples of a row differ
+    other_seed = TransformersEngine(config(tiny_model_dir, n=3, max_tokens=6, seed=2)).generate(requests)
+    assert sum(a != b for a, b in zip(together, other_seed, strict=True)) >= len(requests) - 1
+    greedy = TransformersEngine(config(tiny_model_dir, n=3, max_tokens=6, temperature=0.0))
+    first, again = greedy.generate(requests[:4]), greedy.generate(requests[:4])
+    assert first == again and all(c[0] == c[1] == c[2] for c in first)
+
+
+# --------------------------------------------------------------------------------------------------
+# Shards
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["rl_train.parquet", "eval.parquet"])
+@pytest.mark.parametrize(("shard_size", "chunk"), [(7, 3), (12, 64), (1, 1), (100, 4)])
+def test_shards_cover_every_row_once_in_order(prepared, name, shard_size, chunk):
+    path = prepared / name
+    plan = sh.plan_shards(path, shard_size)
+    assert pq.ParquetFile(path).metadata.num_row_groups > 1  # reads must cross row-group boundaries
+    got = [t for k in range(plan.shards) for t in sh.read_shard(plan, k, chunk)]
+    assert all(t.num_rows <= chunk for t in got)
+    table = pa.concat_tables(got)
+    expected = rows_of(path)
+    assert table.column(sh.ROW).to_pylist() == list(range(len(expected)))
+    assert table.column(sh.SHARD).to_pylist() == [i // shard_size for i in range(len(expected))]
+    assert table.column("id").to_pylist() == [r["id"] for r in expected]
+    assert table.column("images").to_pylist() == [r["images"] for r in expected]
+    assert plan.file(Path("o"), 0).name == "shard-00000.parquet"
+
+
+def test_bad_inputs_are_refused_before_any_work(prepared, tiny_model_dir, tmp_path):
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(RL_SCHEMA.empty_table(), empty)
+    cfg = config(tiny_model_dir)
+    with pytest.raises(ValueError, match="empty.parquet: has no rows"):
+        generate(empty, tmp_path / "o1", cfg)
+    with pytest.raises(FileNotFoundError, match="data file not found"):
+        generate(tmp_path / "missing.parquet", tmp_path / "o2", cfg)
+    (tmp_path / "junk.parquet").write_text("not parquet")
+    with pytest.raises(ValueError, match="junk.parquet: not a readable parquet file"):
+        generate(tmp_path / "junk.parquet", tmp_path / "o3", cfg)
+    rows = pq.read_table(prepared / "rl_train.parquet").to_pylist()
+    rows[3]["extra_info"]["id"] = rows[0]["extra_info"]["id"]
+    pq.write_table(pa.Table.from_pylist(rows, schema=RL_SCHEMA), tmp_path / "dup.parquet")
+    with pytest.raises(ValueError, match=f"dup.parquet: row id {rows[0]['extra_info']['id']!r} appears 2 times"):
+        generate(tmp_path / "dup.parquet", tmp_path / "o5", cfg)
+    (tmp_path / "o4").mkdir()
+    (tmp_path / "o4" / "shard-00000.parquet").write_bytes(b"")
+    with pytest.raises(FolderMismatch, match="holds shard files but no generate_manifest.json"):
+        generate(prepared / "rl_train.parquet", tmp_path / "o4", cfg)
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()  # refused before making anything
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--model", "/no/such/model"], "model path not found: /no/such/model"),
+        (["--data", "/no/such.parquet"], "--data: file not found: /no/such.parquet"),
+        (["--data", "EMPTY"], "has no rows"),
+        (["--n", "0"], "n (samples per row) must be >= 1, got 0"),
+        (["--temperature", "-1"], "temperature must be >= 0"),
+    ],
+)
+def test_cli_usage_errors_exit_2_with_one_line(prepared, tiny_model_dir, tmp_path, capsys, argv, message):
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(RL_SCHEMA.empty_table(), empty)
+    args = {"--data": str(prepared / "rl_train.parquet"), "--model": str(tiny_model_dir), "--out": str(tmp_path / "o")}
+    for flag, value in zip(argv[::2], argv[1::2], strict=True):
+        args[flag] = str(empty) if value == "EMPTY" else value
+    rc = cli_main(["generate", "--backend", "transformers", *[x for kv in args.items() for x in kv]])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------------------------------
+# The Ray Data pipeline, for real
+# --------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def two_actor_run(prepared, tiny_model_dir, ray_cluster, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("gen") / "two"
+    summary = generate(prepared / "rl_train.parquet", out, config(tiny_model_dir, concurrency=2, batch_size=3))
+    assert (summary.rows, summary.samples, summary.shards_written, summary.shards_skipped) == (34, 68, 3, 0)
+    return out
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.glob("shard-*.parquet"))}
+
+
+def test_two_actors_write_every_row_and_sample_in_input_order(prepared, two_actor_run):
+    names = [p.name for p in sorted(two_actor_run.glob("shard-*.parquet"))]
+    assert names == ["shard-00000.parquet", "shard-00001.parquet", "shard-00002.parquet"]
+    assert all(pq.read_schema(two_actor_run / n) == GENERATIONS_SCHEMA for n in names)
+    got = list(read_generations(two_actor_run))
+    ids = [r["id"] for r in rows_of(prepared / "rl_train.parquet")]
+    assert [(g["id"], g["sample"]) for g in got] == [(i, j) for i in ids for j in (0, 1)]  # rows x n
+    assert all(1 <= g["output_tokens"] <= MAX_TOKENS and g["finish_reason"] in ("stop", "length") for g in got)
+    assert sum(g["output"] != h["output"] for g, h in zip(got[::2], got[1::2], strict=True)) > len(ids) // 2
+    saved = json.loads((two_actor_run / sh.SUMMARY).read_text())
+    assert (saved["rows"], saved["samples"], saved["shards_written"]) == (34, 68, 3)
+    assert saved["output_tokens"] == sum(g["output_tokens"] for g in got) and saved["rows_per_s"] > 0
+
+
+def test_one_actor_resumes_a_two_actor_run_byte_for_byte(prepared, tiny_model_dir, two_actor_run, tmp_path, capsys):
+    """An interrupted two-actor run, resumed by one actor with other batches: the finished shard is left alone,
+    the missing ones (text, image and text-image rows) come out byte-identical to what two actors wrote."""
+    out = tmp_path / "resumed"
+    shutil.copytree(two_actor_run, out)
+    # What an interrupted run leaves: a finished shard, missing ones, a temp file of the write in flight.
+    (out / "shard-00000.parquet").unlink()
+    (out / "shard-00001.parquet").unlink()
+    (out / ".shard-00001.parquet.x1y2.tmp").write_bytes(b"partial")
+    (out / sh.SUMMARY).unlink()
+    kept = (out / "shard-00002.parquet").stat()
+    argv = ["generate", "--data", str(prepared / "rl_train.parquet"), "--model", str(tiny_model_dir), "--out",
+            str(out), "--backend", "transformers", "--n", "2", "--temperature", "1.0", "--max-tokens",
+            str(MAX_TOKENS), "--seed", "1", "--shard-size", str(SHARD), "--concurrency", "1", "--batch-size", "5",
+            "--no-progress"]  # fmt: skip
+    assert cli_main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "shards: 2 written, 1 already done, of 3" in printed and "rows: 24 generated" in printed
+    after = (out / "shard-00002.parquet").stat()
+    assert (after.st_ino, after.st_mtime_ns) == (kept.st_ino, kept.st_mtime_ns)  # not rewritten
+    assert _files(out) == _files(two_actor_run)
+    assert not list(out.glob(".*.tmp")) and (out / sh.SUMMARY).exists()
+    again = generate(prepared / "rl_train.parquet", out, config(tiny_model_dir))
+    assert (again.shards_written, again.shards_skipped, again.rows) == (0, 3, 0)
+    with pytest.raises(FolderMismatch, match=r"seed 1 \(now 2\)"):
+        generate(prepared / "rl_train.parquet", out, config(tiny_model_dir, seed=2))
+    with pytest.raises(FolderMismatch, match=r"input .*rl_train.parquet with 34 rows"):
+        generate(prepared / "eval.parquet", out, config(tiny_model_dir))
+
+
+def test_a_row_that_does_not_decode_stops_the_run_naming_it(prepared, tiny_model_dir, ray_cluster, tmp_path, capsys):
+    rows = pq.read_table(prepared / "rl_train.parquet").to_pylist()
+    bad = next(i for i, r in enumerate(rows) if i >= 3 and r["images"])
+    rows[bad]["images"][0]["bytes"] = b"\x89PNG broken"
+    path = tmp_path / "broken.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=RL_SCHEMA), path)
+    argv = ["generate", "--data", str(path), "--model", str(tiny_model_dir), "--out", str(tmp_path / "o"),
+            "--backend", "transformers", "--max-tokens", "2", "--shard-size", "100", "--no-progress"]  # fmt: skip
+    assert cli_main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"broken.parquet row {bad}: row {rows[bad]['extra_info']['id']!r}: image 1 of 1 does not decode" in err
+    assert not list((tmp_path / "o").glob("shard-*")) and not (tmp_path / "o" / sh.SUMMARY).exists()
+
+
+def test_a_failed_actor_is_reported_in_one_line(ray_cluster):
+    """Ray carries a worker's exception as traceback text; the command shows its last line, not Ray's wrapper."""
+    from gr_vl_verl.generation.pipeline import _root_message
+
+    class FailsToStart:  # local, so Ray pickles it by value
+        def __init__(self):
+            raise ValueError("engine cannot start: no weights in /ckpt")
+
+        def __call__(self, batch):
+            return batch
+
+    ds = ray_cluster.data.from_items([{"x": 1}]).map_batches(
+        FailsToStart, compute=ray_cluster.data.ActorPoolStrategy(size=1)
+    )
+    with pytest.raises(Exception) as e:
+        ds.take_all()
+    assert _root_message(e.value) == "ValueError: engine cannot start: no weights in /ckpt"
+
+
+def test_a_pool_this_ray_cannot_place_is_refused_before_it_starts(prepared, tiny_model_dir, ray_cluster, tmp_path):
+    with pytest.raises(GenerationError, match=r"8 actor\(s\) need CPU 8 \(it has 4\)"):
+        generate(prepared / "eval.parquet", tmp_path / "cpu", config(tiny_model_dir, concurrency=8))
+    with pytest.raises(GenerationError, match=r"1 actor\(s\) need GPU 1 \(it has 0\)"):
+        generate(prepared / "eval.parquet", tmp_path / "gpu", config(tiny_model_dir, num_gpus=1))
+    assert not list((tmp_path / "cpu").glob("shard-*")) and not (tmp_path / "cpu" / sh.SUMMARY).exists()
