@@ -5,7 +5,7 @@ Real: ``ActorRolloutRefWorker.__init__`` and ``init_model`` (role ``actor``: it 
 ``update_actor``, ``TrainingWorker.set_loss_fn`` / ``train_mini_batch`` / ``train_batch``,
 ``BaseEngine.train_batch``, a one-rank gloo process group, and the plugin's legacy trainer running verl's
 ``_update_actor``. Not real: the FSDP engine (it has no CPU device), replaced by :class:`RecordingEngine`
-registered for the CPU under verl's ``fsdp`` backend name; the Ray worker group's one-rank dispatch, which is
+registered for the CPU under verl's ``fsdp``/``fsdp2`` backend names; the Ray worker group's one-rank dispatch, which is
 a direct call on the worker here so that object identity can be checked; and the device verl's platform
 probe reports (CUDA, as verl 0.9.1 has no CPU platform), set to ``cpu`` on the training worker.
 """
@@ -96,8 +96,9 @@ class OneRankGroup:
 @pytest.fixture(scope="module")
 def actor_worker(tiny_model_dir, tmp_path_factory):
     """verl's actor worker, built by its own ``init_model`` on one CPU rank."""
-    if "cpu" not in EngineRegistry._engines["language_model"]["fsdp"]:
-        EngineRegistry.register(model_type="language_model", backend="fsdp", device="cpu")(RecordingEngine)
+    backends = [b for b in ("fsdp", "fsdp2") if "cpu" not in EngineRegistry._engines["language_model"][b]]
+    if backends:
+        EngineRegistry.register(model_type="language_model", backend=backends, device="cpu")(RecordingEngine)
     env = {"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "0"}
     env["VERL_ENGINE_DEVICE"] = "cpu"  # verl's engine lookup names the device; its platform probe says cuda
     with pytest.MonkeyPatch.context() as mp:

@@ -128,8 +128,11 @@ def test_plugin_config_with_only_paths_is_the_papers_grpo(tmp_path) -> None:
 
 def test_eco_is_one_override(tmp_path) -> None:
     eco = main_ppo.prepare(paths_only(tmp_path, "gr_vl.reward.preset=gr-vl-eco"))
-    assert eco.reward.beta == pytest.approx(1 / 6)
-    assert eco.reward == dataclasses.replace(main_ppo.prepare(paths_only(tmp_path)).reward, beta=eco.reward.beta)
+    # Eco stops the length gain at 500 characters, as the released code did (docs/reward.md); the format gate
+    # stays the paper's
+    assert (eco.reward.beta, eco.reward.length_unit, eco.reward.max_length) == (500 / 3072, "chars", 3072)
+    plain = main_ppo.prepare(paths_only(tmp_path)).reward
+    assert eco.reward == dataclasses.replace(plain, beta=500 / 3072, length_unit="chars", max_length=3072)
 
 
 def test_dual_clip_of_the_composed_config_never_binds(tmp_path) -> None:
