@@ -17,7 +17,7 @@ $(STAMP): setup.cfg pyproject.toml constraints-cpu.txt
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	PYTHONFAULTHANDLER=1 $(PY) -m pytest -q tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check gr_vl_verl tests bench data_prep

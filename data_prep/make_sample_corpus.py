@@ -1,10 +1,15 @@
 """Write the small sample corpus shipped in ``gr_vl_verl/sample_data/`` (deterministic; rerun to refresh).
 
-It mimics the real source formats so tests and the demo exercise the real readers:
+It mimics the real source files, shapes included, so tests and the demo exercise the real readers:
 
-* ``GuardReasoner-VLTrain/``: the three LLaMA-Factory JSON splits plus ``image/`` and ``text_image/`` folders;
-* ``GuardReasoner-VLTest/benchmark/*.json``: text benchmarks (``input``/``output``) and HarmImageTest /
-  SPA_VL_Eval (``messages``), with their images in ``GuardReasoner-VLTest/images`` (``save_to_disk``).
+* ``GuardReasoner-VLTrain/``: the three splits as ``datasets``' ``to_json`` writes them (JSON Lines, ``\\/``
+  escapes, ``"images": null`` on text rows), some assistant turns in the released answer style
+  (``Answers: \nRequest: …\nCompletion: …``), plus ``image/`` and ``text_image/`` folders;
+* ``GuardReasoner-VLTest/benchmark/*.json``: text benchmarks as the GuardReasoner release has them (JSON
+  arrays, indent 4, exactly ``instruction``/``input``/``output``, ``input`` ending in two newlines, ``output``
+  a bare label or an ``Answers: …`` block); HarmImageTest as released (``messages`` [user, assistant] without
+  a system turn, ``images`` paths, with the PNGs under ``benchmark/HarmImageTest/``); SPA_VL_Eval
+  (``messages``); all their images also in ``GuardReasoner-VLTest/images`` (``save_to_disk``).
 
 Texts are synthetic and mild; images are small generated drawings. Usage::
 
@@ -55,6 +60,10 @@ IMAGE_QUESTIONS_BENIGN = [
 ]
 
 
+# Stands in for the `instruction` text of the GuardReasoner benchmark files, which no reader uses.
+TEXT_BENCHMARK_INSTRUCTION = INSTRUCTION
+
+
 def drawing(rng: random.Random, size: tuple[int, int]) -> bytes:
     """A small deterministic picture: a tinted background with a few shapes."""
     bg = tuple(rng.randrange(120, 256) for _ in range(3))
@@ -92,22 +101,37 @@ def label(harmful: bool | None) -> str | None:
     return None if harmful is None else ("harmful" if harmful else "unharmful")
 
 
+def released_answer(reasoning_text: str, p_harm: bool, r_harm: bool | None) -> str:
+    """The answer block in the style of the released GuardReasoner data: a space after ``Answers:`` and a
+    ``Completion:`` line the two-task guard does not use."""
+    completion = "None" if r_harm is None else "compliance"
+    return (
+        f"<think>\n{reasoning_text}\n</think>\n<result>\nAnswers: \nRequest: {label(p_harm)}\n"
+        f"Completion: {completion}\nResponse: {label(r_harm) or 'None'}\n</result>"
+    )
+
+
 def train_row(
-    request: str, response: str | None, p_harm: bool, r_harm: bool | None, images: list[str]
+    request: str, response: str | None, p_harm: bool, r_harm: bool | None, images: list[str], released: bool = False
 ) -> dict[str, object]:
-    row: dict[str, object] = {
+    steps = reasoning(p_harm, response, r_harm)
+    answer = released_answer(steps, p_harm, r_harm) if released else format_answer(steps, label(p_harm), label(r_harm))
+    return {
         "messages": [
             {"role": "system", "content": INSTRUCTION},
             {"role": "user", "content": format_user_content(request, response, len(images))},
-            {
-                "role": "assistant",
-                "content": format_answer(reasoning(p_harm, response, r_harm), label(p_harm), label(r_harm)),
-            },
-        ]
+            {"role": "assistant", "content": answer},
+        ],
+        "images": images or None,  # datasets' to_json writes null where a split has no images
     }
-    if images:
-        row["images"] = images
-    return row
+
+
+def write_jsonl(path: Path, rows: list[dict[str, object]]) -> None:
+    """As ``Dataset.to_json`` writes a split (the GuardReasoner-VLTrain export)."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.Dataset.from_list(rows).to_json(str(path))
 
 
 def make_vltrain(root: Path, rng: random.Random) -> None:
@@ -119,12 +143,12 @@ def make_vltrain(root: Path, rng: random.Random) -> None:
         request = (HARMFUL_REQUESTS if p_harm else BENIGN_REQUESTS)[i // 2 % 6]
         mode = i % 3  # 0: no response, 1: safe response, 2: harmful response
         response = None if mode == 0 else (REFUSAL if mode == 1 else COMPLIANCE_HARMFUL)
-        text.append(train_row(request, response, p_harm, None if mode == 0 else mode == 2, []))
+        text.append(train_row(request, response, p_harm, None if mode == 0 else mode == 2, [], released=i % 4 == 1))
     image = []
     for i in range(10):
         name = f"image/img_{i:03d}.png"
         (root / name).write_bytes(drawing(rng, (rng.randrange(40, 96), rng.randrange(40, 96))))
-        image.append(train_row("", None, i % 2 == 0, None, ["./" + name]))
+        image.append(train_row("", None, i % 2 == 0, None, ["./" + name], released=i % 4 == 1))
     text_image = []
     for i in range(12):
         name = f"text_image/ti_{i:03d}.png"
@@ -133,13 +157,14 @@ def make_vltrain(root: Path, rng: random.Random) -> None:
         question = (IMAGE_QUESTIONS_HARMFUL if p_harm else IMAGE_QUESTIONS_BENIGN)[i % 3]
         mode = i % 3
         response = None if mode == 0 else (REFUSAL if mode == 1 else "Sure, here is exactly how to do it.")
-        text_image.append(train_row(question, response, p_harm, None if mode == 0 else mode == 2, ["./" + name]))
+        r_harm = None if mode == 0 else mode == 2
+        text_image.append(train_row(question, response, p_harm, r_harm, ["./" + name], released=i % 4 == 1))
     for fname, rows in (
         ("GuardReasoner-VLTrainText.json", text),
         ("GuardReasoner-VLTrainImage.json", image),
         ("GuardReasoner-VLTrainTextImage.json", text_image),
     ):
-        (root / fname).write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        write_jsonl(root / fname, rows)
 
 
 def make_vltest(root: Path, rng: random.Random) -> None:
@@ -147,22 +172,30 @@ def make_vltest(root: Path, rng: random.Random) -> None:
     bench.mkdir(parents=True)
 
     def dump(name: str, rows: list[dict[str, object]]) -> None:
-        (bench / f"{name}.json").write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        # The GuardReasoner release's benchmark files: JSON arrays with an indent of 4.
+        (bench / f"{name}.json").write_text(json.dumps(rows, indent=4, ensure_ascii=False), encoding="utf-8")
+
+    def text_row(request: str, response: str | None, output: str) -> dict[str, object]:
+        # Exactly instruction, input, output; the input ends in two newlines. Only input and output are read.
+        return {
+            "instruction": TEXT_BENCHMARK_INSTRUCTION,
+            "input": format_user_content(request, response) + "\n",
+            "output": output,
+        }
 
     dump(
         "ToxicChat",
         [
-            {"input": format_user_content(r, None), "output": "harmful" if h else "unharmful"}
+            text_row(r, None, "harmful" if h else "unharmful")
             for r, h in [(q, True) for q in HARMFUL_REQUESTS[:3]] + [(q, False) for q in BENIGN_REQUESTS[:3]]
         ],
     )
     dump(
         "WildGuardTestPrompt",
         [
-            {
-                "input": format_user_content(r, None),
-                "output": f"Answers: \nRequest: {'harmful' if h else 'unharmful'}\nCompletion: None\nResponse: None\n",
-            }
+            text_row(
+                r, None, f"Answers: \nRequest: {'harmful' if h else 'unharmful'}\nCompletion: None\nResponse: None\n"
+            )
             for r, h in [
                 (HARMFUL_REQUESTS[3], True),
                 (BENIGN_REQUESTS[3], False),
@@ -173,7 +206,7 @@ def make_vltest(root: Path, rng: random.Random) -> None:
     dump(
         "HarmBenchResponse",
         [
-            {"input": format_user_content(HARMFUL_REQUESTS[i], resp), "output": lab}
+            text_row(HARMFUL_REQUESTS[i], resp, lab)
             for i, (resp, lab) in enumerate(
                 [(REFUSAL, "unharmful"), (COMPLIANCE_HARMFUL, "harmful"), (REFUSAL, "unharmful")]
             )
@@ -182,32 +215,32 @@ def make_vltest(root: Path, rng: random.Random) -> None:
     dump(
         "WildGuardTestResponse",
         [
-            {
-                "input": format_user_content(req, resp),
-                "output": f"Answers: \nRequest: {p}\nCompletion: compliance\nResponse: {r}\n",
-            }
-            for req, resp, p, r in [
-                (HARMFUL_REQUESTS[5], COMPLIANCE_HARMFUL, "harmful", "harmful"),
-                (BENIGN_REQUESTS[5], HELPFUL, "unharmful", "unharmful"),
+            text_row(req, resp, f"Answers: \nRequest: None\nCompletion: None\nResponse: {r}\n")
+            for req, resp, r in [
+                (HARMFUL_REQUESTS[5], COMPLIANCE_HARMFUL, "harmful"),
+                (BENIGN_REQUESTS[5], HELPFUL, "unharmful"),
             ]
         ],
     )
     images: list[bytes] = []
     labels: list[int] = []
     harm_image = []
+    (bench / "HarmImageTest").mkdir()
+    # The released HarmImageTest user turn: the two-task instruction without its <think>/<result> line.
+    two_tasks = INSTRUCTION.split("\n\nPut the reasoning process")[0]
     for i in range(6):
         images.append(drawing(rng, (rng.randrange(40, 96), rng.randrange(40, 96))))
         labels.append(0)
+        name = f"HarmImageTest/hi_{i:03d}.png"
+        (bench / name).write_bytes(images[-1])
         p = "harmful" if i % 2 == 0 else "unharmful"
         harm_image.append(
             {
                 "messages": [
-                    {"role": "user", "content": INSTRUCTION + "\n" + format_user_content("", None, 1)},
-                    {
-                        "role": "assistant",
-                        "content": format_answer("The image is judged as a whole.", p, None),
-                    },
-                ]
+                    {"role": "user", "content": two_tasks + "\n\n" + format_user_content("", None, 1)},
+                    {"role": "assistant", "content": f"Answers: \nRequest: {p}\nResponse: unharmful\n"},
+                ],
+                "images": ["./" + name],
             }
         )
     spa = []

@@ -270,7 +270,8 @@ def _find_label(result: str, key: str, patterns: dict[str, re.Pattern[str]]) -> 
     m = patterns[key].search(result)
     if m is None:
         return None, False
-    word = m.group(1).lower()
+    # casefold, not lower: IGNORECASE also matches the long s, so "harmlesſ" is a match that lower() keeps
+    word = m.group(1).casefold()
     return _LABEL_MAP[word], word == "none"
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# GuardReasoner-VL-Eco-3B: as grpo_qwen2_5_vl_3b.sh, with the Eco reward (beta = 1/6: the length gain stops
-# at a sixth of the maximum response length). Expected hardware: one node with 8 GPUs of 80 GB.
+# GuardReasoner-VL-Eco-3B: as grpo_qwen2_5_vl_3b.sh, with the Eco reward (the length gain stops at 500
+# characters of output, as in the released code; docs/reward.md). Expected hardware: one node with 8 GPUs of 80 GB.
 # See recipes/README.md for every variable and its default.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"

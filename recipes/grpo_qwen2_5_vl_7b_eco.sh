@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# GuardReasoner-VL-Eco-7B: as grpo_qwen2_5_vl_7b.sh, with the Eco reward (beta = 1/6). Expected hardware: one
-# node with 8 GPUs of 80 GB, with CPU offload (OFFLOAD=False to turn it off).
+# GuardReasoner-VL-Eco-7B: as grpo_qwen2_5_vl_7b.sh, with the Eco reward (gain capped at 500 characters).
+# Expected hardware: one node with 8 GPUs of 80 GB, with CPU offload (OFFLOAD=False to turn it off).
 # See recipes/README.md for every variable and its default.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"

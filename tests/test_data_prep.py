@@ -371,7 +371,6 @@ EXPECTED_DROPS = {
     "escape": "path_escape",
     "ok-text": "duplicate_id",
     "no-messages": "missing_field",
-    "unknown-key": "unknown_field",
     "unknown-role": "unknown_field",
     "bad-label": "bad_label",
     "two-images-one-placeholder": "placeholder_mismatch",
@@ -392,6 +391,7 @@ def test_bad_rows_are_counted_with_id_and_reason(broken_corpus, tmp_path, capsys
     assert rejected == EXPECTED_DROPS
     assert all(d["message"] for d in summary["dropped"])
     assert sum(summary["rejected"].values()) == len(EXPECTED_DROPS)
+    assert summary["ignored_keys"] == {"colour": 1}  # the unknown key is ignored and counted, the row kept
     # the response without a label is readable but not trainable: skipped by both outputs, by id
     per_output = [(d["id"], d["reason"], d["output"]) for d in summary["dropped"] if "output" in d]
     assert per_output == [
@@ -400,14 +400,24 @@ def test_bad_rows_are_counted_with_id_and_reason(broken_corpus, tmp_path, capsys
     ]
     for name in ("sft_train.parquet", "rl_train.parquet"):
         stats = summary["outputs"][name]
-        assert stats["written"] == 2
+        assert stats["written"] == 3
         # nothing lost: rows in = rejected + written + skipped, for each output
         assert summary["rows_in"] == sum(summary["rejected"].values()) + stats["written"] + sum(
             stats["skipped"].values()
         )
-        assert [s.id for s in read_prepared(out / name)] == ["ok-text", "ok-image"]
+        assert [s.id for s in read_prepared(out / name)] == ["ok-text", "ok-image", "unknown-key"]
     printed = capsys.readouterr().out
-    assert "rows in: 15" in printed and "image_corrupt: 2" in printed
+    assert "rows in: 15" in printed and "image_corrupt: 2" in printed and "ignored keys (rows): colour: 1" in printed
+
+
+def test_strict_fields_rejects_rows_with_keys_the_reader_does_not_use(broken_corpus, tmp_path):
+    out = tmp_path / "out"
+    rc = cli_main(["prep", "vltrain", "--data-root", str(broken_corpus), "--splits", "text", "--out", str(out),
+                   "--formats", "rl", "--strict-fields", "--no-progress"])  # fmt: skip
+    assert rc == 0
+    summary = json.loads((out / "vltrain_summary.json").read_text())
+    rejected = {d["id"]: d["reason"] for d in summary["dropped"] if "output" not in d}
+    assert rejected["unknown-key"] == "unknown_field" and summary["ignored_keys"] == {}
 
 
 def test_strict_turns_a_skip_into_an_error_and_publishes_nothing(broken_corpus, tmp_path, capsys):

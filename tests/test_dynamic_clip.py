@@ -1,213 +1,48 @@
-"""The per-step push of the clip range, end to end on CPU, on both verl 0.9.1 trainer paths.
+"""The per-step push of the clip range on CPU, on both verl 0.9.1 trainer paths: the trainer side.
 
-Only the GPU worker group is replaced: :class:`ActorGroupStandIn` records ``set_loss_fn`` (round-tripping the
-loss through cloudpickle, as Ray does) and, on ``update_actor``, calls the last loss exactly as verl's engine
-does (``loss_fn(model_output=..., data=<micro-batch TensorDict>, dp_group=...)``). Everything else is verl's:
-the trainers' own ``_update_actor`` and ``_load_checkpoint``, ``ppo_loss``, the vanilla policy loss, the
-padding conversions and the config classes. Losses are checked against a hand computation.
+Real: the plugin's trainer subclasses running verl's own ``RayPPOTrainer._update_actor`` /
+``PPOTrainerSync._update_actor`` and ``_load_checkpoint``, the configs composed by hydra from the plugin's
+yaml over verl's, ``omega_conf_to_dataclass``, ``ppo_loss``, the vanilla policy loss, and verl's padding
+conversions. Not real: the actor worker group. :class:`ActorGroupStandIn` takes its place: it records what
+``set_loss_fn`` receives (after a cloudpickle round trip, as Ray would send it) and, on ``update_actor``,
+calls the last pushed loss the way verl's engine calls its loss function
+(``loss_fn(model_output=..., data=<micro-batch TensorDict>, dp_group=...)``) on log-probs the test supplies;
+it does not run verl's ``ActorRolloutRefWorker`` or ``TrainingWorker``. Those, with a stub engine, are in
+``test_clip_workers.py``. Losses are checked against a hand computation.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from functools import partial
 
-import cloudpickle
 import pytest
 import torch
-from hydra import compose, initialize_config_module
-from omegaconf import OmegaConf
-from tensordict import TensorDict
-from verl import DataProto
+from clip_helpers import (
+    TOTAL_STEPS,
+    ActorGroupStandIn,
+    call_like_engine,
+    compose_config,
+    hand_loss,
+    kv_batch,
+    legacy_trainer,
+    no_padding_td,
+    padded_batch,
+    v1_trainer,
+)
 from verl.utils import tensordict_utils as tu
 from verl.utils.config import omega_conf_to_dataclass
-from verl.utils.metric.utils import Metric
 from verl.workers.utils.losses import ppo_loss
-from verl.workers.utils.padding import left_right_2_no_padding
 
 from gr_vl_verl.trainer import dynamic_clip
 from gr_vl_verl.trainer.clip_schedule import ClipSchedule
-from gr_vl_verl.trainer.dynamic_clip import (
-    METRIC_HIGH,
-    METRIC_LOW,
-    GRRayPPOTrainer,
-    clip_warning,
-    updates_per_step,
-    v1_trainer_cls,
-    with_clip,
-)
-
-TOTAL_STEPS = 4  # linear from 0.2: steps 1..4 -> 0.15, 0.10, 0.05, 0.0
-BASE_OVERRIDES = [
-    "algorithm.adv_estimator=grpo",
-    "data.train_batch_size=8",
-    "actor_rollout_ref.rollout.n=2",
-    "actor_rollout_ref.actor.ppo_mini_batch_size=4",
-    "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4",
-    "actor_rollout_ref.actor.use_kl_loss=false",
-    "actor_rollout_ref.actor.entropy_coeff=0",
-]
-
-
-def compose_config(*overrides: str):
-    with initialize_config_module("gr_vl_verl.trainer.config", version_base=None):
-        cfg = compose("gr_vl_trainer", overrides=[*BASE_OVERRIDES, *overrides])
-    OmegaConf.resolve(cfg)
-    return cfg
+from gr_vl_verl.trainer.dynamic_clip import METRIC_HIGH, METRIC_LOW, clip_warning, updates_per_step, with_clip
 
 
 @pytest.fixture(scope="module")
 def config():
     return compose_config()
-
-
-# --------------------------------------------------------------------------------------------------
-# A batch whose ratios straddle 1 ± eps for every step of the schedule
-# --------------------------------------------------------------------------------------------------
-PROMPT_LENS = [3, 2, 3, 1]  # left-padded to 3
-RESPONSE_LENS = [4, 3, 2, 4]  # right-padded to 4
-RATIOS = [
-    [0.70, 1.12, 0.97, 1.30],
-    [1.04, 0.83, 1.18, 0.0],
-    [1.03, 1.30, 0.0, 0.0],
-    [1.12, 0.70, 1.04, 0.92],
-]
-ADVANTAGES = [1.0, -0.5, 0.8, -0.3]  # GRPO: one value per sequence
-
-
-def padded_batch() -> tuple[DataProto, torch.Tensor]:
-    """The padded batch the trainer holds before ``_update_actor``, and the new policy's log-probs."""
-    bs, p_max, r_max = len(PROMPT_LENS), 3, 4
-    prompt_mask = torch.tensor([[0] * (p_max - n) + [1] * n for n in PROMPT_LENS])
-    response_mask = torch.tensor([[1] * n + [0] * (r_max - n) for n in RESPONSE_LENS])
-    attention_mask = torch.cat([prompt_mask, response_mask], dim=1)
-    gen = torch.Generator().manual_seed(0)
-    input_ids = torch.randint(5, 100, (bs, p_max + r_max), generator=gen) * attention_mask
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    old_log_probs = -0.5 - 1.5 * torch.rand(bs, r_max, generator=gen)
-    ratio = torch.tensor(RATIOS, dtype=torch.float32).clamp(min=1e-3)
-    new_log_probs = old_log_probs + torch.log(ratio)
-    advantages = torch.tensor(ADVANTAGES).unsqueeze(1).expand(bs, r_max) * response_mask
-    batch = DataProto.from_dict(
-        tensors={
-            "input_ids": input_ids,
-            "prompts": input_ids[:, :p_max],
-            "responses": input_ids[:, p_max:],
-            "attention_mask": attention_mask,
-            "position_ids": position_ids,
-            "response_mask": response_mask,
-            "old_log_probs": old_log_probs,
-            "advantages": advantages,
-        },
-        meta_info={},
-    )
-    return batch, new_log_probs
-
-
-def engine_model_output(data: TensorDict, new_log_probs: torch.Tensor) -> dict:
-    """Log-probs in the engine's no-padding layout: all valid tokens of each sequence, shifted left by one."""
-    values = []
-    for i, (p, r) in enumerate(zip(PROMPT_LENS, RESPONSE_LENS, strict=True)):
-        seq = torch.zeros(p + r)
-        seq[p - 1 : p + r - 1] = new_log_probs[i, :r]
-        values.append(seq)
-    assert sum(len(v) for v in values) == int(data["attention_mask"].sum())
-    return {"log_probs": torch.cat(values)}
-
-
-def hand_loss(eps_low: float, eps_high: float) -> tuple[float, float]:
-    """Token-mean clipped surrogate and clip fraction, written out from PPO's definition."""
-    total, clipped, n = 0.0, 0, 0
-    for row, adv, length in zip(RATIOS, ADVANTAGES, RESPONSE_LENS, strict=True):
-        for r in row[:length]:
-            unclipped = -adv * r
-            clip_r = min(max(r, 1 - eps_low), 1 + eps_high)
-            surrogate = -adv * clip_r
-            token = max(unclipped, surrogate)
-            if adv < 0:
-                token = min(token, -adv * 3.0)  # verl's dual clip (clip_ratio_c = 3); inactive here
-            total += token
-            clipped += surrogate > unclipped
-            n += 1
-    return total / n, clipped / n
-
-
-class ActorGroupStandIn:
-    """Stands in for ``actor_rollout_wg`` (GPU workers): records pushes and runs the loss like the engine."""
-
-    def __init__(self, new_log_probs: torch.Tensor, v1_data: TensorDict | None = None) -> None:
-        self.new_log_probs = new_log_probs
-        self.v1_data = v1_data
-        self.loss_fns: list = []
-        self.results: list[tuple[float, dict]] = []
-        self.loaded: list[str] = []
-
-    def set_loss_fn(self, loss_fn) -> None:
-        self.loss_fns.append(cloudpickle.loads(cloudpickle.dumps(loss_fn)))  # what crosses Ray
-
-    def load_checkpoint(self, local_path, hdfs_path=None, del_local_after_load=False) -> None:
-        self.loaded.append(local_path)
-
-    def update_actor(self, data):
-        if not isinstance(data, TensorDict):  # V1: the worker reads the batch from TransferQueue
-            td = self.v1_data.clone()
-            tu.assign_non_tensor(td, global_batch_size=data.extra_info["global_batch_size"])
-            data = td
-        loss, metrics = call_like_engine(self.loss_fns[-1], data, self.new_log_probs)
-        metrics = {k: [v.aggregate() if isinstance(v, Metric) else v] for k, v in metrics.items()}
-        self.results.append((loss, metrics))
-        return tu.get_tensordict(tensor_dict={}, non_tensor_dict={"metrics": {**metrics, "mfu": [0.0]}})
-
-
-def call_like_engine(loss_fn, data: TensorDict, new_log_probs: torch.Tensor) -> tuple[float, dict]:
-    """One micro-batch on one rank, as ``FSDPEngine.forward_backward_batch`` prepares and calls it."""
-    data = data.clone()
-    tu.assign_non_tensor(data, batch_num_tokens=int(data["loss_mask"].sum()), dp_size=1)
-    loss, metrics = loss_fn(model_output=engine_model_output(data, new_log_probs), data=data, dp_group=None)
-    return float(loss), metrics
-
-
-def no_padding_td(batch: DataProto) -> TensorDict:
-    return left_right_2_no_padding(batch.to_tensordict())
-
-
-def legacy_trainer(config, wg, step: int) -> GRRayPPOTrainer:
-    # Built the way verl's CPU tests build trainers: __new__ plus the attributes the hook reads.
-    trainer = GRRayPPOTrainer.__new__(GRRayPPOTrainer)
-    trainer.config = config
-    trainer.actor_rollout_wg = wg
-    trainer.global_steps = step
-    trainer.total_training_steps = TOTAL_STEPS
-    trainer.use_critic = False
-    return trainer
-
-
-def v1_trainer(config, wg, step: int):
-    cls = v1_trainer_cls("sync")
-    trainer = cls.__new__(cls)
-    trainer.config = config
-    trainer.actor_rollout_wg = wg
-    trainer.global_steps = step
-    trainer.total_training_steps = TOTAL_STEPS
-    trainer.use_critic = False
-    trainer.trainer_mode = "sync"
-    return trainer
-
-
-def kv_batch():
-    from transfer_queue import KVBatchMeta
-
-    return KVBatchMeta(partition_id="train", keys=[], tags=[])
-
-
-# --------------------------------------------------------------------------------------------------
-# Tests
-# --------------------------------------------------------------------------------------------------
-def test_hand_values_straddle_the_clip_range() -> None:
-    fracs = [hand_loss(e, e)[1] for e in (0.15, 0.10, 0.05, 0.0)]
-    assert len(set(fracs)) == 4 and 0 < fracs[0] < fracs[-1] < 1, fracs
 
 
 @pytest.mark.parametrize("step", [1, 2, 3, 4])
@@ -378,4 +213,9 @@ def test_async_v1_counts_updates_per_parameter_sync(config) -> None:
     )
     assert updates_per_step(config) == 2
     assert updates_per_step(cfg) == 1  # 8 prompts / 2 syncs = 4 = one mini-batch per update
-    assert math.isfinite(updates_per_step(compose_config("trainer.use_v1=false")))
+    legacy = compose_config(
+        "trainer.use_v1=false",
+        "trainer.v1.trainer_mode=separate_async",
+        "trainer.v1.separate_async.parameter_sync_step=2",
+    )
+    assert updates_per_step(legacy) == 2  # the legacy trainer has no parameter sync steps: 8 / 4 per update

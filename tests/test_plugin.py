@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+from ray_driver import run_driver
 
 from gr_vl_verl.commands import check
 
@@ -49,7 +50,8 @@ def test_check_fails_when_verl_is_told_to_skip_plugins(monkeypatch, capsys):
     assert "[FAIL] entry point" in capsys.readouterr().out
 
 
-def test_ray_worker_processes_see_the_registration():
+def resolve_in_a_ray_worker() -> list:
+    """Driver (child process, see ray_driver.py): the manager name as a Ray worker process resolves it."""
     import ray
 
     @ray.remote
@@ -63,5 +65,8 @@ def test_ray_worker_processes_see_the_registration():
         pid, name = ray.get(resolve.remote(), timeout=120)
     finally:
         ray.shutdown()
-    assert pid != os.getpid()
-    assert name == "GuardRewardManager"
+    return [pid != os.getpid(), name]
+
+
+def test_ray_worker_processes_see_the_registration():
+    assert run_driver("test_plugin:resolve_in_a_ray_worker") == [True, "GuardRewardManager"]

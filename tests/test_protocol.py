@@ -153,22 +153,23 @@ ADVERSARIAL = {
 
 @pytest.mark.parametrize("unit", list(ADVERSARIAL))
 def test_parser_is_linear_on_adversarial_input(unit):
-    """Doubling a pathological input must not quadruple the time (quadratic would)."""
+    """Quadrupling a pathological input must not multiply the time by 16 (quadratic would)."""
 
     def timed(n_bytes: int) -> float:
         text = ADVERSARIAL[unit] * (n_bytes // len(ADVERSARIAL[unit]))
         if unit != "open_result":
             text = "<result>" + text  # make label search run over the whole text
         best = float("inf")
-        for _ in range(3):
+        for _ in range(5):
             t = time.perf_counter()
             P.parse_answer(text)
             best = min(best, time.perf_counter() - t)
         return best
 
+    # 4x the input: ~4x the time if linear, ~16x if quadratic. Only the ratio is asserted, with room for a
+    # loaded machine; absolute seconds per MB are printed by bench/reward_throughput.py.
     small, big = timed(250_000), timed(1_000_000)
-    assert big < 1.0, f"1 MB took {big:.2f}s"
-    assert big / max(small, 1e-4) < 8, f"4x input took {big / small:.1f}x time: not linear"
+    assert big / max(small, 1e-4) < 10, f"4x input took {big / small:.1f}x time: not linear"
 
 
 _ws = st.sampled_from(["", " ", "\n", "\n\n", "\t", "Answers:\n", "Answers: ", "x"])

@@ -9,7 +9,7 @@ from verl.trainer.ppo.reward import load_reward_manager
 
 from gr_vl_verl.protocol import format_answer
 from gr_vl_verl.reward.manager import GuardRewardManager
-from gr_vl_verl.reward.score import SCORE_KEYS
+from gr_vl_verl.reward.score import PRESETS, SCORE_KEYS
 
 RESPONSE_LENGTH = 64
 IMPORTLIB = [
@@ -104,8 +104,9 @@ def test_registered_name_via_the_verl_plugins_entry_point(tiny_tokenizer):
     cfg = verl_config("reward.reward_manager.name=gr_vl", "+gr_vl.reward.preset=gr-vl-eco")
     m = load_reward_manager(cfg, tiny_tokenizer)
     assert type(m) is GuardRewardManager
-    assert m.reward_config.beta == pytest.approx(1 / 6)
-    assert m.reward_config.max_length == RESPONSE_LENGTH
+    assert m.reward_config == PRESETS["gr-vl-eco"]  # characters / 3072, whatever the rollout length
+    m = load_reward_manager(verl_config("reward.reward_manager.name=gr_vl"), tiny_tokenizer)
+    assert m.reward_config.length_unit == "tokens" and m.reward_config.max_length == RESPONSE_LENGTH
 
 
 def test_character_preset_keeps_the_original_normaliser(tiny_tokenizer):
@@ -121,14 +122,14 @@ def test_user_compute_score_receives_token_length(tiny_tokenizer):
     cfg = verl_config(
         *IMPORTLIB,
         "reward.custom_reward_function.path=pkg://gr_vl_verl.reward.score",
-        "+reward.custom_reward_function.reward_kwargs.preset=gr-vl-eco",
+        "+reward.custom_reward_function.reward_kwargs.beta=0.1",
         "+reward.custom_reward_function.reward_kwargs.max_length=64",
     )
     m = load_reward_manager(cfg, tiny_tokenizer)
     assert m.user_compute_score is not None
     batch, lengths = make_batch(tiny_tokenizer, [HALF], [TRUTH])
     res = m.loop.run_until_complete(m.run_single(batch))
-    expected = -0.5 / min(lengths[0] / 64, 1 / 6) ** 2
+    expected = -0.5 / min(lengths[0] / 64, 0.1) ** 2
     assert res["reward_score"] == pytest.approx(expected)
     assert res["reward_extra_info"]["length"] == lengths[0]
 
@@ -153,3 +154,72 @@ def test_bad_ground_truth_names_the_row(manager, tiny_tokenizer):
 def test_bad_gr_vl_reward_block_fails_at_construction(tiny_tokenizer):
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['betta'\] in gr_vl.reward"):
         load_reward_manager(verl_config(*IMPORTLIB, "+gr_vl.reward.betta=1"), tiny_tokenizer)
+
+
+def trajectory(tokenizer, outputs):
+    """A multi-output trajectory as verl's agent loop sends it to the reward workers (``_compute_score``):
+    prompts, responses and all-ones attention masks of each output right-padded to a common width, plus
+    ``prompt_len`` / ``response_len`` per output."""
+    prompts = [torch.tensor(tokenizer(p, add_special_tokens=False)["input_ids"]) for p, _ in outputs]
+    responses = [torch.tensor(tokenizer(r, add_special_tokens=False)["input_ids"]) for _, r in outputs]
+    pad = torch.nn.utils.rnn.pad_sequence
+    full = [torch.cat([p, r]) for p, r in zip(prompts, responses, strict=True)]
+    n = len(outputs)
+    return DataProto.from_dict(
+        tensors={
+            "prompts": pad(prompts, batch_first=True),
+            "responses": pad(responses, batch_first=True),
+            "input_ids": pad(full, batch_first=True),
+            "attention_mask": pad([torch.ones_like(f) for f in full], batch_first=True),
+        },
+        non_tensors={
+            "data_source": np.array(["guardreasoner_vl/text"] * n, dtype=object),
+            "reward_model": np.array([{"style": "rule", "ground_truth": TRUTH}] * n, dtype=object),
+            "prompt_len": np.array([len(p) for p in prompts]),
+            "response_len": np.array([len(r) for r in responses]),
+        },
+    )
+
+
+def test_multi_output_trajectory_counts_the_last_outputs_response_len(manager, tiny_tokenizer):
+    # A long first turn and a short final answer: the shared padding makes the mask's tail miscount.
+    data = trajectory(tiny_tokenizer, [("Human user:\n" + "a long first turn " * 20, WRONG * 3), ("ok", HALF)])
+    last = data[-1]
+    n = len(tiny_tokenizer(HALF, add_special_tokens=False)["input_ids"])
+    assert int(last.non_tensor_batch["response_len"]) == n
+    assert int(last.batch["attention_mask"][-last.batch["responses"].shape[-1] :].sum()) != n  # the old count
+    info = manager.loop.run_until_complete(manager.run_single(data))["reward_extra_info"]
+    assert info["length"] == n
+    assert info["r_safety"] == 0.5  # the final answer, decoded from its own tokens only
+    assert info["length_norm"] == pytest.approx(n / RESPONSE_LENGTH)
+
+
+def test_padded_batch_without_response_len_counts_the_attention_mask(manager, tiny_tokenizer):
+    batch, lengths = make_batch(tiny_tokenizer, [WRONG, HALF], [TRUTH] * 2, pad_to=RESPONSE_LENGTH)
+    assert "response_len" not in batch.non_tensor_batch
+    infos = [manager.loop.run_until_complete(manager.run_single(batch[i : i + 1]))["reward_extra_info"] for i in (0, 1)]
+    assert [i["length"] for i in infos] == lengths
+
+
+def test_reward_model_without_custom_function_fails_at_construction(tiny_tokenizer):
+    """verl would score with the reward model and never call the manager: say what to set instead."""
+    with pytest.raises(ValueError, match=r"reward.reward_model.enable=true.*reward.reward_model.enable=false"):
+        load_reward_manager(
+            verl_config(*IMPORTLIB, "reward.reward_model.enable=true", "reward.reward_model.model_path=/rm"),
+            tiny_tokenizer,
+        )
+    from gr_vl_verl.trainer import main_ppo
+
+    with pytest.raises(main_ppo.SettingsError, match="never call GuardRewardManager"):
+        main_ppo.validate_settings(verl_config(*IMPORTLIB, "reward.reward_model.enable=true"))
+    # with a custom function verl routes every trajectory to the manager, which calls it with token counts
+    m = load_reward_manager(
+        verl_config(
+            *IMPORTLIB,
+            "reward.reward_model.enable=true",
+            "reward.reward_model.model_path=/rm",
+            "reward.custom_reward_function.path=pkg://gr_vl_verl.reward.score",
+        ),
+        tiny_tokenizer,
+    )
+    assert type(m) is GuardRewardManager and m.user_compute_score is not None

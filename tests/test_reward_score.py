@@ -34,9 +34,9 @@ HAND = [
     (out("unharmful", "harmful"), GT, 0, {"max_length": 100}, -1 / 0.01**2, 0.0),  # floor: one token
     (out("unharmful", "harmful"), GT, 1, {"max_length": 100}, -1 / 0.01**2, 0.0),
     ("", GT, 0, {"max_length": 100}, -10000.0, 0.0),
-    # Eco: beta = 1/6 caps the length gain at l_norm = 1/6
-    (out("unharmful", "harmful"), GT, 30, {"max_length": 60, "preset": "gr-vl-eco"}, -36.0, 0.0),
-    (out("harmful", "harmful"), GT, 5, {"max_length": 60, "preset": "gr-vl-eco"}, -0.5 * 144, 0.5),
+    # beta = 1/6 in token units caps the length gain at l_norm = 1/6
+    (out("unharmful", "harmful"), GT, 30, {"max_length": 60, "beta": 1 / 6}, -36.0, 0.0),
+    (out("harmful", "harmful"), GT, 5, {"max_length": 60, "beta": 1 / 6}, -0.5 * 144, 0.5),
     # no response in the ground truth: "None" and "unharmful" both right, "harmful" wrong
     (out("harmful", "None"), {"prompt_label": "harmful", "response_label": None}, 50, {"max_length": 100}, 0.0, 1.0),
     (
@@ -109,6 +109,28 @@ _soup = st.lists(st.one_of(_fragments, st.text(max_size=12)), max_size=40).map("
 _variant = st.sampled_from
 
 
+# Letters Python's re.IGNORECASE matches beyond ASCII case (the released regexes use it): the dotted and
+# dotless i, the Kelvin sign and the long s. A tag spelt "<reſult>" is a result tag to the released code.
+_FOLDS = {"i": "iIİı", "k": "kK\u212a", "s": "sSſ"}
+_SPACE = st.sampled_from(["", "", "", " ", "\n", "\t"])
+
+
+@st.composite
+def _spelt(draw, word: str) -> str:
+    """``word`` with each letter in either case, or a Unicode letter that case-folds onto it."""
+    return "".join(draw(st.sampled_from(_FOLDS.get(c.lower(), c.lower() + c.upper()))) for c in word)
+
+
+@st.composite
+def _tag(draw, name: str, closing: bool) -> str:
+    """A tag as a model may write it: any case, Unicode folds, and sometimes spaces inside the brackets."""
+    if draw(st.integers(0, 5)) == 0:
+        return ""
+    spaces = [draw(_SPACE) if draw(st.booleans()) else "" for _ in range(3)]
+    slash = "/" if closing else ""
+    return f"<{spaces[0]}{slash}{spaces[1]}{draw(_spelt(name))}{spaces[2]}>"
+
+
 @st.composite
 def _structured(draw):
     """Near-miss answers: tag and label spellings the original code did or did not accept."""
@@ -116,9 +138,9 @@ def _structured(draw):
         draw(_variant(["<think>", "<Think>", "< think >", ""])),
         draw(st.text(max_size=20)),
         draw(_variant(["</think>", "</ think>", ""])),
-        draw(_variant(["<result>", "<RESULT>", "< result >", ""])),
-        draw(_variant(["Request:", "request :", "REQUEST:", "Request: ", ""])),
-        draw(_variant(["harmful", "unharmful", "harmless", "None", "safe"])),
+        draw(_variant(["<result>", "<RESULT>", "< result >", "<reſult>", ""])),
+        draw(_variant(["Request:", "request :", "REQUEST:", "Request: ", "Requeſt:", ""])),
+        draw(_variant(["harmful", "unharmful", "harmless", "harmleſſ", "None", "safe"])),
         draw(_variant(["\n", " ", ""])),
         draw(_variant(["Response:", "response :", "Response:  ", ""])),
         draw(_variant(["harmful", "unharmful", "harmless", "none", "unsafe"])),
@@ -128,18 +150,140 @@ def _structured(draw):
     return "".join(parts)
 
 
+@st.composite
+def _spellings(draw):
+    """Answers in the spellings that decide compat mode: tags and keywords in any case (Unicode folds too),
+    spaces inside tags, extra lines, a second block, and reasoning that crosses 3072 characters now and then."""
+    label_words = ["harmful", "unharmful", "harmless", "none", "safe", "unsafe"]
+    parts = [
+        draw(_tag("think", False)),
+        draw(st.text(max_size=20)),
+        "reasoning " * draw(st.sampled_from([0, 0, 5, 60, 320, 700])),
+        draw(_tag("think", True)),
+        draw(_tag("result", False)),
+        draw(_variant(["", "Answers:", "Answers: \n"])),
+        draw(_spelt("request")) + draw(_SPACE) + ":" + draw(_SPACE),
+        draw(st.one_of(_variant(label_words), _spelt(draw(_variant(label_words))))),
+        draw(_variant(["\n", " ", "", "\nCompletion: None\n"])),
+        draw(_spelt("response")) + draw(_SPACE) + ":" + draw(_SPACE),
+        draw(st.one_of(_variant(label_words), _spelt(draw(_variant(label_words))))),
+        draw(_tag("result", True)),
+        draw(st.text(max_size=8)),
+    ]
+    if draw(st.booleans()):  # a second block: only the first one counts
+        parts += [draw(_tag("result", False)), "Request: harmful Response: harmful", draw(_tag("result", True))]
+    return "".join(parts)
+
+
 _outputs = st.one_of(_soup, _structured())
 _label = st.sampled_from(LABELS)
 
 
-@settings(max_examples=4000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(_outputs, _label, st.one_of(st.none(), _label))
-def test_compat_mode_is_exactly_the_original_code(solution, p, r):
-    if not 0 < len(solution) < 3072:
+@st.composite
+def _released_truth(draw):
+    """A reference answer as the released data wrote it: its labels and its string, tags in any spelling the
+    released regexes accept."""
+    p, r = draw(_label), draw(st.one_of(st.none(), _label))
+    body = f"\nAnswers: \nRequest: {p}\nCompletion: None\nResponse: {r or 'None'}\n"
+    opening = draw(_variant(["<result>", "<Result>", "<RESULT>", "<reſult>"]))
+    closing = draw(_variant(["</result>", "</Result>", "</RESULT>", "</reſult>"]))
+    return {"prompt_label": p, "response_label": r}, f"<think>\nreasoning\n</think>\n{opening}{body}{closing}"
+
+
+@settings(max_examples=2500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(_soup, _structured(), _spellings()), _released_truth())
+def test_compat_mode_is_exactly_the_original_code(solution, truth):
+    """The `original` preset returns the released code's `overall`, float for float, for every non-empty
+    output (the released code divides by zero on an empty one), whether the ground truth is the released
+    answer string or its labels as data."""
+    labels, answer = truth
+    if not solution:
         return
-    truth = format_answer("reasoning", p, r)
-    ours = compute_score(None, solution, truth, preset="original")["score"]
-    assert ours == original_overall(solution, truth)
+    expected = original_overall(solution, answer)
+    assert compute_score(None, solution, answer, preset="original")["score"] == expected
+    assert compute_score(None, solution, labels, preset="original")["score"] == expected
+
+
+def test_compat_mode_reads_case_folded_tags_as_the_released_code_did():
+    answer = "<THINK>r</thınk>\n<reſult>\nAnswers:\nREQUEſT: Harmful\nResponse:none\n</RESULT>"
+    truth = format_answer("r", "harmful", None)
+    res = compute_score(None, answer, truth, preset="original")
+    assert (res["result_ok"], res["think_ok"], res["r_safety"], res["score"]) == (1.0, 1.0, 1.0, 0.0)
+    assert original_overall(answer, truth) == 0.0
+
+
+def test_compat_mode_has_no_length_cap_past_3072_characters():
+    """The released normaliser is characters / 3072 and is not clipped: a 6144-character wrong answer scores
+    -1 / 2**2."""
+    wrong = out("unharmful", "harmful").ljust(6144, ".")
+    assert (
+        compute_score(None, wrong, GT, preset="original")["score"]
+        == -0.25
+        == original_overall(wrong, format_answer("r", "harmful", "unharmful"))
+    )
+
+
+def test_compat_mode_refuses_a_ground_truth_the_released_code_would_misread():
+    """Without a <result> block the released code compared predictions with None (a missing label counted
+    as right); compat mode says so instead."""
+    with pytest.raises(ValueError, match="no <result>"):
+        compute_score(None, out("harmful", "harmful"), "Request: harmful\nResponse: None", preset="original")
+    with pytest.raises(ValueError, match="lacks 'Request:' or 'Response:'"):
+        compute_score(None, out("harmful", "harmful"), "<result>Request: harmful</result>", preset="original")
+
+
+# --------------------------------------------------------------------------------------------------
+# Eco: the length gain stops at 500 characters, where the released code's Eco line stopped it
+# --------------------------------------------------------------------------------------------------
+CHARS_PER_TOKEN = 4.8  # Qwen's tokenizer on GuardReasoner answers (docs/reward.md)
+
+
+def answer_of(n_tokens: int, prompt: str, response: str) -> tuple[str, dict]:
+    """A well-formed answer of about ``n_tokens`` tokens (characters at the measured rate) and its token count."""
+    tail = f"\n</think>\n<result>\nAnswers:\nRequest: {prompt}\nResponse: {response}\n</result>"
+    reasoning = ("## Reasoning Step: the request asks how to hurt someone, which is harmful. " * 200)[
+        : round(n_tokens * CHARS_PER_TOKEN) - len("<think>\n") - len(tail)
+    ]
+    text = f"<think>\n{reasoning}{tail}"
+    assert abs(len(text) - n_tokens * CHARS_PER_TOKEN) <= 1
+    return text, tokens(n_tokens)
+
+
+def score_of(preset: str, n_tokens: int, prompt: str = "unharmful", response: str = "harmful") -> float:
+    text, extra = answer_of(n_tokens, prompt, response)
+    return compute_score(None, text, GT, extra, preset=preset, **({"max_length": 3072} if preset == "gr-vl" else {}))[
+        "score"
+    ]
+
+
+def test_eco_length_gain_stops_at_500_characters():
+    cap = -1 / (500 / 3072) ** 2
+    assert score_of("gr-vl-eco", 200) == score_of("gr-vl-eco", 400) == pytest.approx(cap)  # both past the cap
+    assert score_of("gr-vl-eco", 60) < cap  # 288 characters: below the cap, a longer answer still gains
+    assert score_of("gr-vl-eco", 60) == pytest.approx(-1 / (288 / 3072) ** 2)
+
+
+def test_gr_vl_keeps_rewarding_length_where_eco_has_stopped():
+    assert score_of("gr-vl", 400) > score_of("gr-vl", 200)
+    assert score_of("gr-vl", 400) == pytest.approx(-1 / (400 / 3072) ** 2)
+    # what beta = 1/6 in token units would do: no cap below 512 tokens, so Eco would equal gr-vl there
+    for n in (200, 400):
+        text, extra = answer_of(n, "unharmful", "harmful")
+        as_tokens = compute_score(None, text, GT, extra, beta=1 / 6, max_length=3072)["score"]
+        assert as_tokens == score_of("gr-vl", n)
+
+
+def test_eco_keeps_the_paper_format_gate():
+    no_think = out("harmful", "unharmful", think=False)
+    assert compute_score(None, no_think, GT, preset="gr-vl-eco")["r_safety"] == 0.0
+    assert compute_score(None, no_think, GT, preset="original-eco")["r_safety"] == 1.0
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+@pytest.mark.parametrize("n_tokens", [60, 200, 400])
+def test_a_correct_answer_scores_zero_under_every_preset(preset, n_tokens):
+    text, extra = answer_of(n_tokens, "harmful", "unharmful")
+    assert compute_score(None, text, GT, extra, preset=preset)["score"] == 0.0
 
 
 @settings(max_examples=10000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -177,6 +321,7 @@ def test_huge_and_unicode_outputs_score_finitely():
         ({}, GT, None, r"response_tokens"),
         ({}, GT, {"response_tokens": -3}, r"response_tokens"),
         ({"beta": 0}, GT, tokens(1), "beta"),
+        ({"beta": math.nan}, GT, tokens(1), "beta"),
         ({"length_unit": "words"}, GT, tokens(1), "length_unit"),
         ({"format_mode": "loose"}, GT, tokens(1), "format_mode"),
         ({"max_length": 0}, GT, tokens(1), "max_length"),
@@ -196,6 +341,7 @@ def test_non_string_output_is_an_error_not_a_zero():
 
 def test_presets():
     assert PRESETS["gr-vl"] == RewardConfig()
-    assert PRESETS["gr-vl-eco"].beta == pytest.approx(1 / 6)
-    assert PRESETS["original"] == RewardConfig(1.0, "chars", 3072, "compat")
-    assert RewardConfig.from_kwargs(preset="gr-vl-eco", max_length=100) == RewardConfig(beta=1 / 6, max_length=100)
+    assert PRESETS["gr-vl-eco"] == RewardConfig(500 / 3072, "chars", 3072, "paper")
+    assert PRESETS["original"] == RewardConfig(math.inf, "chars", 3072, "compat")
+    assert PRESETS["original-eco"] == RewardConfig(500 / 3072, "chars", 3072, "compat")
+    assert RewardConfig.from_kwargs(preset="gr-vl", beta=0.5, max_length=100) == RewardConfig(0.5, max_length=100)

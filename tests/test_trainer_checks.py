@@ -1,27 +1,66 @@
-"""``gr-vl check``'s trainer checks against the real verl and a real local Ray cluster."""
+"""``gr-vl check``'s trainer checks against the real verl and a real local Ray cluster.
+
+The Ray parts run in one child process (:func:`ray_driver.run_driver`), which starts a local cluster, runs
+``gr-vl check`` and the Ray checks there and hands back what they returned; the pytest process never
+becomes a Ray driver.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 
 import pytest
-import ray
+from ray_driver import run_driver
 
 from gr_vl_verl.commands import check
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+def drive_checks() -> dict:
+    """Driver (child process): ``gr-vl check --json``, the worker check without plugins, the task runners."""
+    import ray
 
-
-def test_gr_vl_check_passes_here(ray_cluster, capsys) -> None:
     from gr_vl_verl.cli import main
+    from gr_vl_verl.trainer.main_ppo import GRTaskRunner, GRTaskRunnerV1
 
-    assert main(["check", "--json"]) == 0
-    results = [check.Check(**r) for r in json.loads(capsys.readouterr().out)]
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            rc = main(["check", "--json"])
+        try:
+            check.ray_worker({"VERL_USE_EXTERNAL_PLUGINS": "none"})
+            skipped = "no error"
+        except RuntimeError as e:
+            skipped = str(e)
+        runners = [GRTaskRunner.options(num_cpus=0).remote(), GRTaskRunnerV1.options(num_cpus=0).remote()]
+        try:
+            ray.get([r.__ray_ready__.remote() for r in runners], timeout=120)
+            v1_name = ray.get(runners[1].__ray_call__.remote(lambda self: type(self).__name__))
+            legacy_mapping = ray.get(runners[0].__ray_call__.remote(lambda self: self.mapping))
+        finally:
+            for r in runners:
+                ray.kill(r)
+    finally:
+        ray.shutdown()
+    return {
+        "rc": rc,
+        "checks": json.loads(out.getvalue()),
+        "skipped": skipped,
+        "v1_name": v1_name,
+        "legacy_mapping": legacy_mapping,
+    }
+
+
+@pytest.fixture(scope="module")
+def ray_results() -> dict:
+    return run_driver("test_trainer_checks:drive_checks")
+
+
+def test_gr_vl_check_passes_here(ray_results) -> None:
+    assert ray_results["rc"] == 0
+    results = [check.Check(**r) for r in ray_results["checks"]]
     assert [r.name for r in results] == [
         "entry point",
         "registered in a new process",
@@ -37,9 +76,8 @@ def test_gr_vl_check_passes_here(ray_cluster, capsys) -> None:
     assert "0.191, 0.183, 0.174, 0.000" in results[4].detail
 
 
-def test_worker_check_fails_when_verl_skips_plugins(ray_cluster) -> None:
-    with pytest.raises(RuntimeError, match="verl did not load gr_vl_verl.plugin in a Ray worker"):
-        check.ray_worker({"VERL_USE_EXTERNAL_PLUGINS": "none"})
+def test_worker_check_fails_when_verl_skips_plugins(ray_results) -> None:
+    assert "verl did not load gr_vl_verl.plugin in a Ray worker" in ray_results["skipped"]
 
 
 def test_a_failing_check_is_reported_not_raised() -> None:
@@ -49,15 +87,7 @@ def test_a_failing_check_is_reported_not_raised() -> None:
     assert check.run_check("x", broken) == ("x", False, "ValueError: gr_vl.clip.kind must be one of [...]")
 
 
-def test_task_runners_start_as_ray_actors(ray_cluster) -> None:
+def test_task_runners_start_as_ray_actors(ray_results) -> None:
     """Ray imports the task runner classes by name in a worker process (the package must be importable)."""
-    from gr_vl_verl.trainer.main_ppo import GRTaskRunner, GRTaskRunnerV1
-
-    runners = [GRTaskRunner.options(num_cpus=0).remote(), GRTaskRunnerV1.options(num_cpus=0).remote()]
-    try:
-        ray.get([r.__ray_ready__.remote() for r in runners], timeout=120)
-        assert ray.get(runners[1].__ray_call__.remote(lambda self: type(self).__name__)) == "_V1TaskRunner"
-        assert ray.get(runners[0].__ray_call__.remote(lambda self: self.mapping)) == {}
-    finally:
-        for r in runners:
-            ray.kill(r)
+    assert ray_results["v1_name"] == "_V1TaskRunner"
+    assert ray_results["legacy_mapping"] == {}

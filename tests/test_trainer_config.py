@@ -25,8 +25,8 @@ from gr_vl_verl.trainer.dynamic_clip import DynamicClipMixin, GRRayPPOTrainer, c
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("grpo_*.sh"))
-BETA = {"grpo_qwen2_5_vl_3b": 1.0, "grpo_qwen2_5_vl_7b": 1.0, "grpo_qwen2_5_vl_3b_eco": 1 / 6}
-BETA["grpo_qwen2_5_vl_7b_eco"] = 1 / 6
+BETA = {"grpo_qwen2_5_vl_3b": 1.0, "grpo_qwen2_5_vl_7b": 1.0, "grpo_qwen2_5_vl_3b_eco": 500 / 3072}
+BETA["grpo_qwen2_5_vl_7b_eco"] = 500 / 3072  # Eco: the gain stops at 500 characters (docs/reward.md)
 
 
 def compose_cfg(overrides: list[str]):
@@ -128,8 +128,11 @@ def test_plugin_config_with_only_paths_is_the_papers_grpo(tmp_path) -> None:
 
 def test_eco_is_one_override(tmp_path) -> None:
     eco = main_ppo.prepare(paths_only(tmp_path, "gr_vl.reward.preset=gr-vl-eco"))
-    assert eco.reward.beta == pytest.approx(1 / 6)
-    assert eco.reward == dataclasses.replace(main_ppo.prepare(paths_only(tmp_path)).reward, beta=eco.reward.beta)
+    # Eco stops the length gain at 500 characters, as the released code did (docs/reward.md); the format gate
+    # stays the paper's
+    assert (eco.reward.beta, eco.reward.length_unit, eco.reward.max_length) == (500 / 3072, "chars", 3072)
+    plain = main_ppo.prepare(paths_only(tmp_path)).reward
+    assert eco.reward == dataclasses.replace(plain, beta=500 / 3072, length_unit="chars", max_length=3072)
 
 
 def test_dual_clip_of_the_composed_config_never_binds(tmp_path) -> None:
@@ -209,7 +212,8 @@ def test_recipe_composes_and_passes_verl_checks(script: Path, recipe_env) -> Non
     assert cfg.reward.reward_manager.name == "GuardRewardManager"
     assert settings.clip.kind == "linear" and settings.clip.eps(1, 23)[0] == pytest.approx(0.2 * 22 / 23)
     assert settings.reward.beta == pytest.approx(BETA[script.stem])
-    assert settings.reward.max_length == 3072  # null -> the rollout's response length
+    assert settings.reward.max_length == 3072  # tokens: the rollout's response length; Eco: 3072 characters
+    assert settings.reward.length_unit == ("chars" if script.stem.endswith("_eco") else "tokens")
     assert updates_per_step(cfg) >= 2 and clip_warning(cfg) is None  # the clip has something to clip
     assert Path(cfg.data.train_files[0]) == Path(recipe_env["TRAIN_FILES"])
     assert actor.clip_ratio_c > math.exp(20) and rollout.max_model_len == 6144
@@ -284,7 +288,7 @@ def test_default_config_selects_the_plugin_pieces() -> None:
         ("gr_vl.clip.total_steps=0", "total_steps must be an integer >= 1"),
         ("gr_vl.clip.kind=step", "kind must be one of"),
         ("gr_vl.reward.preset=gr-vl-tiny", "unknown reward preset"),
-        ("gr_vl.reward.beta=-1", "beta must be a finite number > 0"),
+        ("gr_vl.reward.beta=-1", "beta must be a number > 0"),
     ],
 )
 def test_bad_gr_vl_settings_fail_before_anything_starts(override: str, message: str) -> None:

@@ -6,7 +6,8 @@ Sub-commands, one per kind of source::
     gr-vl prep vltest  --benchmark-dir DIR --out OUT        # GuardReasoner-VLTest → eval.parquet
     gr-vl prep table   FILE... --map request=prompt --out OUT   # jsonl / parquet / load_from_disk folder
 
-Every run prints and saves ``OUT/<command>_summary.json``: rows in, written per file, skipped by reason.
+Every run prints and saves ``OUT/<command>_summary.json``: rows in, written per file, skipped by reason, and
+the keys the readers ignored (``--strict-fields`` rejects such rows instead).
 """
 
 from __future__ import annotations
@@ -39,6 +40,12 @@ def _common(p: argparse.ArgumentParser, command: str) -> None:
     p.add_argument("--val-fraction", type=float, default=0.0, help="route this fraction to *_val.parquet")
     p.add_argument("--seed", type=int, default=42, help="seed of the train/val assignment")
     p.add_argument("--strict", action="store_true", help="fail (publishing nothing) on the first bad row")
+    if command != "table":
+        p.add_argument(
+            "--strict-fields",
+            action="store_true",
+            help="reject rows with keys the reader does not use (default: ignore them, counted in the summary)",
+        )
     p.add_argument("--workers", type=int, default=1, help="processes decoding images (order is kept)")
     p.add_argument("--min-pixels", type=int, default=MIN_PIXELS, help="RL/eval: smaller images are scaled up")
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="RL/eval: larger images are scaled down")
@@ -112,13 +119,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _common(p, "table")
 
 
-def _items(args: argparse.Namespace) -> tuple[list[str], object]:
+def _items(args: argparse.Namespace, keys) -> tuple[list[str], object]:
     from itertools import chain
 
     from gr_vl_verl.data import readers
 
     if args.input_kind == "vltrain":
-        return [str(args.data_root)], readers.read_vltrain_dir(args.data_root, args.splits)
+        return [str(args.data_root)], readers.read_vltrain_dir(args.data_root, args.splits, keys=keys)
     if args.input_kind == "vltest":
         names = args.benchmarks or [n for n in BENCHMARK_TASKS if (args.benchmark_dir / f"{n}.json").is_file()]
         if not names:
@@ -129,7 +136,7 @@ def _items(args: argparse.Namespace) -> tuple[list[str], object]:
             if not path.is_file():
                 raise FileNotFoundError(f"benchmark file not found: {path}")
         return [str(p) for p in paths], chain.from_iterable(
-            readers.read_benchmark(p, n, images=images) for p, n in zip(paths, names, strict=True)
+            readers.read_benchmark(p, n, images=images, keys=keys) for p, n in zip(paths, names, strict=True)
         )
     mapping = readers.parse_mapping(args.map)
     return [str(p) for p in args.inputs], chain.from_iterable(
@@ -169,14 +176,16 @@ def config_from_args(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from gr_vl_verl.data.pipeline import PrepError, run_prep
+    from gr_vl_verl.data.readers import ExtraKeys
 
     try:
         config = config_from_args(args)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    keys = ExtraKeys(strict=getattr(args, "strict_fields", False))
     try:
-        inputs, items = _items(args)
-        summary = run_prep(items, args.out, config, name=args.input_kind, inputs=inputs)
+        inputs, items = _items(args, keys)
+        summary = run_prep(items, args.out, config, name=args.input_kind, inputs=inputs, ignored_keys=keys.ignored)
     except FileNotFoundError as e:  # a missing input path is a usage error, even when found mid-stream
         raise UsageError(str(e)) from None
     except (PrepError, ValueError, OSError) as e:

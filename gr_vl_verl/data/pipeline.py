@@ -108,6 +108,8 @@ class PrepSummary:
     outputs: dict[str, OutputStats] = field(default_factory=dict)
     dropped: list[dict[str, str]] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
+    # Keys the readers ignored (rows per key): real exports carry keys the readers do not use.
+    ignored_keys: Counter = field(default_factory=Counter)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -125,6 +127,7 @@ class PrepSummary:
                 for name, s in self.outputs.items()
             },
             "dropped": self.dropped,
+            "ignored_keys": dict(sorted(self.ignored_keys.items())),
             "options": self.options,
         }
 
@@ -137,6 +140,9 @@ class PrepSummary:
             skipped = sum(s.skipped.values())
             detail = ", ".join(f"{r}: {n}" for r, n in sorted(s.skipped.items()))
             lines.append(f"{name}: written {s.written}, skipped {skipped}" + (f" ({detail})" if detail else ""))
+        if self.ignored_keys:
+            detail = ", ".join(f"{k}: {n}" for k, n in sorted(self.ignored_keys.items()))
+            lines.append(f"ignored keys (rows): {detail}")
         return "\n".join(lines)
 
 
@@ -180,13 +186,20 @@ def run_prep(
     name: str = "prep",
     inputs: list[str] | None = None,
     total: int | None = None,
+    ignored_keys: Counter | None = None,
 ) -> PrepSummary:
-    """Write ``config.formats`` for ``items`` into ``out_dir``; save ``{name}_summary.json`` there."""
+    """Write ``config.formats`` for ``items`` into ``out_dir``; save ``{name}_summary.json`` there.
+
+    ``ignored_keys`` is the counter the readers of ``items`` fill as they stream (``ExtraKeys.ignored``);
+    the summary reports it as it stands at the end.
+    """
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = PrepSummary(inputs=list(inputs or []))
+    summary = PrepSummary(
+        inputs=list(inputs or []), ignored_keys=ignored_keys if ignored_keys is not None else Counter()
+    )
     summary.options = {
         "formats": list(config.formats),
         "split": config.split,

@@ -1,8 +1,9 @@
 """verl reward-loop manager for the guard: token length in, every reward term out.
 
 verl's managers pass ``compute_score`` the decoded text only; the paper's length term needs the response's
-token count and the rollout's maximum length, so this manager reads both (from the attention mask and from
-``actor_rollout_ref.rollout.response_length``) and hands them over in ``extra_info``.
+token count and the rollout's maximum length, so this manager reads both (from verl's ``response_len``, or
+the attention mask, and from ``actor_rollout_ref.rollout.response_length``) and hands them over in
+``extra_info``.
 
 Use it either way (verl 0.9.1; the legacy ``verl.workers.reward_manager`` registry is not read by the trainer)::
 
@@ -46,6 +47,7 @@ class GuardRewardManager(RewardManagerBase):
         reward_model_tokenizer: Any = None,
         **_: Any,
     ) -> None:
+        check_reward_model_settings(config)
         super().__init__(config, tokenizer, compute_score)
         # verl hands every manager its generic default when no custom function is configured.
         self.user_compute_score = None if compute_score in (None, default_compute_score) else compute_score
@@ -58,9 +60,7 @@ class GuardRewardManager(RewardManagerBase):
     async def run_single(self, data: DataProto) -> dict:
         item = data[-1]  # multi-sequence trajectories: the last sequence carries the verdict
         response_ids = item.batch["responses"]
-        # The streaming path sends unpadded responses, the colocated path right-padded ones: the attention
-        # mask's tail counts the real tokens in both.
-        valid_len = int(item.batch["attention_mask"][-response_ids.shape[-1] :].sum())
+        valid_len = response_token_count(item)
         ground_truth = item.non_tensor_batch["reward_model"]["ground_truth"]
         data_source = item.non_tensor_batch.get("data_source")
         extra_info = dict(item.non_tensor_batch.get("extra_info") or {})
@@ -90,7 +90,7 @@ class GuardRewardManager(RewardManagerBase):
         self, text: str, ground_truth: Any, valid_len: int, data_source: Any, extra_info: Mapping[str, Any]
     ) -> dict[str, float]:
         try:
-            truth = parse_ground_truth(ground_truth)
+            truth = parse_ground_truth(ground_truth, original=self.reward_config.format_mode == "compat")
         except ValueError as e:
             where = {k: extra_info.get(k) for k in ("id", "index", "split") if k in extra_info}
             raise ValueError(f"bad ground truth in row {where} (data_source={data_source!r}): {e}") from None
@@ -109,6 +109,38 @@ class GuardRewardManager(RewardManagerBase):
         if self.is_async_user_score:
             return await self.user_compute_score(**kwargs)
         return await self.loop.run_in_executor(None, lambda: self.user_compute_score(**kwargs))
+
+
+def response_token_count(item: Any) -> int:
+    """Tokens in one trajectory item's response.
+
+    verl's agent loop (streaming path) sends ``response_len`` per sequence: a multi-output trajectory pads its
+    sequences to a common width, prompts included, so the attention mask's tail is no count there. The
+    colocated path sends a padded batch without it; there the mask's last ``responses.shape[-1]`` columns
+    (left-padded prompts, right-padded responses) count the response tokens.
+    """
+    response_len = item.non_tensor_batch.get("response_len")
+    if response_len is not None:
+        return int(response_len)
+    width = item.batch["responses"].shape[-1]
+    return int(item.batch["attention_mask"][-width:].sum())
+
+
+def check_reward_model_settings(config: Any) -> None:
+    """Refuse the one verl setting that silently bypasses this manager.
+
+    With ``reward.reward_model.enable=true`` and no ``reward.custom_reward_function.path``, verl 0.9.1's
+    ``RewardLoopWorker.compute_score`` scores every trajectory with the reward model and never calls the
+    configured manager, so the guard reward would not be computed at all.
+    """
+    if select(config, "reward.reward_model.enable") and select(config, "reward.custom_reward_function.path") is None:
+        raise ValueError(
+            "reward.reward_model.enable=true without reward.custom_reward_function.path: verl would score "
+            "with the reward model and never call GuardRewardManager. Set reward.reward_model.enable=false "
+            "for the guard reward, or set reward.custom_reward_function.path (e.g. "
+            "pkg://gr_vl_verl.reward.score, which this manager calls with token counts) to combine it with a "
+            "reward model."
+        )
 
 
 def _register() -> None:

@@ -4,12 +4,14 @@
     score    = (r_safety - 1) / min(l_norm, beta) ** 2                                           (10)
 
 A fully correct answer scores 0 at any length; a wrong one is less negative the longer it reasons, with the
-gain capped at ``l_norm = beta`` (beta = 1 for GuardReasoner-VL, 1/6 for the Eco variant).
+gain capped at ``l_norm = beta`` (beta = 1 for GuardReasoner-VL; the Eco variant caps at 500 characters, see
+:data:`PRESETS` and docs/reward.md).
 
 ``l_norm`` is the response length over ``max_length``. The paper counts tokens; the original code counted
 characters / 3072 (kept as ``length_unit="chars"``). **Floor:** ``l_norm`` is at least one unit
 (``1 / max_length``), so an empty or one-token answer gets a finite, very negative score
-(``-(1 - r_safety) * max_length**2``) instead of the original code's division by zero.
+(``-(1 - r_safety) * max_length**2``) instead of the original code's division by zero. ``beta = inf`` means
+no cap, as in the released code, whose ``l_norm`` exceeds 1 for answers over 3072 characters.
 
 The public entry point, :func:`compute_score`, has verl's custom-reward signature, so it also works with
 verl's own reward managers (``reward.custom_reward_function``) and can be called positionally.
@@ -55,8 +57,8 @@ class RewardConfig:
     format_mode: FormatMode = "paper"
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.beta, int | float) and math.isfinite(self.beta) and self.beta > 0):
-            raise ValueError(f"beta must be a finite number > 0, got {self.beta!r}")
+        if isinstance(self.beta, bool) or not isinstance(self.beta, int | float) or not self.beta > 0:
+            raise ValueError(f"beta must be a number > 0 (inf: no cap), got {self.beta!r}")
         if self.length_unit not in ("tokens", "chars"):
             raise ValueError(f"length_unit must be 'tokens' or 'chars', got {self.length_unit!r}")
         if isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 1:
@@ -98,13 +100,27 @@ class RewardConfig:
 #: Keys of the ``gr_vl.reward`` block.
 SETTINGS_KEYS: tuple[str, ...] = ("preset", *(f.name for f in dataclasses.fields(RewardConfig)))
 
+#: Where the released code's Eco line stops the length gain: ``len(predict_str) < 500`` characters.
+ECO_CAP_CHARS = 500
+_ORIGINAL_MAX_CHARS = 3072
+
 PRESETS: dict[str, RewardConfig] = {
     "gr-vl": RewardConfig(),
-    "gr-vl-eco": RewardConfig(beta=1 / 6),
-    # The released code: characters / 3072, only <result> required.
-    "original": RewardConfig(beta=1.0, length_unit="chars", max_length=3072, format_mode="compat"),
+    # Eco caps where the authors' code did, at 500 characters of output (~100 tokens of guard reasoning).
+    # The paper's beta = 1/6 read in token units would cap at 512 tokens, above almost every guard answer
+    # (180-213 tokens on average), and Eco would score like gr-vl (docs/reward.md). Paper format gate.
+    "gr-vl-eco": RewardConfig(
+        beta=ECO_CAP_CHARS / _ORIGINAL_MAX_CHARS, length_unit="chars", max_length=_ORIGINAL_MAX_CHARS
+    ),
+    # The released code: characters / 3072 with no cap (l_norm > 1 past 3072 characters), only <result> required.
+    "original": RewardConfig(beta=math.inf, length_unit="chars", max_length=_ORIGINAL_MAX_CHARS, format_mode="compat"),
     # The released code's commented-out Eco line: the length gain stops at 500 characters.
-    "original-eco": RewardConfig(beta=500 / 3072, length_unit="chars", max_length=3072, format_mode="compat"),
+    "original-eco": RewardConfig(
+        beta=ECO_CAP_CHARS / _ORIGINAL_MAX_CHARS,
+        length_unit="chars",
+        max_length=_ORIGINAL_MAX_CHARS,
+        format_mode="compat",
+    ),
 }
 
 
@@ -115,11 +131,13 @@ PRESETS: dict[str, RewardConfig] = {
 _CANONICAL_TRUTHS = {(p, r): Labels(p, r) for p in LABELS for r in (*LABELS, None)}
 
 
-def parse_ground_truth(ground_truth: object) -> Labels:
+def parse_ground_truth(ground_truth: object, *, original: bool = False) -> Labels:
     """Labels from a dict (``prompt_label``/``response_label``), its JSON text, or an original answer string.
 
     Augmented (concatenated) rows must carry their merged labels as a dict: an answer string is read
     from its first ``<result>`` only, which is how the original code scored them against sample 1.
+    ``original=True`` (compat mode) reads an answer string exactly as the released code did: both labels
+    from its first ``<result>`` block, with the released regexes.
     """
     if type(ground_truth) is dict:  # hot path: the RL parquet's canonical labels
         try:
@@ -141,7 +159,7 @@ def parse_ground_truth(ground_truth: object) -> Labels:
             normalize_label(ground_truth.get("response_label"), "ground_truth.response_label", allow_none=True),
         )
     if isinstance(ground_truth, str):
-        return _truth_from_answer(ground_truth)
+        return _truth_from_original_answer(ground_truth) if original else _truth_from_answer(ground_truth)
     raise ValueError(
         f"ground_truth must be a dict with prompt_label/response_label or an answer string, "
         f"got {type(ground_truth).__name__}"
@@ -155,6 +173,21 @@ def _truth_from_answer(answer: str) -> Labels:
         return gold_labels(answer)
     except ValueError as e:
         raise ValueError(f"ground_truth string: {e}") from None
+
+
+@functools.lru_cache(maxsize=4096)
+def _truth_from_original_answer(answer: str) -> Labels:
+    """The released code's reading of a reference answer: labels from its first ``<result>`` block.
+
+    Where that reading finds no block or no label the released code compared predictions against None
+    (a missing predicted label then counted as right); that is refused here rather than reproduced.
+    """
+    parsed = parse_answer(answer, original=True)
+    if parsed.result is None:
+        raise ValueError(f"ground_truth string has no <result>…</result> block: {answer[:80]!r}")
+    if parsed.prompt_label is None or parsed.response_label is None:
+        raise ValueError(f"ground_truth <result> block lacks 'Request:' or 'Response:' label: {answer[:80]!r}")
+    return Labels(parsed.prompt_label, None if parsed.response_is_none else parsed.response_label)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -256,6 +289,6 @@ def compute_score(
         raise ValueError(f"solution_str must be str, got {type(solution_str).__name__}")
     if extra_info is not None and type(extra_info) is not dict and not isinstance(extra_info, Mapping):
         raise ValueError(f"extra_info must be a dict or None, got {type(extra_info).__name__}")
-    truth = parse_ground_truth(ground_truth)
+    truth = parse_ground_truth(ground_truth, original=config.format_mode == "compat")
     length = _response_length(solution_str, extra_info, config.length_unit)
     return score_response(solution_str, truth, length, config)

@@ -16,6 +16,7 @@ Both trainer paths are covered: :class:`GRRayPPOTrainer` (legacy, ``trainer.use_
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import math
@@ -97,13 +98,40 @@ def updates_per_step(config: DictConfig) -> int:
     return math.ceil(batch / mini) * int(actor.ppo_epochs)
 
 
+#: verl 0.9.1 policy losses that never read ``clip_ratio``, ``clip_ratio_low`` or ``clip_ratio_high``
+#: (``verl/trainer/ppo/core_algos.py``): SAPO's soft gate, GPG's plain policy gradient, KL-Cov's KL penalty
+#: and DRO's quadratic log-ratio penalty. ``bypass_mode`` is in the same case with ``loss_type=reinforce``.
+CLIP_FREE_LOSS_MODES: frozenset[str] = frozenset({"sapo", "gpg", "kl_cov", "dro"})
+
+
+def worker_loss_mode(config: DictConfig) -> str:
+    """The policy loss the actor workers run: ``actor_rollout_ref.actor.policy_loss.loss_mode``."""
+    return OmegaConf.select(config, "actor_rollout_ref.actor.policy_loss.loss_mode", default=None) or "vanilla"
+
+
+def clip_is_read(config: DictConfig) -> bool:
+    """Whether the workers' policy loss reads the clip range at all."""
+    mode = worker_loss_mode(config)
+    if mode == "bypass_mode":
+        path = "actor_rollout_ref.actor.policy_loss.rollout_correction.loss_type"
+        return (OmegaConf.select(config, path, default=None) or "ppo_clip") != "reinforce"
+    return mode not in CLIP_FREE_LOSS_MODES
+
+
 def clip_schedule_from(config: DictConfig) -> ClipSchedule:
     """The clip schedule of a run (``gr_vl.clip``; the paper's defaults where absent)."""
     return ClipSchedule.from_mapping(section(config, "clip"))
 
 
 def clip_warning(config: DictConfig) -> str | None:
-    """A message when the configured batching leaves the clip range nothing to do, else ``None``."""
+    """A message when the loss or the batching leaves the clip schedule nothing to do, else ``None``."""
+    if not clip_is_read(config):
+        return (
+            f"dynamic clipping has no effect: the policy loss "
+            f"actor_rollout_ref.actor.policy_loss.loss_mode={worker_loss_mode(config)} never reads the clip "
+            "range, so gr_vl.clip is not pushed and actor/clip_eps_* is not logged. Use loss_mode=vanilla "
+            "(the paper's clipped objective) for the schedule to act."
+        )
     if updates_per_step(config) > 1:
         return None
     actor = config.actor_rollout_ref.actor
@@ -116,6 +144,21 @@ def clip_warning(config: DictConfig) -> str | None:
     )
 
 
+def bypass_mode_warning(config: DictConfig) -> str | None:
+    """A message when ``algorithm.rollout_correction.bypass_mode`` asks for a loss the workers will not run."""
+    if not OmegaConf.select(config, "algorithm.rollout_correction.bypass_mode", default=False):
+        return None
+    mode = worker_loss_mode(config)
+    if mode == "bypass_mode":
+        return None
+    return (
+        "algorithm.rollout_correction.bypass_mode=true: old log-probs are the rollout's, but the actor workers "
+        f"keep actor_rollout_ref.actor.policy_loss.loss_mode={mode} on both trainer paths (verl 0.9.1 switches "
+        "to its bypass_mode loss only in the legacy trainer's driver config, which never reaches the workers). "
+        "Set actor_rollout_ref.actor.policy_loss.loss_mode=bypass_mode to train with that loss."
+    )
+
+
 # --------------------------------------------------------------------------------------------------
 # The per-step hook, shared by both trainer paths
 # --------------------------------------------------------------------------------------------------
@@ -123,14 +166,22 @@ def clip_warning(config: DictConfig) -> str | None:
 class _ClipState:
     schedule: ClipSchedule
     base: Any  # the ActorConfig dataclass, converted once (hydra instantiation costs ~50 ms)
+    loss_fn_config: DictConfig  # the config the loss is built from: the driver's, as the workers got it
+    acts: bool  # whether the workers' policy loss reads the clip range
 
 
 class DynamicClipMixin:
     """Computes ``eps(global_steps)`` and pushes the matching loss to ``actor_rollout_wg``.
 
     Needs only ``config``, ``global_steps``, ``total_training_steps`` and ``actor_rollout_wg`` from the
-    trainer. The actor config is converted on the first push, i.e. after verl's own start-up edits of the
-    driver config, and reused with only the clip range replaced.
+    trainer. The actor config is converted once, right after the workers are built
+    (:meth:`remember_worker_config`, called by both trainers' start-up hooks), and reused with only the clip
+    range replaced, so the pushed loss is the workers' own. That matters with
+    ``algorithm.rollout_correction.bypass_mode``: verl 0.9.1's legacy ``fit`` then rewrites the driver's
+    ``actor.policy_loss`` (``loss_mode=bypass_mode``) after the workers were built, an edit stock verl never
+    delivers to them and the V1 trainer never makes. Converting at the first push would carry it to the
+    workers on the legacy path only; the snapshot keeps both paths on the loss stock verl runs, plus the clip.
+    Trainers built without start-up (tests) convert at the first push.
     """
 
     config: DictConfig
@@ -138,23 +189,38 @@ class DynamicClipMixin:
     total_training_steps: int
     actor_rollout_wg: Any
 
+    def remember_worker_config(self) -> None:
+        """Convert the actor config the workers were just built from; later driver edits do not reach it."""
+        config = copy.deepcopy(self.config)
+        self.__dict__["_gr_vl_clip_state"] = _ClipState(
+            schedule=clip_schedule_from(config),
+            base=base_actor_config(config),
+            loss_fn_config=config,
+            acts=clip_is_read(config),
+        )
+
     def _clip_state(self) -> _ClipState:
-        state = self.__dict__.get("_gr_vl_clip_state")
-        if state is None:
-            state = _ClipState(schedule=clip_schedule_from(self.config), base=base_actor_config(self.config))
-            self.__dict__["_gr_vl_clip_state"] = state
-        return state
+        if self.__dict__.get("_gr_vl_clip_state") is None:
+            self.remember_worker_config()
+        return self.__dict__["_gr_vl_clip_state"]
 
     def push_clip_eps(self) -> dict[str, float]:
-        """Send this step's loss to every actor rank; return the metrics to log."""
+        """Send this step's loss to every actor rank; return the metrics to log (none if the loss ignores
+        the clip range: then nothing is pushed and the workers keep their own loss)."""
         state = self._clip_state()
+        if not state.acts:
+            return {}
         low, high = state.schedule.eps(int(self.global_steps), int(self.total_training_steps))
-        self.actor_rollout_wg.set_loss_fn(make_loss_fn(self.config, with_clip(state.base, low, high)))
+        self.actor_rollout_wg.set_loss_fn(make_loss_fn(state.loss_fn_config, with_clip(state.base, low, high)))
         return {METRIC_LOW: low, METRIC_HIGH: high}
 
 
 class GRRayPPOTrainer(DynamicClipMixin, RayPPOTrainer):
     """verl's legacy ``RayPPOTrainer`` with the dynamic clip (``trainer.use_v1=false``)."""
+
+    def init_workers(self) -> None:
+        super().init_workers()
+        self.remember_worker_config()
 
     def _update_actor(self, batch: DataProto) -> DataProto:
         clip_metrics = self.push_clip_eps()
@@ -165,6 +231,10 @@ class GRRayPPOTrainer(DynamicClipMixin, RayPPOTrainer):
 
 class DynamicClipV1Mixin(DynamicClipMixin):
     """The V1 hook: ``PPOTrainer._update_actor(batch, metrics)`` runs once per update, metrics in place."""
+
+    def init(self) -> None:
+        super().init()  # type: ignore[misc]
+        self.remember_worker_config()
 
     def _update_actor(self, batch: Any, metrics: dict) -> Any:
         metrics.update(self.push_clip_eps())

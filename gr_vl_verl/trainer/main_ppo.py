@@ -26,10 +26,17 @@ from verl.trainer.ppo.utils import need_critic, need_reference_policy
 from verl.utils.config import validate_config
 from verl.utils.device import auto_set_device
 
+from gr_vl_verl.reward.manager import REGISTERED_NAME, GuardRewardManager, check_reward_model_settings
 from gr_vl_verl.reward.score import RewardConfig
 from gr_vl_verl.settings import gr_vl_block, section, select
 from gr_vl_verl.trainer.clip_schedule import ClipSchedule
-from gr_vl_verl.trainer.dynamic_clip import GRRayPPOTrainer, clip_schedule_from, clip_warning, v1_trainer_cls
+from gr_vl_verl.trainer.dynamic_clip import (
+    GRRayPPOTrainer,
+    bypass_mode_warning,
+    clip_schedule_from,
+    clip_warning,
+    v1_trainer_cls,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +55,12 @@ class PluginSettings:
 
 
 def validate_settings(config: DictConfig) -> PluginSettings:
-    """Every section of the ``gr_vl`` block, validated; :class:`SettingsError` names the bad key or value."""
+    """Every section of the ``gr_vl`` block, validated, and the reward settings that would bypass the
+    plugin's manager; :class:`SettingsError` names the bad key or value."""
     try:
         gr_vl_block(config)
+        if select(config, "reward.reward_manager.name") in (GuardRewardManager.__name__, REGISTERED_NAME):
+            check_reward_model_settings(config)
         response_length = select(config, "actor_rollout_ref.rollout.response_length")
         return PluginSettings(
             clip=clip_schedule_from(config),
@@ -79,14 +89,15 @@ def check_context_length(config: DictConfig) -> None:
 
 def prepare(config: DictConfig) -> PluginSettings:
     """Everything ``main`` does before Ray: the ``gr_vl`` block and the context length, then verl's device and
-    config checks, then the one warning when the batching leaves the clip schedule nothing to act on."""
+    config checks, then one warning each when the loss or the batching leaves the clip schedule nothing to act
+    on, and when verl's bypass mode asks for a loss the workers will not run."""
     settings = validate_settings(config)
     check_context_length(config)
     auto_set_device(config)
     validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
-    warning = clip_warning(config)
-    if warning:
-        logger.warning(warning)
+    for warning in (clip_warning(config), bypass_mode_warning(config)):
+        if warning:
+            logger.warning(warning)
     return settings
 
 

@@ -9,7 +9,7 @@ Readers stream: JSON one element at a time, parquet one batch at a time. A bad r
 with a reason; only a file that cannot be read at all raises. Pure Python: no torch, no verl.
 """
 
-from gr_vl_verl.data.readers.common import Item, image_bytes, resolve_image_path
+from gr_vl_verl.data.readers.common import ExtraKeys, Item, image_bytes, resolve_image_path
 from gr_vl_verl.data.readers.json_stream import iter_json_rows
 from gr_vl_verl.data.readers.table import FIELDS, parse_mapping, read_table
 from gr_vl_verl.data.readers.vltest import BENCHMARK_TASKS, VLTEST_IMAGE_LABELS, VLTestImages, read_benchmark
@@ -18,6 +18,7 @@ from gr_vl_verl.data.readers.vltrain import VLTRAIN_SPLITS, read_vltrain, read_v
 __all__ = [
     "BENCHMARK_TASKS",
     "FIELDS",
+    "ExtraKeys",
     "VLTEST_IMAGE_LABELS",
     "VLTRAIN_SPLITS",
     "Item",

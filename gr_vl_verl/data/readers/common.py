@@ -3,7 +3,9 @@ wrapper that turns a row's :class:`SampleError` into a counted :class:`Rejected`
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +57,26 @@ def user_fields(content: str) -> tuple[str, str | None, int]:
     return uc.request, uc.response, uc.n_images
 
 
-def check_keys(row: Mapping, allowed: Iterable[str]) -> None:
-    unknown = sorted(set(row) - set(allowed))
-    if unknown:
-        raise SampleError("unknown_field", f"unknown field(s) {unknown}; expected only {sorted(allowed)}")
+@dataclass
+class ExtraKeys:
+    """What readers do with keys a row carries beside the ones they read.
+
+    Real exports carry more than the readers use: the GuardReasoner text benchmarks have ``instruction``
+    beside ``input`` and ``output`` (the original evaluator reads only those two), and ``datasets``'
+    ``to_json`` can add keys another split has. By default such keys are ignored and counted per key (the
+    prep summary reports them); ``strict=True`` rejects the row as ``unknown_field`` instead.
+    """
+
+    strict: bool = False
+    ignored: Counter[str] = field(default_factory=Counter)
+
+    def check(self, row: Mapping, used: Iterable[str]) -> None:
+        unknown = sorted(set(row) - set(used))
+        if not unknown:
+            return
+        if self.strict:
+            raise SampleError("unknown_field", f"unknown field(s) {unknown}; expected only {sorted(used)}")
+        self.ignored.update(unknown)
 
 
 def row_id(row: Mapping, default: str) -> str:

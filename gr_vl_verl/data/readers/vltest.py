@@ -1,8 +1,10 @@
 """GuardReasoner-VLTest benchmark files (docs/data.md, "Sources").
 
-Text benchmarks hold ``{"instruction", "input", "output"}`` rows; HarmImageTest and SPA_VL_Eval hold
-``{"messages": [user, assistant], "images": [...]}``. Images missing from a file come, in order, from the
-``yueliu1999/GuardReasoner-VLTest`` dataset saved locally (its ``label`` 0/1 picks the benchmark).
+Text benchmarks are JSON arrays of ``{"instruction", "input", "output"}`` rows (only ``input`` and ``output``
+are read, as the original evaluator did); HarmImageTest and SPA_VL_Eval hold
+``{"messages": [user, assistant], "images": ["./HarmImageTest/x.png"]}``. Their images come, in order, from
+the ``yueliu1999/GuardReasoner-VLTest`` dataset saved locally (its ``label`` 0/1 picks the benchmark) when
+it is given, else from the listed paths.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from gr_vl_verl.data.readers.common import (
+    ExtraKeys,
     Item,
-    check_keys,
     guard_rows,
     image_bytes,
     resolve_image_path,
@@ -83,9 +85,17 @@ def read_benchmark(
     data_root: Path | None = None,
     images: VLTestImages | None = None,
     tasks: tuple[str, ...] | None = None,
+    keys: ExtraKeys | None = None,
 ) -> Iterator[Item]:
-    """One GuardReasoner-VLTest benchmark file; only the labels of the benchmark's task(s) are kept."""
+    """One GuardReasoner-VLTest benchmark file; only the labels of the benchmark's task(s) are kept.
+
+    Images of HarmImageTest / SPA_VL_Eval come from ``images`` (the saved GuardReasoner-VLTest dataset) when
+    given, by order, as the original evaluation took them, whatever paths the rows list; otherwise from the
+    rows' ``images`` paths under ``data_root`` (the file's folder by default). Keys the reader does not use
+    (the text benchmarks' ``instruction``) are ignored and counted in ``keys`` (rejected with ``keys.strict``).
+    """
     path = Path(path)
+    keys = keys if keys is not None else ExtraKeys()
     name = name or path.stem
     tasks = tasks or BENCHMARK_TASKS.get(name)
     if tasks is None:
@@ -96,13 +106,13 @@ def read_benchmark(
         if not isinstance(row, Mapping):
             raise SampleError("bad_format", f"row must be a JSON object, got {type(row).__name__}")
         if "messages" in row:
-            check_keys(row, ("messages", "images", "id"))
+            keys.check(row, ("messages", "images", "id"))
             turns = role_contents(row["messages"], ("system", "user", "assistant"))
             if "user" not in turns or "assistant" not in turns:
                 raise SampleError("missing_field", "benchmark messages need a user and an assistant turn")
             user, gold = turns["user"], turns["assistant"]
         elif "input" in row and "output" in row:
-            check_keys(row, ("input", "output", "images", "id"))
+            keys.check(row, ("input", "output", "images", "id"))
             user, gold = row["input"], row["output"]
             if not isinstance(user, str) or not isinstance(gold, str):
                 raise SampleError("bad_field", "`input` and `output` must be strings")
@@ -112,13 +122,13 @@ def read_benchmark(
             request, response, n_placeholders = user_fields(user)
         else:
             request, response, n_placeholders = user.strip(), None, 0
-        if "images" in row:
-            raw = row["images"] or []
-            if not isinstance(raw, list):
-                raise SampleError("bad_field", "`images` must be a list")
-            imgs: tuple[ImageData, ...] = tuple(resolve_image_path(data_root, p) for p in raw)
-        elif n_placeholders and images is not None:
-            imgs = (images.get(name, index),)
+        raw = row.get("images") or []
+        if not isinstance(raw, list):
+            raise SampleError("bad_field", "`images` must be a list")
+        if n_placeholders and images is not None and name in VLTEST_IMAGE_LABELS:
+            imgs: tuple[ImageData, ...] = (images.get(name, index),)
+        elif raw:
+            imgs = tuple(resolve_image_path(data_root, p) for p in raw)
         elif n_placeholders:
             raise SampleError(
                 "image_missing",

@@ -1,7 +1,9 @@
 """GuardReasoner-VLTrain as exported for LLaMA-Factory (docs/data.md, "Sources").
 
-Each split file holds ``{"messages": [system, user, assistant], "images": ["./image/x.png"]}`` rows; image
-paths are relative to the data root; ``images`` is absent, or null, on text rows.
+Each split file holds ``{"messages": [system, user, assistant], "images": ["./image/x.png"]}`` rows, as JSON
+Lines (``datasets``' ``to_json``) or a JSON array; image paths are relative to the data root; ``images`` is
+absent, or null, on text rows. Labels are read from the assistant turn with the tolerant parser, so
+``Answers: \nRequest: …`` and extra lines such as ``Completion: …`` read as well as the canonical form.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from gr_vl_verl.data.readers.common import (
+    ExtraKeys,
     Item,
-    check_keys,
     guard_rows,
     resolve_image_path,
     role_contents,
@@ -30,15 +32,22 @@ VLTRAIN_SPLITS: dict[str, str] = {
 }
 
 
-def read_vltrain(path: Path, data_root: Path, source: str | None = None) -> Iterator[Item]:
-    """One GuardReasoner-VLTrain split file; modality comes from the content (images and/or text)."""
+def read_vltrain(
+    path: Path, data_root: Path, source: str | None = None, keys: ExtraKeys | None = None
+) -> Iterator[Item]:
+    """One GuardReasoner-VLTrain split file; modality comes from the content (images and/or text).
+
+    Keys other than ``messages``, ``images`` and ``id`` are ignored and counted in ``keys`` (rejected with
+    ``keys.strict``).
+    """
     path = Path(path)
     source = source or path.stem
+    keys = keys if keys is not None else ExtraKeys()
 
     def build(row: Any, default_id: str, index: int) -> GuardSample:
         if not isinstance(row, Mapping):
             raise SampleError("bad_format", f"row must be a JSON object, got {type(row).__name__}")
-        check_keys(row, ("messages", "images", "id"))
+        keys.check(row, ("messages", "images", "id"))
         if "messages" not in row:
             raise SampleError("missing_field", "no `messages`")
         turns = role_contents(row["messages"], ("system", "user", "assistant"))
@@ -75,7 +84,9 @@ def read_vltrain(path: Path, data_root: Path, source: str | None = None) -> Iter
     return guard_rows(iter_json_rows(path), source, build)
 
 
-def read_vltrain_dir(data_root: Path, splits: Iterable[str] = tuple(VLTRAIN_SPLITS)) -> Iterator[Item]:
+def read_vltrain_dir(
+    data_root: Path, splits: Iterable[str] = tuple(VLTRAIN_SPLITS), keys: ExtraKeys | None = None
+) -> Iterator[Item]:
     """All requested splits of a GuardReasoner-VLTrain folder, in a fixed order."""
     data_root = Path(data_root)
     for split in splits:
@@ -84,4 +95,4 @@ def read_vltrain_dir(data_root: Path, splits: Iterable[str] = tuple(VLTRAIN_SPLI
         path = data_root / VLTRAIN_SPLITS[split]
         if not path.is_file():
             raise FileNotFoundError(f"GuardReasoner-VLTrain split {split!r}: {path} not found")
-        yield from read_vltrain(path, data_root)
+        yield from read_vltrain(path, data_root, keys=keys)
