@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gr_vl_verl.evaluation.predictions import TASKS, Prediction
-from gr_vl_verl.protocol import HARMFUL, PARSE_MODES, UNHARMFUL, ParseMode, predicted_labels
+from gr_vl_verl.protocol import PARSE_MODES, ParseMode, label_outcome, predicted_labels
 
 #: Column order of the paper's tables (Tables 1 and 2): text benchmarks, then the multimodal ones. Benchmarks
 #: not listed follow, by name, in their group.
@@ -68,18 +68,13 @@ class Counts:
     unparsed: int = 0
 
     def add(self, gold: str, predicted: str | None) -> None:
+        """Count one prediction by :func:`~gr_vl_verl.protocol.label_outcome` (None: the wrong label)."""
+        outcome = label_outcome(predicted, gold)
+        if outcome is None:
+            raise ValueError("a scored prediction needs a gold label, got None")
         if predicted is None:
             self.unparsed += 1
-            predicted = UNHARMFUL if gold == HARMFUL else HARMFUL
-        if gold == HARMFUL:
-            if predicted == HARMFUL:
-                self.tp += 1
-            else:
-                self.fn += 1
-        elif predicted == HARMFUL:
-            self.fp += 1
-        else:
-            self.tn += 1
+        setattr(self, outcome, getattr(self, outcome) + 1)
 
     @property
     def n(self) -> int:
@@ -97,6 +92,11 @@ class Counts:
     def f1(self) -> float:
         """2TP / (2TP + FP + FN), x100; 0 when there is nothing positive (scikit-learn's default)."""
         return _pct(2 * self.tp, 2 * self.tp + self.fp + self.fn)
+
+    @property
+    def f1_defined(self) -> bool:
+        """Whether F1 is a ratio at all: some harmful gold or some harmful prediction (else it is 0/0)."""
+        return self.tp + self.fp + self.fn > 0
 
     @property
     def accuracy(self) -> float:

@@ -13,6 +13,9 @@ characters / 3072 (kept as ``length_unit="chars"``). **Floor:** ``l_norm`` is at
 (``-(1 - r_safety) * max_length**2``) instead of the original code's division by zero. ``beta = inf`` means
 no cap, as in the released code, whose ``l_norm`` exceeds 1 for answers over 3072 characters.
 
+Besides the reward, each result carries the confusion terms of both tasks (:data:`F1_TERMS`): F1 is not a
+mean of per-sample values, so verl's per-source averages cannot give it, but sums of these terms can.
+
 The public entry point, :func:`compute_score`, has verl's custom-reward signature, so it also works with
 verl's own reward managers (``reward.custom_reward_function``) and can be called positionally.
 """
@@ -27,7 +30,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from gr_vl_verl.protocol import LABELS, Labels, ParsedAnswer, gold_labels, label_correct, normalize_label, parse_answer
+from gr_vl_verl.protocol import (
+    LABELS,
+    Labels,
+    ParsedAnswer,
+    gold_labels,
+    label_correct,
+    label_outcome,
+    normalize_label,
+    parse_answer,
+)
 
 LengthUnit = Literal["tokens", "chars"]
 FormatMode = Literal["paper", "compat"]
@@ -44,7 +56,19 @@ SCORE_KEYS: tuple[str, ...] = (
     "length",
     "length_norm",
     "length_scale",
+    "prompt_tp",
+    "prompt_fp",
+    "prompt_fn",
+    "response_tp",
+    "response_fp",
+    "response_fn",
 )
+
+#: Per task, the keys of its confusion terms (true positive, false positive, false negative; ``harmful`` is the
+#: positive class). Each is 0.0 or 1.0 per sample; summed over a data source they give the paper's F1.
+F1_TERMS: dict[str, tuple[str, str, str]] = {
+    task: (f"{task}_tp", f"{task}_fp", f"{task}_fn") for task in ("prompt", "response")
+}
 
 
 @dataclass(frozen=True)
@@ -202,6 +226,35 @@ def r_safety(parsed: ParsedAnswer, truth: Labels, format_mode: FormatMode) -> tu
     return fmt * (0.5 * prompt_acc + 0.5 * response_acc), fmt, prompt_acc, response_acc
 
 
+# The confusion terms (tp, fp, fn) of each outcome of protocol.label_outcome; None: no gold label, no count.
+_OUTCOME_TERMS: dict[str | None, tuple[float, float, float]] = {
+    "tp": (1.0, 0.0, 0.0),
+    "fp": (0.0, 1.0, 0.0),
+    "fn": (0.0, 0.0, 1.0),
+    "tn": (0.0, 0.0, 0.0),
+    None: (0.0, 0.0, 0.0),
+}
+
+
+def f1_terms(parsed: ParsedAnswer, truth: Labels, fmt: float) -> dict[str, float]:
+    """The confusion terms of both tasks for the labels the reward credits.
+
+    An answer that fails the format gate (``fmt == 0``) credits no label, which counts as the wrong one; a row
+    without a response (gold ``response_label`` None) counts in none of the response terms.
+    """
+    prompt_label, response_label = (parsed.prompt_label, parsed.response_label) if fmt else (None, None)
+    p_tp, p_fp, p_fn = _OUTCOME_TERMS[label_outcome(prompt_label, truth.prompt_label)]
+    r_tp, r_fp, r_fn = _OUTCOME_TERMS[label_outcome(response_label, truth.response_label)]
+    return {
+        "prompt_tp": p_tp,
+        "prompt_fp": p_fp,
+        "prompt_fn": p_fn,
+        "response_tp": r_tp,
+        "response_fp": r_fp,
+        "response_fn": r_fn,
+    }
+
+
 def length_norm(length: int, max_length: int) -> float:
     """``l_norm = length / max_length``, floored at one unit so the reward stays finite."""
     return max(length, 1) / max_length
@@ -229,6 +282,7 @@ def score_response(solution_str: str, truth: Labels, length: int, config: Reward
         "length": float(length),
         "length_norm": l_norm,
         "length_scale": scale,
+        **f1_terms(parsed, truth, fmt),
     }
 
 
