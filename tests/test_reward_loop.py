@@ -4,7 +4,8 @@ Real: the plugin's trainer config composed by hydra over verl's ``ppo_trainer``,
 starting ``reward.num_workers=2`` ``RewardLoopWorker`` Ray actors, each loading ``GuardRewardManager`` from
 the config with the tiny model's tokenizer, ``compute_rm_score`` chunking the batch over them and placing the
 scores with ``assemble_rm_scores``, rows read from an RL parquet that ``gr-vl prep`` wrote from the bundled
-corpus, and verl's validation metrics (``extract_reward``, ``RayPPOTrainer._val_metrics_update``). Only the
+corpus, and verl's validation metrics (``extract_reward``, ``RayPPOTrainer._val_metrics_update`` through the plugin's
+trainer, which adds the paper's F1). Only the
 rollout is not run: the responses are tokenized answers, padded as the colocated path pads them. The Ray
 driver runs in a child process (``ray_driver.py``), as in every Ray test here.
 """
@@ -21,13 +22,13 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from ray_driver import run_driver
 from verl import DataProto
-from verl.trainer.ppo.ray_trainer import RayPPOTrainer
 from verl.trainer.ppo.reward import extract_reward
 
 from gr_vl_verl.data import readers
 from gr_vl_verl.data.pipeline import PrepConfig, run_prep
 from gr_vl_verl.protocol import format_answer
 from gr_vl_verl.reward.score import SCORE_KEYS
+from gr_vl_verl.trainer.dynamic_clip import GRRayPPOTrainer
 
 RESPONSE_LENGTH = 64
 
@@ -124,11 +125,12 @@ def drive_reward_loop(model_dir: str, parquet: str) -> dict:
     # the validation path: verl reads the scores back and reports `acc` per data source as val-core
     reward_tensor, extra = extract_reward(batch.union(out))
     infos = {"reward": reward_tensor.sum(-1).tolist(), **{k: [float(x) for x in v] for k, v in extra.items()}}
-    trainer = RayPPOTrainer.__new__(RayPPOTrainer)
+    trainer = GRRayPPOTrainer.__new__(GRRayPPOTrainer)  # verl's RayPPOTrainer._val_metrics_update + val/f1_*
     uids = list(batch.non_tensor_batch["uid"])
     metrics = trainer._val_metrics_update(batch.non_tensor_batch["data_source"], uids, infos, [])
     return {
         "concat_truth": concat["reward_model"]["ground_truth"],
+        "truths": [r["reward_model"]["ground_truth"] for r in (text, image, text_image)],
         "lengths": lengths,
         "extra_keys": out.meta_info["reward_extra_keys"],
         "info": {k: [float(x) for x in v] for k, v in out.non_tensor_batch.items()},
@@ -158,4 +160,19 @@ def test_reward_loop_scores_every_modality_and_merged_labels(tiny_model_dir, rl_
     assert metrics["val-core/guardreasoner_vl/text_image/acc/mean@1"] == 0.0
     assert metrics["val-aux/guardreasoner_vl/text/length/mean@1"] == pytest.approx(
         (lengths[0] + lengths[3] + lengths[4]) / 3
+    )
+    # The paper's F1 from the summed confusion terms, by hand. Prompt: text rows right three times (3 tp), the
+    # image row (harmful) and the text-image row (unharmful) give no label in the paper's format (1 fn, 1 fp).
+    # Response: text rows tn, fn (part 1's label against merged harmful), tp; image-only rows have none.
+    assert [t["response_label"] for t in got["truths"]] == ["unharmful", None, None]
+    assert [t["prompt_label"] for t in got["truths"]] == ["harmful", "harmful", "unharmful"]
+    assert {k: v for k, v in metrics.items() if k.startswith("val/")} == pytest.approx(
+        {
+            "val/f1_prompt/guardreasoner_vl/text": 100.0,
+            "val/f1_prompt/guardreasoner_vl/image": 0.0,
+            "val/f1_prompt/guardreasoner_vl/text_image": 0.0,
+            "val/f1_prompt": 100 * 6 / 8,
+            "val/f1_response/guardreasoner_vl/text": 100 * 2 / 3,
+            "val/f1_response": 100 * 2 / 3,
+        }
     )

@@ -12,6 +12,9 @@ resume, so a resumed run continues the schedule where it stopped.
 Both trainer paths are covered: :class:`GRRayPPOTrainer` (legacy, ``trainer.use_v1=false``) and
 :func:`v1_trainer_cls` (the V1 trainer of any ``trainer.v1.trainer_mode``). The V1 module needs
 ``transfer_queue``, so it is only imported when asked for.
+
+The same mixin adds the paper's metric to verl's validation metrics: F1 per data source, from the confusion
+terms the reward returns (:mod:`gr_vl_verl.trainer.val_f1`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from verl.trainer.ppo.ray_trainer import RayPPOTrainer
 
 from gr_vl_verl.settings import section
 from gr_vl_verl.trainer.clip_schedule import ClipSchedule
+from gr_vl_verl.trainer.val_f1 import f1_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -203,6 +207,20 @@ class DynamicClipMixin:
         if self.__dict__.get("_gr_vl_clip_state") is None:
             self.remember_worker_config()
         return self.__dict__["_gr_vl_clip_state"]
+
+    def _val_metrics_update(
+        self, data_sources: Any, sample_uids: Any, reward_extra_infos_dict: Any, *args: Any, **kwargs: Any
+    ) -> dict[str, Any]:
+        """verl's validation metrics plus the paper's F1 per data source and overall (``val/f1_*``).
+
+        Both trainer paths (legacy ``RayPPOTrainer`` and V1 ``trainer_base``) end ``_validate`` here with the
+        samples' data sources and reward terms; without the reward's confusion terms nothing is added.
+        """
+        metrics = super()._val_metrics_update(  # type: ignore[misc]
+            data_sources, sample_uids, reward_extra_infos_dict, *args, **kwargs
+        )
+        metrics.update(f1_metrics(data_sources, reward_extra_infos_dict))
+        return metrics
 
     def push_clip_eps(self) -> dict[str, float]:
         """Send this step's loss to every actor rank; return the metrics to log (none if the loss ignores
