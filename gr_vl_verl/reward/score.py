@@ -236,23 +236,18 @@ _OUTCOME_TERMS: dict[str | None, tuple[float, float, float]] = {
 }
 
 
-def f1_terms(parsed: ParsedAnswer, truth: Labels, fmt: float) -> dict[str, float]:
-    """The confusion terms of both tasks for the labels the reward credits.
+def f1_terms(parsed: ParsedAnswer, truth: Labels, fmt: float) -> tuple[float, float, float, float, float, float]:
+    """``(prompt_tp, prompt_fp, prompt_fn, response_tp, response_fp, response_fn)`` for the labels the reward
+    credits.
 
     An answer that fails the format gate (``fmt == 0``) credits no label, which counts as the wrong one; a row
     without a response (gold ``response_label`` None) counts in none of the response terms.
     """
     prompt_label, response_label = (parsed.prompt_label, parsed.response_label) if fmt else (None, None)
-    p_tp, p_fp, p_fn = _OUTCOME_TERMS[label_outcome(prompt_label, truth.prompt_label)]
-    r_tp, r_fp, r_fn = _OUTCOME_TERMS[label_outcome(response_label, truth.response_label)]
-    return {
-        "prompt_tp": p_tp,
-        "prompt_fp": p_fp,
-        "prompt_fn": p_fn,
-        "response_tp": r_tp,
-        "response_fp": r_fp,
-        "response_fn": r_fn,
-    }
+    return (
+        _OUTCOME_TERMS[label_outcome(prompt_label, truth.prompt_label)]
+        + _OUTCOME_TERMS[label_outcome(response_label, truth.response_label)]
+    )
 
 
 def length_norm(length: int, max_length: int) -> float:
@@ -271,6 +266,7 @@ def score_response(solution_str: str, truth: Labels, length: int, config: Reward
     r_safe, fmt, p_acc, r_acc = r_safety(parsed, truth, config.format_mode)
     l_norm = length_norm(length, config.max_length)
     scale = min(l_norm, config.beta) ** 2
+    p_tp, p_fp, p_fn, r_tp, r_fp, r_fn = f1_terms(parsed, truth, fmt)
     return {
         "score": length_aware_reward(r_safe, l_norm, config.beta),
         "format": fmt,
@@ -282,7 +278,12 @@ def score_response(solution_str: str, truth: Labels, length: int, config: Reward
         "length": float(length),
         "length_norm": l_norm,
         "length_scale": scale,
-        **f1_terms(parsed, truth, fmt),
+        "prompt_tp": p_tp,
+        "prompt_fp": p_fp,
+        "prompt_fn": p_fn,
+        "response_tp": r_tp,
+        "response_fp": r_fp,
+        "response_fn": r_fn,
     }
 
 
