@@ -96,6 +96,9 @@ launch_grpo() {
         "trainer.default_local_dir=$ckpt_dir"
         trainer.val_before_train=True
         trainer.save_freq=5
+        # verl's actor default is sharded state only; hf_model adds global_step_<N>/actor/huggingface with the
+        # weights, the folder evaluation loads (without it that folder has config and tokenizer, no weights)
+        "actor_rollout_ref.actor.checkpoint.save_contents=[model,optimizer,extra,hf_model]"
         trainer.test_freq=5
     )
     _gr_vl_run command overrides "$@"
