@@ -1,5 +1,3 @@
-import sys
+from gr_vl_verl.cli import entry
 
-from gr_vl_verl.cli import main
-
-sys.exit(main())
+entry()

@@ -1,4 +1,4 @@
-"""``gr-vl``: one command for each step of the GuardReasoner-VL pipeline.
+"""gr-vl: one command for each step of the GuardReasoner-VL pipeline.
 
 This module only dispatches: ``gr-vl NAME`` runs ``gr_vl_verl.commands.NAME`` (see that package for the
 contract every command follows) and turns its :class:`~gr_vl_verl.commands.CommandError` into one line on
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 from types import ModuleType
@@ -50,5 +51,23 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
 
 
+def entry() -> None:
+    """The ``gr-vl`` executable: :func:`main`, then leave without the interpreter's teardown if Ray ran here.
+
+    After ``ray.shutdown()`` Ray's native gRPC and event threads can still be alive while the interpreter tears
+    itself down, a race that can end a successful run in a segmentation fault. Once the command is done and the
+    output flushed, nothing is left for the teardown to do, so the process ends at once with the command's code.
+    """
+    code = main()
+    if "ray" in sys.modules:
+        import logging
+
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

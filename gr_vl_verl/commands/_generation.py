@@ -29,6 +29,17 @@ def json_object(value: str) -> dict:
     return data
 
 
+def add_engine_kwargs(parser: argparse.ArgumentParser) -> None:
+    """``--engine-kwargs JSON``: passed to ``vllm.LLM`` or ``from_pretrained`` as they are."""
+    parser.add_argument(
+        "--engine-kwargs",
+        type=json_object,
+        default={},
+        metavar="JSON",
+        help="extra arguments for vllm.LLM / from_pretrained, e.g. '{\"max_model_len\": 8192}'",
+    )
+
+
 def add_generation_arguments(
     parser: argparse.ArgumentParser,
     *,
@@ -56,13 +67,7 @@ def add_generation_arguments(
     p.add_argument("--num-gpus", type=float, default=None, help="GPUs per actor (default: 1 for vllm, 0 otherwise)")
     p.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per actor (default 1)")
     p.add_argument("--tensor-parallel-size", type=int, default=1, help="vLLM tensor parallelism per engine")
-    p.add_argument(
-        "--engine-kwargs",
-        type=json_object,
-        default={},
-        metavar="JSON",
-        help="extra arguments for vllm.LLM / from_pretrained, e.g. '{\"max_model_len\": 8192}'",
-    )
+    add_engine_kwargs(p)
     p.add_argument("--ray-address", default=None, help="Ray cluster to join (default: start a local Ray)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     if defaults:

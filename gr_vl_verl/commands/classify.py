@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gr_vl_verl.commands import UsageError, WorkError
-from gr_vl_verl.commands._generation import json_object
+from gr_vl_verl.commands._generation import add_engine_kwargs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,13 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="transformers: default cuda if available")
     p.add_argument("--batch-size", type=int, default=64, help="items per engine call (default 64)")
-    p.add_argument(
-        "--engine-kwargs",
-        type=json_object,
-        default={},
-        metavar="JSON",
-        help="extra arguments for vllm.LLM / from_pretrained, e.g. '{\"max_model_len\": 8192}'",
-    )
+    add_engine_kwargs(p)
     one = p.add_argument_group("one item (instead of --input)")
     one.add_argument("--request", default=None, help="the user's request text")
     one.add_argument("--image", type=Path, default=None, help="the user's image file")
