@@ -1,21 +1,28 @@
 #!/usr/bin/env bash
-# Shared launchers for the GuardReasoner-VL recipes (sourced by recipes/{sft,grpo}_*.sh; not run directly).
+# Shared launchers for the GuardReasoner-VL recipes (sourced by recipes/{sft,mine,grpo,eval}_*.sh; not run
+# directly).
 #
-# The method lives in yaml: gr_vl_verl/trainer/config/gr_vl_sft.yaml (R-SFT) and gr_vl_trainer.yaml (GRPO).
-# The scripts add only paths, hardware (GPUs, nodes, tensor parallelism, memory, offload, token budgets) and
-# run bookkeeping. Every variable below can be set from the environment; extra arguments are passed to verl
-# as hydra overrides and win over everything else (e.g. `actor_rollout_ref.rollout.n=8`).
+# The method lives in one place per stage: yaml for training (gr_vl_verl/trainer/config/gr_vl_sft.yaml for
+# R-SFT, gr_vl_trainer.yaml for GRPO), the defaults of the `gr-vl` commands for mining and evaluation. The
+# scripts add only paths, hardware (GPUs, nodes, tensor parallelism, memory, offload, token budgets) and run
+# bookkeeping. Every variable below can be set from the environment; extra arguments win over everything else:
+# hydra overrides for verl (e.g. `actor_rollout_ref.rollout.n=8`), flags for `gr-vl` (e.g. `--batch-size 256`).
 #
-# Dry run: GR_VL_DRY_RUN=1 prints the overrides, one per line, and the command (on stderr); starts nothing.
+# Dry run: GR_VL_DRY_RUN=1 starts nothing. The training launchers print the overrides, one per line, and the
+# command on stderr; the `gr-vl` launchers print the whole command line, shell-quoted, on stdout.
 
 _gr_vl_fail() {
     echo "error: $*" >&2
     exit 2
 }
 
+_gr_vl_require_set() {  # name, what it is
+    [[ -n "${!1:-}" ]] || _gr_vl_fail "$1 is not set: export $1=<$2>"
+}
+
 _gr_vl_require_path() {  # name, what it is
     local name=$1 what=$2 value=${!1:-}
-    [[ -n "$value" ]] || _gr_vl_fail "$name is not set: export $name=<$what>"
+    _gr_vl_require_set "$name" "$what"
     local item
     IFS=',' read -r -a _items <<< "$value"
     for item in "${_items[@]}"; do
@@ -96,6 +103,9 @@ launch_grpo() {
         "trainer.default_local_dir=$ckpt_dir"
         trainer.val_before_train=True
         trainer.save_freq=5
+        # verl's actor default is sharded state only; hf_model adds global_step_<N>/actor/huggingface with the
+        # weights, the folder evaluation loads (without it that folder has config and tokenizer, no weights)
+        "actor_rollout_ref.actor.checkpoint.save_contents=[model,optimizer,extra,hf_model]"
         trainer.test_freq=5
     )
     _gr_vl_run command overrides "$@"
@@ -143,4 +153,92 @@ launch_sft() {
         "trainer.default_local_dir=$ckpt_dir"
     )
     _gr_vl_run command overrides "$@"
+}
+
+# ---- gr-vl commands: hard-sample mining (stage 3) and evaluation (stage 6) ------------------------------------
+# The method is the commands' own defaults, so the scripts repeat none of it: `gr-vl mine` generates k = 4
+# answers per row at temperature 1.0, top_p 0.95, up to 4096 tokens (seed 42), keeps the rows with no right
+# answer and draws at most 12,000 of them, 80/20 into rl_train / rl_val; `gr-vl eval` decodes greedily, up to
+# 4096 tokens. The scripts add the paths, the vLLM backend and the hardware. Extra arguments are `gr-vl` flags
+# placed after the script's, so they win (argparse keeps the last value; a second --engine-kwargs replaces the
+# whole object).
+
+_gr_vl_positive_int() {  # name, value, what it is
+    [[ "$2" =~ ^[1-9][0-9]*$ ]] || _gr_vl_fail "$1 must be a positive integer ($3), got '$2'"
+}
+
+_gr_vl_require_file() {  # name, what it is: one existing path (no comma-separated list)
+    _gr_vl_require_path "$1" "$2"
+    [[ "${!1}" != *,* ]] || _gr_vl_fail "$1 takes one path, got '${!1}' ($2)"
+}
+
+_gr_vl_require_out() {  # name, what it is: a folder, created if missing
+    _gr_vl_require_set "$1" "$2"
+    [[ ! -e "${!1}" || -d "${!1}" ]] || _gr_vl_fail "$1: '${!1}' exists and is not a folder ($2)"
+}
+
+# vLLM on the GPUs of this node or of the Ray cluster at RAY_ADDRESS: one engine per TP GPUs.
+_gr_vl_generation_flags() {  # name of the command array to extend
+    local -n _gr_vl_flags=$1
+    local gpus=${GPUS:-8} tp=${TP:-1} engine=""
+    _gr_vl_positive_int GPUS "$gpus" "GPUs to use, on this node or in all the Ray cluster"
+    _gr_vl_positive_int TP "$tp" "vLLM tensor parallelism per engine"
+    ((gpus % tp == 0)) || _gr_vl_fail "TP=$tp does not divide GPUS=$gpus (each engine takes TP GPUs)"
+    if [[ -n "${GPU_MEMORY_UTILIZATION:-}" ]]; then
+        [[ "$GPU_MEMORY_UTILIZATION" =~ ^(0?\.[0-9]*[1-9][0-9]*|1(\.0+)?)$ ]] || _gr_vl_fail \
+            "GPU_MEMORY_UTILIZATION must be in (0, 1] (vLLM's share of each GPU), got '$GPU_MEMORY_UTILIZATION'"
+        engine+="\"gpu_memory_utilization\": ${GPU_MEMORY_UTILIZATION/#./0.}"
+    fi
+    if [[ -n "${MAX_MODEL_LEN:-}" ]]; then
+        _gr_vl_positive_int MAX_MODEL_LEN "$MAX_MODEL_LEN" "vLLM's context: prompt + answer tokens"
+        engine+="${engine:+, }\"max_model_len\": $MAX_MODEL_LEN"
+    fi
+    _gr_vl_flags+=(--backend vllm --concurrency $((gpus / tp)) --tensor-parallel-size "$tp")
+    [[ -z "$engine" ]] || _gr_vl_flags+=(--engine-kwargs "{$engine}")
+    [[ -z "${RAY_ADDRESS:-}" ]] || _gr_vl_flags+=(--ray-address "$RAY_ADDRESS")
+}
+
+_gr_vl_quote() {  # words -> one shell line (quoted only where needed)
+    local word out=()
+    for word in "$@"; do
+        if [[ "$word" =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then out+=("$word"); else out+=("${word@Q}"); fi
+    done
+    printf '%s\n' "${out[*]}"
+}
+
+_gr_vl_exec() {  # name of the command array, extra arguments (appended)
+    local -n _gr_vl_argv=$1
+    shift
+    local argv=("${_gr_vl_argv[@]}" "$@")
+    if [[ "${GR_VL_DRY_RUN:-0}" == 1 ]]; then
+        _gr_vl_quote "${argv[@]}"
+        exit 0
+    fi
+    exec "${argv[@]}"
+}
+
+# Mining (stage 3): gr-vl mine --model, which generates the k answers into $OUT/generations (resumable) and
+# then selects.
+#   Required: DATA (the RL parquet of the whole training corpus, from `gr-vl prep`), MODEL_PATH (the R-SFT model
+#   as a Hugging Face folder), OUT (output folder). Extra arguments: gr-vl mine flags.
+launch_mine() {
+    _gr_vl_require_file DATA "the RL parquet to mine: rl_train.parquet from gr-vl prep"
+    _gr_vl_require_path MODEL_PATH "the R-SFT model as a Hugging Face folder"
+    _gr_vl_require_out OUT "output folder for rl_train.parquet, rl_val.parquet and generations/"
+    local command=("${PYTHON:-python3}" -m gr_vl_verl.cli mine --data "$DATA" --model "$MODEL_PATH" --out "$OUT")
+    _gr_vl_generation_flags command
+    _gr_vl_exec command "$@"
+}
+
+# Evaluation (stage 6): gr-vl eval, greedy answers on the benchmarks, predictions and the F1 report in $OUT.
+#   Required: DATA (eval.parquet from `gr-vl prep vltest`), MODEL_PATH (the model to evaluate, a Hugging Face
+#   folder), OUT (run folder; its name is the run's name unless --name is given). Extra arguments: gr-vl eval
+#   flags (--name, --compare, --mode).
+launch_eval() {
+    _gr_vl_require_file DATA "the eval parquet: eval.parquet from gr-vl prep vltest"
+    _gr_vl_require_path MODEL_PATH "the model to evaluate, a Hugging Face folder"
+    _gr_vl_require_out OUT "run folder for generations/, predictions.jsonl and the report"
+    local command=("${PYTHON:-python3}" -m gr_vl_verl.cli eval --data "$DATA" --model "$MODEL_PATH" --out "$OUT")
+    _gr_vl_generation_flags command
+    _gr_vl_exec command "$@"
 }

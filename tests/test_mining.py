@@ -322,6 +322,8 @@ def test_cli_end_to_end_with_sharded_generations(data, tmp_path, capsys):
     pq.write_table(pa.Table.from_pylist([], schema=SFT_SCHEMA), tmp_path / "sft.parquet")
     fails(2, "holds sft rows, expected rl", "--data", str(tmp_path / "sft.parquet"), *args[2:])
     fails(2, "not a `gr-vl generate` output", *args[:2], "--generations", str(path), *args[4:])
+    fails(2, "exists and is not a folder", *args[:4], "--out", str(path))  # before any work, in either mode
+    fails(2, "exists and is not a folder", *args[:2], "--model", str(tmp_path), "--out", str(path))
     write_generations(shards / "shard-00002.parquet", [gen("stranger", 0, "x")])
     before = digests(out)
     fails(1, "'stranger'", *args)

@@ -76,6 +76,7 @@ RECIPE_KEYS = {
     "trainer.val_before_train",
     "trainer.save_freq",
     "trainer.test_freq",
+    "actor_rollout_ref.actor.checkpoint.save_contents",
 }
 
 
@@ -217,6 +218,8 @@ def test_recipe_composes_and_passes_verl_checks(script: Path, recipe_env) -> Non
     assert updates_per_step(cfg) >= 2 and clip_warning(cfg) is None  # the clip has something to clip
     assert Path(cfg.data.train_files[0]) == Path(recipe_env["TRAIN_FILES"])
     assert actor.clip_ratio_c > math.exp(20) and rollout.max_model_len == 6144
+    # checkpoints: verl's sharded state for resuming, plus the Hugging Face folder evaluation loads
+    assert list(actor.checkpoint.save_contents) == ["model", "optimizer", "extra", "hf_model"]
 
 
 @pytest.mark.parametrize("script", RECIPES, ids=lambda p: p.stem)

@@ -93,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UsageError(str(e)) from None
     require_parquet("--data", args.data, "rl")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UsageError(f"--out {args.out}: exists and is not a folder")
     if (args.model is None) == (args.generations is None):
         raise UsageError("give exactly one of --model (generate the k answers here) and --generations")
     if args.model is not None:
