@@ -19,7 +19,6 @@ from functools import partial
 
 import cloudpickle
 import torch
-from gr_vl_verl.trainer.settings import clip_schedule_from
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from tensordict import TensorDict
@@ -27,7 +26,7 @@ from verl.utils import tensordict_utils as tu
 from verl.utils.config import omega_conf_to_dataclass
 from verl.workers.utils.losses import ppo_loss
 
-from gr_vl_verl.trainer.dynamic_clip import base_actor_config, make_loss_fn, with_clip
+from gr_vl_verl.trainer.dynamic_clip import base_actor_config, clip_schedule_from, make_loss_fn, with_clip
 
 BATCH, PROMPT, RESPONSE = 512, 8, 3072
 TOTAL_STEPS = 23
