@@ -30,6 +30,14 @@ class WorkError(CommandError):
     exit_code = 1
 
 
+def require_out_folder(flag: str, path: object) -> None:
+    """``path`` (the value of ``flag``) may be created as a folder: absent, or a folder already."""
+    from pathlib import Path
+
+    if Path(str(path)).exists() and not Path(str(path)).is_dir():
+        raise UsageError(f"{flag} {path}: exists and is not a folder")
+
+
 def require_parquet(flag: str, path: object, kind: str) -> None:
     """``path`` (the value of ``flag``) is a parquet of ours holding ``kind`` rows, else a UsageError."""
     from pathlib import Path

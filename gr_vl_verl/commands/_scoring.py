@@ -11,13 +11,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gr_vl_verl.commands import UsageError, WorkError
+from gr_vl_verl.commands import UsageError, WorkError, require_out_folder
 
 
 def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
+    from gr_vl_verl.protocol import PARSE_MODES
+
     parser.add_argument(
         "--mode",
-        choices=("strict", "compat"),
+        choices=PARSE_MODES,
         default="strict",
         help="strict: labels only from a well-formed answer's <result> (default); "
         "compat: the first label anywhere, as the released evaluators read",
@@ -53,8 +55,7 @@ def score_target(args: argparse.Namespace, out: Path) -> ScoreTarget:
     from gr_vl_verl.evaluation.report import ReportError, load_report
 
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out}: exists and is not a folder")
+    require_out_folder("--out", out)
     compare = []
     for folder in args.compare:
         if folder.resolve() == out.resolve():

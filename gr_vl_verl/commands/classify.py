@@ -22,13 +22,15 @@ from gr_vl_verl.commands._generation import add_engine_kwargs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from gr_vl_verl.protocol import PARSE_MODES
+
     p = parser
     p.add_argument("--model", required=True, help="guard checkpoint folder (model, tokenizer, processor)")
     p.add_argument("--backend", choices=("vllm", "transformers"), default="vllm", help="default vllm")
     p.add_argument("--max-tokens", type=int, default=4096, help="new tokens per answer (default 4096)")
     p.add_argument(
         "--mode",
-        choices=("strict", "compat"),
+        choices=PARSE_MODES,
         default="strict",
         help="strict: labels only from a well-formed answer's <result> (default); compat: the first label anywhere",
     )

@@ -17,7 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
-from gr_vl_verl.commands import UsageError, WorkError, require_parquet
+from gr_vl_verl.commands import UsageError, WorkError, require_out_folder, require_parquet
 from gr_vl_verl.commands._generation import add_generation_arguments, generation_config, run_generation
 
 #: Rejection sampling in the paper (appendix A.5.2) and the released rejection_sampling.py.
@@ -93,8 +93,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UsageError(str(e)) from None
     require_parquet("--data", args.data, "rl")
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise UsageError(f"--out {args.out}: exists and is not a folder")
+    require_out_folder("--out", args.out)
     if (args.model is None) == (args.generations is None):
         raise UsageError("give exactly one of --model (generate the k answers here) and --generations")
     if args.model is not None:
