@@ -30,6 +30,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gr_vl_verl.atomic import atomic_write
+
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data"
 # The tiny processor's pixel bounds (gr_vl_verl.tiny): images of a few tokens.
 SMALL_IMAGES = ["--min-pixels", str(28 * 28), "--max-pixels", str(112 * 112)]
@@ -143,7 +145,8 @@ class Demo:
         save_model(model, processor, self.models / "grpo")
         self.summary["grpo"] = history
         self.artifact("GRPO model", self.models / "grpo")
-        return f"{a.steps} steps x {a.prompts} prompts x {a.n} answers (mini-batch {max(1, a.prompts // 2)} prompts)"
+        mini_batch = config.actor_rollout_ref.actor.ppo_mini_batch_size
+        return f"{a.steps} steps x {a.prompts} prompts x {a.n} answers (mini-batch {mini_batch} prompts)"
 
     def eval(self) -> str:
         for name, model in (("sft", "R-SFT"), ("grpo", "GRPO")):
@@ -252,7 +255,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"      {detail} ({seconds} s)", flush=True)
     demo.summary["seconds"] = round(time.perf_counter() - start, 1)
     demo.artifact("this summary", demo.out / "demo_summary.json")
-    (demo.out / "demo_summary.json").write_text(json.dumps(demo.summary, indent=2, default=str) + "\n")
+    text = json.dumps(demo.summary, indent=2, default=str) + "\n"  # stages in run order, not sorted
+    atomic_write(demo.out / "demo_summary.json", [text.encode("utf-8")])
     print(f"done in {demo.summary['seconds']} s. Artifacts:")
     for name, path in demo.summary["artifacts"].items():
         print(f"  {name:24} {path}")
