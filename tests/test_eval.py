@@ -23,7 +23,6 @@ from gr_vl_verl.data.schemas import EVAL_SCHEMA, RL_SCHEMA, read_generations
 from gr_vl_verl.evaluation.metrics import EvalConfig, score_predictions
 from gr_vl_verl.evaluation.predictions import BENCHMARK_ALIASES, read_predictions
 from gr_vl_verl.evaluation.report import REPORT_FILES
-from gr_vl_verl.generation.engines import vllm_available
 
 MAX_TOKENS = 4
 NAME = "tiny-run"  # the run folder's name, hence the report's default name
@@ -177,13 +176,6 @@ def test_usage_errors_exit_2_in_one_line_before_any_work(
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (out / "generations").exists() and not (out / "predictions.jsonl").exists()
-
-
-@pytest.mark.skipif(vllm_available(), reason="checks the message shown where vLLM is not installed")
-def test_vllm_backend_without_vllm_is_a_usage_error(eval_parquet, tiny_model_dir, tmp_path, capsys):
-    argv = ["eval", "--data", str(eval_parquet), "--model", str(tiny_model_dir), "--out", str(tmp_path / "o")]
-    assert cli_main(argv) == 2 and "gr_vl_verl[gpu]" in capsys.readouterr().err
-    assert not (tmp_path / "o").exists()
 
 
 def test_a_malformed_compared_report_is_a_work_error(eval_parquet, tiny_model_dir, tmp_path, capsys):

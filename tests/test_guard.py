@@ -12,9 +12,7 @@ import json
 import struct
 import subprocess
 import sys
-import types
 import zlib
-from types import SimpleNamespace
 
 import pyarrow.parquet as pq
 import pytest
@@ -25,7 +23,7 @@ from gr_vl_verl.cli import main as cli_main
 from gr_vl_verl.data.images import MIN_PIXELS, ImagePolicy, normalize_image
 from gr_vl_verl.data.schemas import read_prepared
 from gr_vl_verl.generation import GenerationConfig
-from gr_vl_verl.generation.engines import TransformersEngine, vllm_available
+from gr_vl_verl.generation.engines import TransformersEngine
 from gr_vl_verl.generation.prompts import build_request
 from gr_vl_verl.guard import RESULT_KEYS, Guard, GuardInputError, load_guard, prepare_item, prepare_items
 from gr_vl_verl.protocol import INSTRUCTION, LABELS, build_messages, format_answer
@@ -154,43 +152,41 @@ def test_max_tokens_applies_to_one_call(guard):
         guard.classify(item, max_tokens=0)
 
 
-class _StandInVLLM:
-    """vLLM cannot be installed here: this records what the guard's vLLM engine asks of ``vllm.LLM`` and answers
-    each prompt with the next of ``answers``, in vLLM's output shape."""
+class _CannedEngine:
+    """Answers each request with the next canned text, in the engines' ``Completion`` shape, and records what
+    the guard asked for. It stands at the guard's engine seam (what a trained model would say cannot be made to
+    order); both real engines run in test_vllm_real.py and below."""
 
-    def __init__(self, answers: list[str]):
-        self.module = types.ModuleType("vllm")
-        self.module.SamplingParams = lambda **kw: kw
-        self.module.LLM = self._llm
+    def __init__(self, answers: list[str], processor):
         self.answers = answers
+        self.processor = processor  # the guard builds each request with the model's real processor
         self.calls: list = []
 
-    def _llm(self, **kwargs):
-        def generate(prompts, sampling_params, use_tqdm):
-            self.calls.append((prompts, sampling_params))
-            return [
-                SimpleNamespace(outputs=[SimpleNamespace(text=text, token_ids=[7] * len(text), finish_reason="stop")])
-                for text in self.answers[: len(prompts)]
-            ]
+    def generate(self, requests, max_tokens=None):
+        from gr_vl_verl.generation.engines import Completion
 
-        return SimpleNamespace(generate=generate)
+        self.calls.append((requests, max_tokens))
+        return [[Completion(text, len(text), "stop")] for text in self.answers[: len(requests)]]
 
 
-def test_labels_reasoning_and_the_vllm_path(tiny_model_dir, monkeypatch):
-    """Answers a trained guard gives, through the vLLM engine (a stand-in for vLLM itself): labels in each parse
-    mode, the reasoning, no response label without a response, one greedy request per item with its image."""
+def test_labels_and_reasoning_in_each_parse_mode(tiny_model_dir):
+    """Answers a trained guard gives: labels in each parse mode, the reasoning, no response label without a
+    response, one request per item with its image, a max_tokens override for one call only."""
     well_formed = format_answer("The request asks for a weapon.", "harmful", "unharmful")  # the trained format
     no_think = "<result>Request: unharmful\nResponse: harmful</result>"
     cut_off = "<think>\nStep 1: the image shows"
-    stand_in = _StandInVLLM([well_formed, well_formed, no_think, cut_off, well_formed])
-    monkeypatch.setitem(sys.modules, "vllm", stand_in.module)
-    monkeypatch.setattr("gr_vl_verl.generation.engines.vllm_available", lambda: True)
-    guard = load_guard(tiny_model_dir, max_tokens=100)  # the default backend
+    answers = [well_formed, well_formed, no_think, cut_off, well_formed]
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    config = GenerationConfig(model=str(tiny_model_dir), backend="transformers", max_tokens=100)
+    engine = _CannedEngine(answers, processor)
+    guard = Guard(engine, config, "strict", ImagePolicy())
     batch = items()
     results = guard.classify(batch, max_tokens=7)
-    prompts, params = stand_in.calls[-1]
-    assert len(prompts) == len(batch) and [("multi_modal_data" in p) for p in prompts] == ["image" in i for i in batch]
-    assert all(p["max_tokens"] == 7 and p["temperature"] == 0.0 and p["seed"] is None for p in params)
+    requests, max_tokens = engine.calls[-1]
+    assert len(requests) == len(batch) and [bool(r.images) for r in requests] == ["image" in i for i in batch]
+    assert max_tokens == 7
     assert results[0] == {"request": "harmful", "response": None, "reasoning": "The request asks for a weapon.",
                           "output": well_formed, "output_tokens": len(well_formed)}  # fmt: skip
     assert (results[1]["request"], results[1]["response"]) == ("harmful", "unharmful")  # item 1 has a response
@@ -198,8 +194,8 @@ def test_labels_reasoning_and_the_vllm_path(tiny_model_dir, monkeypatch):
     assert (results[3]["request"], results[3]["reasoning"]) == (None, None)  # cut off before </think>
     assert results[4]["response"] == "unharmful"
     guard.classify(batch)
-    assert all(p["max_tokens"] == 100 for p in stand_in.calls[-1][1])  # the override was for one call
-    compat = load_guard(tiny_model_dir, mode="compat").classify(batch)
+    assert engine.calls[-1][1] in (None, 100)  # the override was for one call
+    compat = Guard(_CannedEngine(answers, processor), config, "compat", ImagePolicy()).classify(batch)
     assert [(r["request"], r["response"]) for r in compat] == [
         ("harmful", None), ("harmful", "unharmful"), ("unharmful", None), (None, None), ("harmful", "unharmful"),
     ]  # fmt: skip
@@ -274,11 +270,8 @@ def test_load_guard_refuses_bad_settings(tiny_model_dir):
         load_guard(tiny_model_dir, backend="transformers", mode="loose")
     with pytest.raises(ValueError, match="device must be one of"):
         load_guard(tiny_model_dir, backend="transformers", device="tpu")
-    with pytest.raises(ValueError, match="the vllm backend runs on GPUs"):
-        load_guard(tiny_model_dir, backend="vllm", device="cpu")
-    if not vllm_available():
-        with pytest.raises(ImportError, match=r"gr_vl_verl\[gpu\]"):
-            load_guard(tiny_model_dir)
+    with pytest.raises(ValueError, match="vLLM here is its CPU build: device='cuda'"):
+        load_guard(tiny_model_dir, backend="vllm", device="cuda")  # the stack installs vLLM's CPU build
 
 
 # --------------------------------------------------------------------------------------------------
@@ -347,9 +340,3 @@ def test_cli_input_errors_exit_2_naming_the_line(tiny_model_dir, tmp_path, capsy
 def test_cli_item_errors_exit_2(tiny_model_dir, capsys, argv, message):
     rc, out, err = cli(["--model", str(tiny_model_dir), "--backend", "transformers", *argv], capsys)
     assert rc == 2 and out == [] and len(err.splitlines()) == 1 and message in err
-
-
-@pytest.mark.skipif(vllm_available(), reason="checks the message shown where vLLM is not installed")
-def test_cli_vllm_backend_without_vllm_is_a_usage_error(tiny_model_dir, capsys):
-    rc, out, err = cli(["--model", str(tiny_model_dir), "--request", "hi"], capsys)
-    assert rc == 2 and out == [] and "gr_vl_verl[gpu]" in err

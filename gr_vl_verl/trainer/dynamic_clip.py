@@ -33,6 +33,7 @@ from verl.trainer.ppo.ray_trainer import RayPPOTrainer
 
 from gr_vl_verl.settings import section
 from gr_vl_verl.trainer.clip_schedule import ClipSchedule
+from gr_vl_verl.trainer.reward_metrics import columns_to_rows, term_means
 from gr_vl_verl.trainer.val_f1 import f1_metrics
 
 logger = logging.getLogger(__name__)
@@ -244,7 +245,15 @@ class GRRayPPOTrainer(DynamicClipMixin, RayPPOTrainer):
         clip_metrics = self.push_clip_eps()
         output = super()._update_actor(batch)
         output.meta_info["metrics"].update(clip_metrics)
+        output.meta_info["metrics"].update(legacy_reward_metrics(batch))
         return output
+
+
+def legacy_reward_metrics(batch: DataProto) -> dict[str, float]:
+    """The reward terms verl's legacy ``fit`` stored in the batch (``reward_extra_keys`` columns)."""
+    keys = batch.meta_info.get("reward_extra_keys") or []
+    columns = {k: batch.non_tensor_batch[k] for k in keys if k in batch.non_tensor_batch}
+    return term_means(columns_to_rows(columns))
 
 
 class DynamicClipV1Mixin(DynamicClipMixin):
@@ -257,6 +266,22 @@ class DynamicClipV1Mixin(DynamicClipMixin):
     def _update_actor(self, batch: Any, metrics: dict) -> Any:
         metrics.update(self.push_clip_eps())
         return super()._update_actor(batch, metrics)  # type: ignore[misc]
+
+    def _compute_metrics(self, batch: Any, metrics: dict, *args: Any, **kwargs: Any) -> Any:
+        """verl's training metrics plus ``reward/<term>/mean`` from each sample's ``reward_extra_info``."""
+        result = super()._compute_metrics(batch, metrics, *args, **kwargs)  # type: ignore[misc]
+        import transfer_queue as tq
+
+        fields = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["extra_fields"])
+        column = fields.pop("extra_fields")
+        extra = column.tolist() if hasattr(column, "tolist") else list(column)
+        infos = [
+            (e or {}).get("reward_extra_info") if isinstance(e, dict) else None
+            for e, tag in zip(extra, batch.tags, strict=True)
+            if not (tag or {}).get("is_padding", False)
+        ]
+        metrics.update(term_means(infos))
+        return result
 
 
 @cache

@@ -26,6 +26,8 @@ from verl.trainer.ppo.utils import need_critic, need_reference_policy
 from verl.utils.config import validate_config
 from verl.utils.device import auto_set_device
 
+from gr_vl_verl.cpu import config as cpu_config
+from gr_vl_verl.cpu import select as cpu_select
 from gr_vl_verl.reward.manager import REGISTERED_NAME, GuardRewardManager, check_reward_model_settings
 from gr_vl_verl.reward.score import RewardConfig
 from gr_vl_verl.settings import gr_vl_block, section, select
@@ -93,6 +95,9 @@ def prepare(config: DictConfig) -> PluginSettings:
     on, and when verl's bypass mode asks for a loss the workers will not run."""
     settings = validate_settings(config)
     check_context_length(config)
+    if config.trainer.device == "cpu":
+        cpu_select.activate()
+        cpu_config.apply(config)
     auto_set_device(config)
     validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
     for warning in (clip_warning(config), bypass_mode_warning(config)):

@@ -1,0 +1,114 @@
+"""The verl settings a CPU run needs, set by the plugin when ``trainer.device=cpu``.
+
+Each entry names the key, the value and the reason; :func:`apply` writes them into the composed config and logs
+one line each, so a run's log says what the plugin changed. None of them is a size: batch, lengths and model
+stay the caller's. Sources are in ``docs/cpu.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from gr_vl_verl.cpu.platform import RAY_RESOURCE
+
+logger = logging.getLogger(__name__)
+
+#: vLLM's CPU KV cache in GiB (``VLLM_CPU_KVCACHE_SPACE``) unless the environment says otherwise. Without it
+#: vLLM reserves 92 % of system memory and refuses to start beside the trainer (``vllm/v1/worker/cpu_worker.py``).
+DEFAULT_KVCACHE_GIB = "1"
+#: Logical CPUs Ray schedules at least: verl places the task runner, reward-loop workers, TransferQueue
+#: controller and storage, the agent loop and vLLM server actors, each asking for a CPU; a 2-core machine must
+#: still fit them all (they mostly wait).
+MIN_RAY_CPUS = 16
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    value: Any
+    why: str
+
+
+def settings(config: DictConfig) -> list[Setting]:
+    """What a CPU run sets, from the run's own config (ranks, user's Ray and env choices)."""
+    trainer = config.trainer
+    ranks = int(trainer.n_gpus_per_node) * int(trainer.nnodes)
+    num_cpus = OmegaConf.select(config, "ray_kwargs.ray_init.num_cpus")
+    env = {
+        "VERL_PLATFORM": "cpu",
+        "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", DEFAULT_KVCACHE_GIB),
+    }
+    out = [
+        Setting(
+            "ray_kwargs.ray_init.runtime_env.env_vars",
+            env,
+            "every Ray worker selects the cpu platform; vLLM's CPU KV cache is bounded (GiB)",
+        ),
+        Setting(
+            "ray_kwargs.ray_init.resources",
+            {RAY_RESOURCE: ranks},
+            f"one '{RAY_RESOURCE}' Ray resource per rank (trainer.n_gpus_per_node x nnodes), no GPUs",
+        ),
+        Setting(
+            "ray_kwargs.ray_init.num_cpus",
+            max(int(num_cpus or 0), MIN_RAY_CPUS, os.cpu_count() or 1),
+            "logical CPUs enough for verl's helper actors on a small machine",
+        ),
+        Setting(
+            "transfer_queue.backend.SimpleStorage.num_data_storage_units",
+            1,
+            "one TransferQueue storage actor (verl's default 8 each take a CPU)",
+        ),
+        Setting(
+            "actor_rollout_ref.model.override_config.attn_implementation",
+            "sdpa",
+            "no flash-attn on a CPU (verl's default is flash_attention_2)",
+        ),
+        Setting("actor_rollout_ref.model.use_remove_padding", False, "padding-free attention needs flash-attn"),
+        Setting("actor_rollout_ref.model.use_fused_kernels", False, "fused log-prob kernels are Triton (GPU)"),
+        Setting(
+            "actor_rollout_ref.rollout.enable_sleep_mode",
+            False,
+            "vLLM's CPU platform has no sleep mode (its config check refuses it)",
+        ),
+        Setting("actor_rollout_ref.rollout.free_cache_engine", False, "freeing the KV cache needs sleep mode"),
+        Setting("actor_rollout_ref.rollout.enforce_eager", True, "no CUDA graphs on a CPU; skips compilation"),
+        Setting(
+            "actor_rollout_ref.rollout.agent.num_workers",
+            1,
+            "one agent-loop worker (verl's default 8 each load the tokenizer and processor)",
+        ),
+    ]
+    return out
+
+
+def sft_settings(config: DictConfig) -> list[Setting]:
+    """What verl's ``sft_trainer`` (one torchrun process group, no Ray, no vLLM) needs on a CPU."""
+    return [
+        Setting(
+            "model.override_config.attn_implementation",
+            "sdpa",
+            "no flash-attn on a CPU (verl's default is flash_attention_2)",
+        ),
+        Setting("model.use_remove_padding", False, "padding-free attention needs flash-attn"),
+    ]
+
+
+def apply(config: DictConfig, chosen: list[Setting] | None = None) -> list[Setting]:
+    """Write ``chosen`` (default :func:`settings`) into ``config``, adding keys verl's schema lacks; log each."""
+    applied = settings(config) if chosen is None else chosen
+    with open_dict(config):
+        for s in applied:
+            if isinstance(s.value, dict):
+                node = OmegaConf.select(config, s.key)
+                merged = {**(OmegaConf.to_container(node) if node is not None else {}), **s.value}
+                OmegaConf.update(config, s.key, merged, force_add=True, merge=False)
+            else:
+                OmegaConf.update(config, s.key, s.value, force_add=True)
+            logger.warning("gr_vl cpu: %s=%s (%s)", s.key, s.value, s.why)
+    return applied

