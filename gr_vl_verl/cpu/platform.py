@@ -17,7 +17,8 @@ from contextlib import contextmanager
 from types import ModuleType
 from typing import Any
 
-from verl.plugin.platform import PlatformBase, PlatformRegistry
+from verl.plugin.platform.platform_base import PlatformBase
+from verl.plugin.platform.platform_manager import PlatformRegistry
 
 from gr_vl_verl.cpu.device import CPU_DEVICE
 

@@ -36,7 +36,7 @@ def activate() -> None:
 
     adapters.install()
     if "verl.plugin.platform.platform_manager" in sys.modules:  # resolved before the switch was known
-        from verl.plugin.platform import get_platform, set_platform
+        from verl.plugin.platform.platform_manager import get_platform, set_platform
 
         from gr_vl_verl.cpu.platform import CPUPlatform, register
 
@@ -53,6 +53,6 @@ def _register_platform(_module) -> None:  # noqa: ANN001
 
 def install() -> None:
     """Called by the plugin at import: register the platform with verl; switch it on if asked for."""
-    import_hooks.after_import("verl.plugin.platform.platform_manager", _register_platform)
+    import_hooks.after_import("verl.plugin.platform", _register_platform)
     if requested():
         activate()

@@ -23,6 +23,7 @@ import copy
 import dataclasses
 import logging
 import math
+import time
 from collections.abc import Callable
 from functools import cache, partial
 from typing import Any
@@ -40,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 METRIC_LOW = "actor/clip_eps_low"
 METRIC_HIGH = "actor/clip_eps_high"
+#: Seconds the push took (building the loss and ``set_loss_fn`` on every rank), beside verl's ``timing_s/*``.
+METRIC_PUSH_SECONDS = "timing_s/gr_vl_clip_push"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -229,9 +232,10 @@ class DynamicClipMixin:
         state = self._clip_state()
         if not state.acts:
             return {}
+        start = time.perf_counter()
         low, high = state.schedule.eps(int(self.global_steps), int(self.total_training_steps))
         self.actor_rollout_wg.set_loss_fn(make_loss_fn(state.loss_fn_config, with_clip(state.base, low, high)))
-        return {METRIC_LOW: low, METRIC_HIGH: high}
+        return {METRIC_LOW: low, METRIC_HIGH: high, METRIC_PUSH_SECONDS: time.perf_counter() - start}
 
 
 class GRRayPPOTrainer(DynamicClipMixin, RayPPOTrainer):

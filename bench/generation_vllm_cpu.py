@@ -1,0 +1,158 @@
+"""The generation pipeline with the vLLM engine against bare ``vllm.LLM.generate``, and vLLM's CPU build against
+the transformers engine, on this machine's CPUs.
+
+Baselines, measured in the same run, on the same RL rows (the bundled sample corpus repeated), the same tiny
+Qwen2.5-VL and the same sampling settings (n samples at temperature 1, per-sample seeds):
+
+* ``bare vLLM``: one ``vllm.LLM`` in a fresh process, prompts built as the pipeline builds them, one
+  ``generate`` call for all requests (what a hand-written script would do);
+* ``pipeline (vLLM)``: ``gr-vl generate --backend vllm`` end to end (Ray Data, one actor, sharded writes);
+* ``transformers``: ``gr-vl generate --backend transformers`` end to end, one actor.
+
+For each: engine start (seconds until the first request can go), rows/s and tokens/s of the generation itself.
+The pipeline's generation time is its run time less its engine start (measured as the bare engine's, in a
+process of its own). Ratios are printed against bare vLLM (goal: the pipeline keeps >= 0.9x its tokens/s).
+
+Not a timed test: ``python bench/generation_vllm_cpu.py [--rows N] [--n K] [--max-tokens T]``;
+``--quick`` runs a few rows (``make test`` runs it so a broken bench fails CI).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ENGINE_KWARGS = {"enforce_eager": True, "max_model_len": 2048}
+
+_BARE = r"""
+import json, os, sys, time
+t0 = time.perf_counter()
+import pyarrow.parquet as pq
+import vllm
+from transformers import AutoProcessor
+from gr_vl_verl.cpu.vllm_dist import vllm_is_cpu_build
+from gr_vl_verl.data.schemas import row_id
+from gr_vl_verl.generation import GenerationConfig
+from gr_vl_verl.generation.config import sample_seeds
+from gr_vl_verl.generation.engines import CPU_KVCACHE_GIB, vllm_engine_kwargs, vllm_prompt, vllm_sampling_kwargs
+from gr_vl_verl.generation.prompts import build_request
+if vllm_is_cpu_build():
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_GIB)
+model, parquet, n, max_tokens, engine = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+config = GenerationConfig(model=model, n=n, temperature=1.0, max_tokens=max_tokens, seed=0, progress=False,
+                          engine_kwargs=json.loads(engine))
+llm = vllm.LLM(**vllm_engine_kwargs(config))
+processor = AutoProcessor.from_pretrained(model)
+ready = time.perf_counter()
+kind = pq.read_schema(parquet).metadata[b"gr_vl_verl.kind"].decode()
+rows = [{**r, "id": row_id(kind, r)} for r in pq.read_table(parquet).to_pylist()]
+prompts, params = [], []
+for r in rows:
+    request = build_request(r, processor)
+    for seed in sample_seeds(config, r["id"]):
+        prompts.append(vllm_prompt(request))
+        params.append(vllm.SamplingParams(**vllm_sampling_kwargs(config, seed)))
+outs = llm.generate(prompts, sampling_params=params, use_tqdm=False)
+done = time.perf_counter()
+tokens = sum(len(o.outputs[0].token_ids) for o in outs)
+print("BARE " + json.dumps({"start": ready - t0, "gen": done - ready, "rows": len(rows), "tokens": tokens}))
+sys.stdout.flush()
+os._exit(0)
+"""
+
+
+def _run(argv: list[str], timeout: float) -> subprocess.CompletedProcess:
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise SystemExit(f"failed: {' '.join(argv[:4])} ...\n{done.stderr[-3000:]}")
+    return done
+
+
+def prepare(work: Path, rows: int) -> tuple[Path, Path]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import gr_vl_verl
+    from gr_vl_verl.cli import main as cli_main
+    from gr_vl_verl.data.schemas import RL_SCHEMA
+    from gr_vl_verl.tiny import build_tiny_qwen2_5_vl
+
+    model = build_tiny_qwen2_5_vl(work / "model")
+    vltrain = Path(gr_vl_verl.__file__).parent / "sample_data" / "GuardReasoner-VLTrain"
+    prep = work / "prep"
+    argv = ["prep", "vltrain", "--data-root", str(vltrain), "--out", str(prep), "--formats", "rl", "--no-progress",
+            "--min-pixels", "784", "--max-pixels", "12544"]  # fmt: skip
+    assert cli_main(argv) == 0
+    base = pq.read_table(prep / "rl_train.parquet")
+    out = []
+    for i in range(rows):
+        row = dict(base.slice(i % base.num_rows, 1).to_pylist()[0])
+        row["extra_info"] = {**row["extra_info"], "id": f"{row['extra_info']['id']}#{i}", "index": i}
+        out.append(row)
+    path = work / f"rl_{rows}.parquet"
+    table = pa.Table.from_pylist(out, schema=RL_SCHEMA).replace_schema_metadata(base.schema.metadata)
+    pq.write_table(table, path)
+    return model, path
+
+
+def bare(model: Path, data: Path, n: int, max_tokens: int) -> dict:
+    done = _run([sys.executable, "-c", _BARE, str(model), str(data), str(n), str(max_tokens),
+                 json.dumps(ENGINE_KWARGS)], timeout=1800)  # fmt: skip
+    return json.loads(next(ln for ln in done.stdout.splitlines() if ln.startswith("BARE "))[5:])
+
+
+def pipeline(model: Path, data: Path, out: Path, backend: str, n: int, max_tokens: int) -> dict:
+    argv = [sys.executable, "-m", "gr_vl_verl", "generate", "--data", str(data), "--model", str(model), "--out",
+            str(out), "--backend", backend, "--n", str(n), "--temperature", "1.0", "--max-tokens", str(max_tokens),
+            "--seed", "0", "--no-progress"]  # fmt: skip
+    if backend == "vllm":
+        argv += ["--engine-kwargs", json.dumps(ENGINE_KWARGS)]
+    t0 = time.perf_counter()
+    _run(argv, timeout=3600)
+    total = time.perf_counter() - t0
+    summary = json.loads((out / "generate_summary.json").read_text())
+    return {"total": total, "rows": summary["rows"], "tokens": summary["output_tokens"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=136)
+    parser.add_argument("--n", type=int, default=4)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--quick", action="store_true", help="8 rows x 2 samples x 8 tokens")
+    args = parser.parse_args()
+    if args.quick:
+        args.rows, args.n, args.max_tokens = 8, 2, 8
+    with tempfile.TemporaryDirectory(prefix="gr_vl_bench_") as tmp:
+        work = Path(tmp)
+        model, data = prepare(work, args.rows)
+        b = bare(model, data, args.n, args.max_tokens)
+        p = pipeline(model, data, work / "pipe", "vllm", args.n, args.max_tokens)
+        t = pipeline(model, data, work / "hf", "transformers", args.n, args.max_tokens)
+    gen_p = max(p["total"] - b["start"], 1e-9)
+    rows = [
+        ("bare vLLM (baseline)", b["start"], b["rows"] / b["gen"], b["tokens"] / b["gen"]),
+        ("pipeline (vLLM)", p["total"] - gen_p, p["rows"] / gen_p, p["tokens"] / gen_p),
+        ("pipeline (transformers), end to end", float("nan"), t["rows"] / t["total"], t["tokens"] / t["total"]),
+    ]
+    print(
+        f"{args.rows} rows x {args.n} samples, up to {args.max_tokens} tokens, tiny Qwen2.5-VL, {os.cpu_count()} CPUs"
+    )
+    print(f"{'':38} {'start s':>8} {'rows/s':>8} {'tokens/s':>9} {'x bare tok/s':>13}")
+    for name, start, rps, tps in rows:
+        print(f"{name:38} {start:8.1f} {rps:8.2f} {tps:9.1f} {tps / (b['tokens'] / b['gen']):13.2f}")
+    print(f"pipeline end to end: {p['total']:.1f} s (engine start counted as bare vLLM's: {b['start']:.1f} s); "
+          f"transformers end to end: {t['total']:.1f} s")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""Run verl's SFT trainer and the plugin's GRPO entry point as child processes, as a user's shell would.
+
+The demo, the end-to-end tests and the benchmarks launch the real trainers this way: ``torchrun -m
+verl.trainer.sft_trainer`` with ``gr_vl_sft.yaml``, and ``python -m gr_vl_verl.trainer.main_ppo``. Each run gets
+a time limit, writes its whole log to a file, and logs its metrics through verl's own file logger
+(``trainer.logger=[console,file]``, ``VERL_FILE_LOGGER_PATH``: one JSON line per step). A failed run raises
+:class:`TrainingRunError` with the tail of that log. The argument lists hold toy sizes only when asked for;
+the method's settings come from the yaml configs, as for a cluster run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+#: How much of a failed run's log an error shows.
+LOG_TAIL_LINES = 60
+
+
+class TrainingRunError(RuntimeError):
+    """A trainer run exited non-zero or ran out of time; the message ends with the tail of its log."""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    log: Path
+    metrics_file: Path
+    seconds: float
+
+    def metrics(self) -> dict[int, dict[str, Any]]:
+        """Metrics per step, from verl's file logger (later lines for a step update earlier ones)."""
+        return read_metrics(self.metrics_file)
+
+
+def read_metrics(path: Path) -> dict[int, dict[str, Any]]:
+    steps: dict[int, dict[str, Any]] = {}
+    if not path.exists():
+        return steps
+    for line in path.read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            steps.setdefault(int(record["step"]), {}).update(record["data"])
+    return steps
+
+
+def sft_command(
+    model: Path,
+    train: Path,
+    out: Path,
+    steps: int,
+    *,
+    lr: float = 3e-3,
+    batch_size: int = 1,
+    max_length: int = 1024,
+    device: str = "cpu",
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """``torchrun -m verl.trainer.sft_trainer`` with the plugin's R-SFT config, one process.
+
+    One row per step by default (toy size: a step is a fraction of a second on a CPU); a batch may mix text
+    and image rows (the plugin fixes verl 0.9.1's collate for that, :mod:`gr_vl_verl.verl_fixes`).
+    """
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+        "-m", "verl.trainer.sft_trainer",
+        "--config-path=pkg://gr_vl_verl.trainer.config", "--config-name=gr_vl_sft",
+        f"trainer.device={device}", f"model.path={model}",
+        f"data.train_files={train}", "data.val_files=null",
+        f"data.train_batch_size={batch_size}", "data.micro_batch_size_per_gpu=1", f"data.max_length={max_length}",
+        "data.num_workers=0", "model.enable_gradient_checkpointing=false", "engine.dtype=float32",
+        f"optim.lr={lr}", "optim.lr_scheduler_type=constant",
+        f"trainer.total_training_steps={steps}", "trainer.total_epochs=1000", f"trainer.save_freq={steps}",
+        "trainer.test_freq=-1", "trainer.n_gpus_per_node=1", "trainer.logger=[console,file]",
+        f"trainer.default_local_dir={out}", "trainer.project_name=gr_vl", "trainer.experiment_name=r_sft",
+        *extra,
+    ]  # fmt: skip
+
+
+def grpo_command(
+    model: Path,
+    train: Path,
+    val: Path,
+    out: Path,
+    steps: int,
+    *,
+    prompts: int = 2,
+    n: int = 4,
+    response_length: int = 64,
+    prompt_length: int = 1024,
+    lr: float = 1e-4,
+    val_samples: int = 4,
+    image_pixels: tuple[int, int] = (784, 12544),
+    device: str = "cpu",
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """``python -m gr_vl_verl.trainer.main_ppo`` at the given sizes, one rank, one vLLM server.
+
+    Each prompt is its own mini-batch (``ppo_mini_batch_size=1``), so a step makes ``prompts`` updates and the
+    clip range has ratios to act on; the Hugging Face folder of the actor is saved with each checkpoint.
+    """
+    return [
+        sys.executable, "-m", "gr_vl_verl.trainer.main_ppo", f"trainer.device={device}",
+        f"data.train_files={train}", f"data.val_files={val}", f"data.train_batch_size={prompts}",
+        f"data.max_prompt_length={prompt_length}", f"data.max_response_length={response_length}",
+        f"data.val_max_samples={val_samples}", "data.dataloader_num_workers=0",
+        f"data.mm_processor_kwargs.min_pixels={image_pixels[0]}",
+        f"data.mm_processor_kwargs.max_pixels={image_pixels[1]}",
+        f"actor_rollout_ref.model.path={model}", "actor_rollout_ref.model.enable_gradient_checkpointing=false",
+        "actor_rollout_ref.actor.ppo_mini_batch_size=1", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=1",
+        "actor_rollout_ref.actor.use_dynamic_bsz=false", f"actor_rollout_ref.actor.optim.lr={lr}",
+        "actor_rollout_ref.actor.checkpoint.save_contents=[model,optimizer,extra,hf_model]",
+        f"actor_rollout_ref.rollout.n={n}", "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
+        f"actor_rollout_ref.rollout.max_model_len={prompt_length + response_length}",
+        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=1",
+        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=1",
+        "trainer.n_gpus_per_node=1", "trainer.nnodes=1", f"trainer.total_training_steps={steps}",
+        "trainer.logger=[console,file]", f"trainer.test_freq={steps}", f"trainer.save_freq={steps}",
+        "trainer.val_before_train=false", f"trainer.default_local_dir={out / 'checkpoints'}",
+        "trainer.project_name=gr_vl", "trainer.experiment_name=grpo",
+        *extra,
+    ]  # fmt: skip
+
+
+def run(argv: Sequence[str], out: Path, name: str, timeout: float, env: dict[str, str] | None = None) -> RunResult:
+    """Run ``argv`` with its log in ``out/<name>.log`` and its metrics in ``out/<name>_metrics.jsonl``."""
+    import time
+
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / f"{name}.log"
+    metrics = out / f"{name}_metrics.jsonl"
+    environ = {
+        **os.environ,
+        "VERL_FILE_LOGGER_PATH": str(metrics),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "WANDB_MODE": "disabled",
+        "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"),
+        **(env or {}),
+    }
+    start = time.perf_counter()
+    with log.open("wb") as fh:
+        try:
+            proc = subprocess.run(list(argv), stdout=fh, stderr=subprocess.STDOUT, env=environ, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise TrainingRunError(f"{name} ran past {timeout:.0f} s; log {log}:\n{log_tail(log)}") from None
+    if proc.returncode != 0:
+        raise TrainingRunError(f"{name} exited {proc.returncode}; log {log}:\n{log_tail(log)}")
+    return RunResult(log=log, metrics_file=metrics, seconds=time.perf_counter() - start)
+
+
+def log_tail(log: Path, lines: int = LOG_TAIL_LINES) -> str:
+    text = log.read_text(errors="replace").splitlines() if log.exists() else []
+    return "\n".join(text[-lines:])
+
+
+def hf_folder(checkpoints: Path, step: int, actor: bool) -> Path:
+    """The Hugging Face folder verl saved at ``step`` (GRPO keeps it under ``actor/``)."""
+    base = checkpoints / f"global_step_{step}"
+    return (base / "actor" / "huggingface") if actor else (base / "huggingface")
