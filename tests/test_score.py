@@ -253,3 +253,25 @@ def test_from_prepared_benchmarks_and_generations_to_report(tmp_path):
             assert s["n"] == golds.total() and s["unparsed"] == 0
             assert s["f1"] == pytest.approx(100 * 2 * golds[H] / (2 * golds[H] + golds[U]))
     assert report["tokens"]["mean_output_tokens"] == 7 and report["tokens"]["generations"] == len(rows)
+
+
+def test_charts_and_report_read_the_tables_and_never_each_other():
+    """Imports go one way: report -> charts -> tables, report -> tables; the charts never import the report."""
+    import ast
+
+    import gr_vl_verl.evaluation as evaluation
+
+    def imported(module: str) -> set[str]:
+        """The package's evaluation modules that ``module`` imports (``from ..evaluation import x`` included)."""
+        tree = ast.parse((Path(evaluation.__file__).parent / f"{module}.py").read_text())
+        found = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "gr_vl_verl.evaluation":
+                found |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("gr_vl_verl.evaluation."):
+                found.add(node.module.removeprefix("gr_vl_verl.evaluation."))
+        return found
+
+    assert "tables" in imported("charts") and "report" not in imported("charts")
+    assert {"tables", "charts"} <= imported("report")
+    assert not imported("tables") - {"metrics"}

@@ -15,13 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from gr_vl_verl.atomic import atomic_write
-from gr_vl_verl.evaluation.metrics import benchmark_order
 from gr_vl_verl.evaluation.predictions import TASKS
+from gr_vl_verl.evaluation.tables import AVERAGE_ALL, AVERAGE_TEXT, TASK_TITLES, cell, run_labels, table_columns
 
 REPORT_VERSION = 1
 REPORT_FILES = ("report.json", "report.md", "report.csv", "f1_per_benchmark.png", "f1_vs_tokens.png")
-AVERAGE_TEXT, AVERAGE_ALL = "Average (Text)", "Average (All)"
-TASK_TITLES = {"prompt": "Prompt harmfulness detection", "response": "Response harmfulness detection"}
 CSV_COLUMNS = ("run", "task", "benchmark", "modality", "n", "f1", "precision", "recall", "accuracy", "unparsed")
 
 
@@ -79,45 +77,9 @@ def load_report(folder: Path) -> dict[str, Any]:
     return report
 
 
-def run_labels(runs: list[dict[str, Any]]) -> list[str]:
-    """Each run's name; a name already taken gets ``#2``, ``#3``… so tables and legends stay unambiguous."""
-    labels: list[str] = []
-    for run in runs:
-        label, k = run["name"], 1
-        while label in labels:
-            k += 1
-            label = f"{run['name']} #{k}"
-        labels.append(label)
-    return labels
-
-
 # --------------------------------------------------------------------------------------------------
 # Tables
 # --------------------------------------------------------------------------------------------------
-def table_columns(task: str, runs: list[dict[str, Any]]) -> list[str]:
-    """Benchmarks of ``task`` over all runs in the paper's layout, with the two averages placed as there."""
-    is_text: dict[str, bool] = {}
-    for run in runs:
-        for bench, s in run[task]["per_benchmark"].items():
-            is_text[bench] = is_text.get(bench, False) or s.get("modality") == "text"
-    names = benchmark_order(task, is_text, is_text)
-    if not names:
-        return []
-    n_text = sum(is_text[b] for b in names)
-    return [*names[:n_text], AVERAGE_TEXT, *names[n_text:], AVERAGE_ALL]
-
-
-def cell(run: dict[str, Any], task: str, column: str) -> float | None:
-    """A table cell: a benchmark's F1 or an average; None where the run has no such number."""
-    block = run[task]
-    if column == AVERAGE_TEXT:
-        return block.get("average_text")
-    if column == AVERAGE_ALL:
-        return block.get("average_all")
-    entry = block["per_benchmark"].get(column)
-    return entry["f1"] if entry else None
-
-
 def _fmt(value: float | None, digits: int = 2) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
@@ -205,7 +167,7 @@ def csv_text(runs: list[dict[str, Any]]) -> str:
 # --------------------------------------------------------------------------------------------------
 def write_report(out: Path, report: dict[str, Any], compare: Sequence[dict[str, Any]] = ()) -> list[Path]:
     """Write the five files of :data:`REPORT_FILES` into ``out``; ``compare`` runs join the tables and charts."""
-    from gr_vl_verl.evaluation import charts  # matplotlib only here: the tables do not need it
+    from gr_vl_verl.evaluation import charts  # matplotlib only here: loading a report does not need it
 
     out = Path(out)
     runs = [report, *compare]
