@@ -59,6 +59,12 @@ def _check_report(report: object) -> str | None:
         return "`tokens.mean_output_tokens` must be a number or null"
     if not _number(report.get("average_f1")):
         return "`average_f1` must be a number or null"
+    other = report.get("other_mode")  # absent from reports written before it existed
+    if other is not None and not (
+        isinstance(other, dict)
+        and all(isinstance(other.get(t), dict) and _number(other[t].get("average_all")) for t in TASKS)
+    ):
+        return "`other_mode` must hold each task's averages"
     return None
 
 
@@ -84,6 +90,20 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def other_mode_line(report: dict[str, Any]) -> str | None:
+    """One line with the other parse mode's averages (Average (All), then Text, per task), so the gap between
+    the paper's ``compat`` reading and ``strict`` shows in every report; None for a report without them."""
+    other = report.get("other_mode")
+    if not other:
+        return None
+    tasks = ", ".join(
+        f"{task} {_fmt(other[task]['average_all'])} (text {_fmt(other[task].get('average_text'))})"
+        for task in TASKS
+        if other[task].get("average_all") is not None
+    )
+    return f"In `{other['mode']}` mode: Average (All) {tasks or '–'}; unparsed outputs {other.get('unparsed', '–')}."
+
+
 def _md_table(header: list[str], rows: list[list[str]], align: str) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(":--" if a == "l" else "--:" for a in align) + "|"]
     return lines + ["| " + " | ".join(r) + " |" for r in rows]
@@ -100,6 +120,9 @@ def markdown(runs: list[dict[str, Any]]) -> str:
         "labelled samples; Average (Text) covers the benchmarks whose rows are all text.",
         f"Parse mode: `{main['mode']}`. Predictions: `{main['predictions']}`.",
     ]
+    line = other_mode_line(main)
+    if line:
+        out += ["", line]
     for task in TASKS:
         columns = table_columns(task, runs)
         if not columns:
