@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from gr_vl_verl.data.readers.common import user_fields
 from gr_vl_verl.data.records import GuardSample
-from gr_vl_verl.protocol import gold_labels
+from gr_vl_verl.protocol import USER_HEADER, gold_labels
 
 Kind = Literal["sft", "rl", "eval"]
 KINDS: tuple[str, ...] = ("sft", "rl", "eval")
@@ -183,6 +183,8 @@ def sample_from_row(kind: str, row: dict[str, Any]) -> GuardSample:
             p_label, r_label = truth["prompt_label"], truth["response_label"]
     user = next(m["content"] for m in messages if m["role"] == "user")
     request, response, _ = user_fields(user)
+    # an eval row's user turn may be a benchmark file's own (GuardSample.user_turn); others are the template's
+    user_turn = user[user.find(USER_HEADER) :] if kind == "eval" else None
     images = tuple(img["bytes"] for img in row["images"])
     if info.get("placeholder_image"):
         images = ()
@@ -196,4 +198,5 @@ def sample_from_row(kind: str, row: dict[str, Any]) -> GuardSample:
         prompt_label=p_label,
         response_label=r_label,
         answer=answer,
+        user_turn=user_turn,
     )
