@@ -33,7 +33,8 @@ from typing import Any
 from gr_vl_verl.atomic import atomic_write
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data"
-# The tiny processor's pixel bounds (gr_vl_verl.tiny): images of a few tokens.
+# The tiny processor's pixel bounds (gr_vl_verl.tiny): images of a few tokens. The demo's RL data and mining use
+# them in place of the RL bounds; evaluation keeps the released evaluator's (the sample images lie inside them).
 SMALL_IMAGES = ["--min-pixels", str(28 * 28), "--max-pixels", str(112 * 112)]
 
 
@@ -113,7 +114,7 @@ class Demo:
         command("mine", ["--data", str(self.data / "rl_train.parquet"), "--model", str(self.models / "sft"),
                          "--out", str(self.mined), "--k", str(a.k), "--sample-num", "all", "--val-fraction", "0.25",
                          "--seed", str(a.seed), "--backend", "transformers", "--max-tokens", str(a.max_new_tokens),
-                         "--no-progress"])  # fmt: skip
+                         "--no-progress", *SMALL_IMAGES])  # fmt: skip
         stats = json.loads((self.mined / "mining_stats.json").read_text())
         self.summary["mining"] = stats["totals"]
         self.artifact("generations (mining)", self.mined / "generations")
