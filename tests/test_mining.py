@@ -321,7 +321,7 @@ def test_cli_end_to_end_with_sharded_generations(data, tmp_path, capsys):
     fails(2, "--generations: no generation parquet", *args[:2], "--generations", str(tmp_path / "x"), *args[4:])
     pq.write_table(pa.Table.from_pylist([], schema=SFT_SCHEMA), tmp_path / "sft.parquet")
     fails(2, "holds sft rows, expected rl", "--data", str(tmp_path / "sft.parquet"), *args[2:])
-    fails(2, "not a `gr-vl generate` output", *args[:2], "--generations", str(path), *args[4:])
+    fails(2, "holds gr_vl_verl rl rows, not generations", *args[:2], "--generations", str(path), *args[4:])
     fails(2, "exists and is not a folder", *args[:4], "--out", str(path))  # before any work, in either mode
     fails(2, "exists and is not a folder", *args[:2], "--model", str(tmp_path), "--out", str(path))
     write_generations(shards / "shard-00002.parquet", [gen("stranger", 0, "x")])
@@ -335,6 +335,45 @@ def test_cli_end_to_end_with_sharded_generations(data, tmp_path, capsys):
     write_generations(shards / "shard-00000.parquet", gens[:40])  # rows 0-9 lose answers
     fails(1, "of the first 4 answers", *args, "--strict")
     assert list(read_generations(shards))[0] == gens[0]
+
+
+def test_generations_written_elsewhere_are_mined_by_their_columns(data, tmp_path, capsys):
+    """A parquet without our schema metadata but with the generation columns and types (another tool's, with
+    an extra column, wider ints and large strings) is mined like a `gr-vl generate` shard, with a warning; one
+    without a column, or with a wrong type, is refused naming it."""
+    path, samples, n_right = data
+    gens = answers(samples, n_right)
+    ours = write_generations(tmp_path / "ours" / "shard-00000.parquet", gens)
+    foreign = pa.table(
+        {
+            "id": pa.array([g["id"] for g in gens], pa.large_string()),
+            "sample": pa.array([g["sample"] for g in gens], pa.int64()),
+            "output": pa.array([g["output"] for g in gens], pa.large_string()),
+            "output_tokens": pa.array([g["output_tokens"] for g in gens], pa.int64()),
+            "finish_reason": [g["finish_reason"] for g in gens],
+            "model": ["other-tool"] * len(gens),
+        }
+    )
+    pq.write_table(foreign, tmp_path / "foreign.parquet")
+    assert run_mine("--data", str(path), "--generations", str(ours), "--out", str(tmp_path / "a")) == 0
+    capsys.readouterr()
+    assert run_mine("--data", str(path), "--generations", str(tmp_path / "foreign.parquet"), "--out",
+                    str(tmp_path / "b")) == 0  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.startswith("warning: ") and "foreign.parquet: not written by `gr-vl generate`" in err
+    for name in ("rl_train.parquet", "rl_val.parquet"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    for table, message in (
+        (foreign.drop(["finish_reason"]), "no column `finish_reason`"),
+        (foreign.set_column(1, "sample", pa.array([str(g["sample"]) for g in gens])), "column `sample` is string"),
+    ):
+        pq.write_table(table, tmp_path / "bad.parquet")
+        assert run_mine("--data", str(path), "--generations", str(tmp_path / "bad.parquet"), "--out",
+                        str(tmp_path / "c")) == 2  # fmt: skip
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+    assert run_mine("--data", str(path), "--generations", str(path), "--out", str(tmp_path / "c")) == 2
+    assert "holds gr_vl_verl rl rows, not generations" in capsys.readouterr().err
 
 
 def test_model_mode_generates_the_k_answers_then_mines(data, tmp_path, tiny_model_dir, capsys):
