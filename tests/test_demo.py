@@ -29,7 +29,9 @@ def demo(tmp_path_factory) -> tuple[Path, dict, str]:
     argv = ["demo", "--out", str(out), "--sft-steps", "40", "--k", "2", "--steps", str(STEPS), "--prompts", "2",
             "--n", "2", "--max-new-tokens", str(MAX_TOKENS)]  # fmt: skip
     env = dict(os.environ, RAY_AUTH_MODE="disabled", TOKENIZERS_PARALLELISM="false")
-    done = subprocess.run([sys.executable, "-m", "gr_vl_verl", *argv], capture_output=True, text=True, env=env)
+    done = subprocess.run(
+        [sys.executable, "-m", "gr_vl_verl", *argv], capture_output=True, text=True, env=env, timeout=800
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return out, json.loads((out / "demo_summary.json").read_text()), done.stdout
 

@@ -44,7 +44,7 @@ def env(tmp_path_factory) -> dict[str, str]:
 
 
 def command_line(script: Path, env: dict[str, str], *extra: str) -> list[str]:
-    run = subprocess.run(["bash", str(script), *extra], env=env, capture_output=True, text=True)
+    run = subprocess.run(["bash", str(script), *extra], env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert run.stdout.count("\n") == 1 and run.stderr == ""
     return shlex.split(run.stdout)
@@ -59,7 +59,7 @@ def launched(script: Path, env: dict[str, str], *extra: str) -> argparse.Namespa
 
 def refused(script: Path, env: dict[str, str]) -> str:
     """stderr of a run that must stop before starting anything (exit 2, nothing on stdout)."""
-    run = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+    run = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and run.stdout == "", (run.returncode, run.stdout, run.stderr)
     assert run.stderr.count("\n") == 1 and run.stderr.startswith("error: ")
     return run.stderr
@@ -160,7 +160,9 @@ def test_eval_recipe_runs_for_real(eval_parquet, tiny_model_dir, tmp_path) -> No
     env.update(DATA=str(eval_parquet), MODEL_PATH=str(tiny_model_dir), OUT=str(out), GPUS="1", PYTHON=sys.executable)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     extra = ["--backend", "transformers", "--max-tokens", "4", "--shard-size", "10", "--no-progress", "--name", "tiny"]
-    run = subprocess.run(["bash", str(EVAL), *extra], env=env, capture_output=True, text=True, cwd=tmp_path)
+    run = subprocess.run(
+        ["bash", str(EVAL), *extra], env=env, capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert report["name"] == "tiny" and report["mode"] == "strict"
