@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from data_helpers import png
+from ray_driver import run_cli
 
 from gr_vl_verl.cli import main as cli_main
 from gr_vl_verl.data.mining import (
@@ -383,10 +384,12 @@ def test_model_mode_generates_the_k_answers_then_mines(data, tmp_path, tiny_mode
     out = tmp_path / "mined"
     argv = ["--data", str(path), "--out", str(out), "--k", "2", "--sample-num", "all", "--val-fraction", "0.25"]
     gen_flags = ["--model", str(tiny_model_dir), "--backend", "transformers", "--max-tokens", "8", "--no-progress"]
-    assert run_mine(*argv, *gen_flags) == 0
+    done = run_cli(["mine", *argv, *gen_flags])  # generation starts Ray: in a child process
+    assert done.returncode == 0, done.stderr[-3000:]
     manifest = json.loads((out / "generations" / "generate_manifest.json").read_text())
     settings = json.dumps(manifest)
     assert '"temperature": 1.0' in settings and '"top_p": 0.95' in settings and '"n": 2' in settings
+    assert '"min_pixels": 262144' in settings  # mining sees the images as the RL config bounds them
     gens = list(read_generations(out / "generations"))
     assert sorted((g["id"], g["sample"]) for g in gens) == sorted((s.id, j) for s in samples for j in range(2))
     # mining the same generations by hand gives the same outputs: --model is generation + --generations
