@@ -13,6 +13,7 @@ printed here (one 512-sequence chunk) overstates the overhead about 16-fold. Not
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from functools import partial
@@ -45,27 +46,27 @@ def config():
     return cfg
 
 
-def micro_batch() -> tuple[TensorDict, dict]:
+def micro_batch(batch: int = BATCH) -> tuple[TensorDict, dict]:
     """A padded micro-batch as the legacy trainer hands it to the engine, and the model's log-probs."""
     gen = torch.Generator().manual_seed(0)
-    resp_len = torch.randint(RESPONSE // 2, RESPONSE + 1, (BATCH,), generator=gen)
+    resp_len = torch.randint(RESPONSE // 2, RESPONSE + 1, (batch,), generator=gen)
     response_mask = (torch.arange(RESPONSE).unsqueeze(0) < resp_len.unsqueeze(1)).long()
-    attention_mask = torch.cat([torch.ones(BATCH, PROMPT, dtype=torch.long), response_mask], dim=1)
-    old = -torch.rand(BATCH, RESPONSE, generator=gen) * 2
+    attention_mask = torch.cat([torch.ones(batch, PROMPT, dtype=torch.long), response_mask], dim=1)
+    old = -torch.rand(batch, RESPONSE, generator=gen) * 2
     new_flat = -torch.rand(int(attention_mask.sum()), generator=gen) * 2  # all valid tokens, no padding
     td = TensorDict(
         {
-            "prompts": torch.ones(BATCH, PROMPT, dtype=torch.long),
-            "responses": torch.ones(BATCH, RESPONSE, dtype=torch.long),
+            "prompts": torch.ones(batch, PROMPT, dtype=torch.long),
+            "responses": torch.ones(batch, RESPONSE, dtype=torch.long),
             "attention_mask": attention_mask,
             "response_mask": response_mask,
             "loss_mask": response_mask,
             "old_log_probs": old,
-            "advantages": torch.randn(BATCH, 1, generator=gen).expand(BATCH, RESPONSE) * response_mask,
+            "advantages": torch.randn(batch, 1, generator=gen).expand(batch, RESPONSE) * response_mask,
         },
-        batch_size=[BATCH],
+        batch_size=[batch],
     )
-    tu.assign_non_tensor(td, dp_size=1, batch_num_tokens=int(response_mask.sum()), global_batch_size=BATCH)
+    tu.assign_non_tensor(td, dp_size=1, batch_num_tokens=int(response_mask.sum()), global_batch_size=batch)
     return td, {"log_probs": new_flat}
 
 
@@ -79,9 +80,17 @@ def median_seconds(fn, repeats: int) -> float:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run of a few seconds (CI runs it): tiny sizes, the numbers mean nothing",
+    )
+    args = parser.parse_args()
+    pushes, rounds = (20, 2) if args.quick else (300, 7)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     cfg = config()
-    td, model_output = micro_batch()
+    td, model_output = micro_batch(32 if args.quick else BATCH)
     schedule = clip_schedule_from(cfg)
 
     # Baseline: the loss the worker builds at start-up (static clip range), called like the engine calls it.
@@ -96,20 +105,20 @@ def main() -> None:
         fn = make_loss_fn(cfg, with_clip(base, low, high))
         cloudpickle.loads(cloudpickle.dumps(fn))  # what Ray does on the way to each worker
 
-    overhead = median_seconds(push, 300)
+    overhead = median_seconds(push, pushes)
     low, high = schedule.eps(12, TOTAL_STEPS)
     dynamic_fn = cloudpickle.loads(cloudpickle.dumps(make_loss_fn(cfg, with_clip(base, low, high))))
     # Alternate the two losses (after a warm-up) so neither gets the cold caches.
     static_times, dynamic_times = [], []
     for fn in (static_fn, dynamic_fn):
         fn(model_output=model_output, data=td, dp_group=None)
-    for _ in range(7):
+    for _ in range(rounds):
         static_times.append(median_seconds(lambda: static_fn(model_output=model_output, data=td, dp_group=None), 1))
         dynamic_times.append(median_seconds(lambda: dynamic_fn(model_output=model_output, data=td, dp_group=None), 1))
     static_loss, dynamic_loss = statistics.median(static_times), statistics.median(dynamic_times)
     one_time = median_seconds(lambda: base_actor_config(cfg), 3)
 
-    print(f"micro-batch: {BATCH} sequences x {RESPONSE} response tokens, {int(td['loss_mask'].sum())} valid")
+    print(f"micro-batch: {td.batch_size[0]} sequences x {RESPONSE} response tokens, {int(td['loss_mask'].sum())} valid")
     print(f"static loss (verl, clip 0.2)         : {static_loss * 1e3:9.2f} ms")
     print(f"dynamic loss (pushed, eps(12/23))    : {dynamic_loss * 1e3:9.2f} ms")
     print(f"per-step push: eps + config + pickle : {overhead * 1e3:9.3f} ms")

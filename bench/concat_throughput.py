@@ -165,7 +165,14 @@ def main() -> None:
     parser.add_argument("--child", choices=IMPLS, help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run of a few seconds (CI runs it): tiny sizes, the numbers mean nothing",
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.sizes = "40"
     if args.child:
         child(args.child, args.data, args.out, args.ratio)
         return

@@ -136,7 +136,15 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=2048, help="text hidden size (the 3B model has 2048)")
     parser.add_argument("--repeat-rows", type=int, default=4, help="rows generated twice to check repeatability")
     parser.add_argument("--cpu", action="store_true", help="smoke-run on the CPU (use a small --layers/--hidden)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run of a few seconds (CI runs it): a 1-layer model, on the CPU when there is no GPU",
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.rows, args.max_tokens, args.repeat_rows, args.layers, args.hidden = 2, 4, 1, 1, 64
+        args.cpu = args.cpu or not torch.cuda.is_available()
     if not torch.cuda.is_available() and not args.cpu:
         print("generation_gpu: skipped, no CUDA GPU here (--cpu runs a small smoke version)")
         return

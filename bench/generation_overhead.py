@@ -100,7 +100,14 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=136, help="N (the larger run has 2N rows)")
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2, help="measurements per setting; the best counts")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run of a few seconds (CI runs it): tiny sizes, the numbers mean nothing",
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.rows, args.max_tokens, args.repeats = 4, 2, 1
 
     import ray
 
@@ -122,6 +129,13 @@ def main() -> None:
         two = GenerationConfig(**{**cfg.to_dict(), "concurrency": 2})
         best = dict.fromkeys(("loop", "cold", "small", "large", "two"), float("inf"))
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+        if args.quick:  # one pipeline run against the plain loop: the bench's code paths, not its numbers
+            try:
+                loop_s, pipe_s = plain_loop(cfg, small)[1], pipeline(cfg, small, work / "one_small")
+            finally:
+                ray.shutdown()
+            print(f"quick: plain loop {loop_s:.2f} s, pipeline (1 actor, start-up included) {pipe_s:.2f} s")
+            return
         try:
             for _ in range(args.repeats):  # interleaved, so each setting sees the same machine load
                 best["loop"] = min(best["loop"], plain_loop(cfg, large)[1])

@@ -56,7 +56,14 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=60)
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3, help="measurements per setting; the best counts")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run of a few seconds (CI runs it): tiny sizes, the numbers mean nothing",
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.items, args.max_tokens, args.repeats = 3, 2, 1
 
     import torch
 

@@ -188,7 +188,14 @@ def main() -> None:
     parser.add_argument("--child", choices=IMPLS, help=argparse.SUPPRESS)
     parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run of a few seconds (CI runs it): tiny sizes, the numbers mean nothing",
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.sizes = "30"
     if args.child:
         child(args.child, args.root, args.out)
         return

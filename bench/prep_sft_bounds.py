@@ -70,7 +70,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run of a few seconds (CI runs it): tiny sizes, the numbers mean nothing",
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.images, args.repeat = 3, 1
     images = make_jpegs(args.images)
     policy = ImagePolicy()
     # the two paths must give the same bytes, or the comparison is meaningless

@@ -113,7 +113,14 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=16, help="rollouts per prompt (GRPO n)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--timeout", type=float, default=10.0)
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run of a few seconds (CI runs it): tiny sizes, the numbers mean nothing",
+    )
     args = ap.parse_args()
+    if args.quick:
+        args.n, args.repeats, args.timeout = 320, 1, 1.0
     rng = random.Random(0)
     samples = [s for _ in range(args.n // args.group) for s in realistic_group(rng, args.group)]
     mean_len = statistics.mean(len(s[0]) for s in samples)
@@ -142,9 +149,10 @@ def main() -> None:
     )
 
     print(f"adversarial outputs: seconds per call (original limited to {args.timeout:.0f} s)")
+    sizes = (0.025, 0.05, 0.1) if args.quick else (0.25, 0.5, 1.0)
     for name, unit in ADVERSARIAL.items():
-        row = []
-        for mb in (0.25, 0.5, 1.0):
+        row, ours_s = [], []
+        for mb in sizes:
             n = int(mb * 1_000_000)
             text = (unit * (n // len(unit) + 1))[:n]
             if unit != "<result>":
@@ -152,9 +160,12 @@ def main() -> None:
             t = time.perf_counter()
             compute_score(None, text, {"prompt_label": "harmful", "response_label": None}, {"response_tokens": n})
             ours = time.perf_counter() - t
+            ours_s.append(ours)
             base = original_with_timeout(text, args.timeout)
             base_s = f"{base:8.3f}" if base is not None else f">{args.timeout:7.0f}"
             row.append(f"{mb:4} MB ours {ours:7.3f} original {base_s}")
+        # 4x the input: ~4x the time if the parser is linear, ~16x if quadratic (printed, not asserted: timing)
+        row.append(f"4x the input took {ours_s[-1] / max(ours_s[0], 1e-6):.1f}x the time (linear ~4x, quadratic ~16x)")
         print(f"  {name}:\n    " + "\n    ".join(row))
 
 

@@ -102,7 +102,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the paper's benchmark sizes")
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (best is shown)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run of a few seconds (CI runs it): tiny sizes, the numbers mean nothing",
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.scale, args.repeat = 0.01, 1
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "predictions.jsonl"
         lines = make_file(path, args.scale)

@@ -125,13 +125,16 @@ def build_messages(
     *,
     placement: InstructionPlacement = "system",
     instruction: str = INSTRUCTION,
+    user_content: str | None = None,
 ) -> list[dict[str, str]]:
     """Chat messages for the guard.
 
     ``placement="system"`` is how SFT, rejection sampling and inference ran; ``"user"`` reproduces the
     original RL data, which prefixed the instruction to the user turn (``instruction.strip() + " " + …``).
+    ``user_content`` is a user turn a source wrote itself (a benchmark file's prompt, used verbatim as the
+    released evaluator used it); by default the turn is :func:`format_user_content` of the fields.
     """
-    user = format_user_content(request, response, n_images)
+    user = format_user_content(request, response, n_images) if user_content is None else user_content
     if placement == "system":
         return [{"role": "system", "content": instruction}, {"role": "user", "content": user}]
     if placement == "user":

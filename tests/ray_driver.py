@@ -43,3 +43,11 @@ def run_driver(target: str, *args: Any, timeout: int = 900) -> Any:
     if done.returncode != 0 or not lines:
         raise AssertionError(f"Ray driver {target} exited with {done.returncode}:\n{done.stderr[-4000:]}")
     return json.loads(lines[-1][len(_MARK) :])
+
+
+def run_cli(argv: list[str], timeout: int = 900) -> subprocess.CompletedProcess:
+    """``gr-vl ARGV`` in a new Python process, for commands that may start Ray (generate, eval, mine --model):
+    the Ray driver then lives and ends in that process, never in the pytest one."""
+    return subprocess.run(
+        [sys.executable, "-m", "gr_vl_verl", *argv], capture_output=True, text=True, timeout=timeout, env=os.environ
+    )

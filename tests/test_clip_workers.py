@@ -12,7 +12,8 @@ probe reports (CUDA, as verl 0.9.1 has no CPU platform), set to ``cpu`` on the t
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
 
 import pytest
 import torch
@@ -93,10 +94,13 @@ class OneRankGroup:
         return self.worker.update_actor(data)
 
 
-@pytest.fixture(scope="module")
-def actor_worker(tiny_model_dir, tmp_path_factory):
-    """verl's actor worker, built by its own ``init_model`` on one CPU rank."""
-    backends = [b for b in ("fsdp", "fsdp2") if "cpu" not in EngineRegistry._engines["language_model"][b]]
+@contextmanager
+def built_actor_worker(tiny_model_dir, store: Path):
+    """verl's actor worker, built by its own ``init_model`` on one CPU rank; on leaving, the gloo process group
+    is destroyed and verl's engine registry is as it was."""
+    registry = EngineRegistry._engines["language_model"]
+    saved = {b: dict(registry[b]) for b in ("fsdp", "fsdp2")}  # restored below: other tests see verl's registry
+    backends = [b for b in saved if "cpu" not in registry[b]]
     if backends:
         EngineRegistry.register(model_type="language_model", backend=backends, device="cpu")(RecordingEngine)
     env = {"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "0"}
@@ -104,9 +108,8 @@ def actor_worker(tiny_model_dir, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():
             mp.setenv(key, value)
-        store = tmp_path_factory.mktemp("gloo") / "store"
-        torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
         try:
+            torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
             config = compose_config(
                 f"actor_rollout_ref.model.path={tiny_model_dir}",
                 "actor_rollout_ref.actor.shuffle=false",  # one mini-batch in input order
@@ -121,7 +124,26 @@ def actor_worker(tiny_model_dir, tmp_path_factory):
             worker.actor.flops_counter = None
             yield config, worker
         finally:
-            torch.distributed.destroy_process_group()
+            if torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
+            for b, engines in saved.items():
+                registry[b].clear()
+                registry[b].update(engines)
+
+
+@pytest.fixture(scope="module")
+def actor_worker(tiny_model_dir, tmp_path_factory):
+    with built_actor_worker(tiny_model_dir, tmp_path_factory.mktemp("gloo") / "store") as built:
+        yield built
+
+
+def test_building_the_worker_leaves_no_process_group_and_verls_registry_as_it_was(tiny_model_dir, tmp_path):
+    registry = EngineRegistry._engines["language_model"]
+    before = {b: dict(registry[b]) for b in ("fsdp", "fsdp2")}
+    with built_actor_worker(tiny_model_dir, tmp_path / "store") as (_, worker):
+        assert isinstance(worker.actor.engine, RecordingEngine) and torch.distributed.is_initialized()
+    assert not torch.distributed.is_initialized()
+    assert {b: dict(registry[b]) for b in before} == before
 
 
 def test_the_engine_trains_with_the_function_object_the_trainer_pushed(actor_worker) -> None:

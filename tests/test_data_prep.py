@@ -24,8 +24,10 @@ from gr_vl_verl.protocol import INSTRUCTION, INSTRUCTION_RL, format_answer
 
 
 def cfg(**kw) -> PrepConfig:
+    """Small images for every output but SFT (eval_pixels None: the eval output takes the RL bounds here)."""
     kw.setdefault("progress", False)
     kw.setdefault("images", SMALL)
+    kw.setdefault("eval_pixels", None)
     return PrepConfig(**kw)
 
 

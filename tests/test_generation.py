@@ -3,8 +3,6 @@ actors, the transformers backend, the tiny Qwen2.5-VL), resume, and errors on ba
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -13,11 +11,10 @@ import pytest
 from data_helpers import VLTEST, VLTRAIN
 
 from gr_vl_verl.cli import main as cli_main
-from gr_vl_verl.data.schemas import GENERATIONS_SCHEMA, RL_SCHEMA, read_generations, row_id
+from gr_vl_verl.data.schemas import RL_SCHEMA, row_id
 from gr_vl_verl.generation import (
     FolderMismatch,
     GenerationConfig,
-    GenerationError,
     generate,
     sample_seed,
 )
@@ -33,16 +30,21 @@ MAX_TOKENS = 4
 SHARD = 12  # the 34 sample rows make shards of 12, 12 and 10
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("prep")
+def prepare_inputs(out: Path) -> Path:
+    """The bundled sample as RL parquets (both layouts) and an eval parquet, images a few tokens each."""
     small = ["--min-pixels", "784", "--max-pixels", "12544", "--no-progress", "--row-group-size", "5"]
     assert cli_main(["prep", "vltrain", "--data-root", str(VLTRAIN), "--out", str(out), "--formats", "rl", *small]) == 0
     assert cli_main(["prep", "vltrain", "--data-root", str(VLTRAIN), "--out", str(out / "original"), "--formats",
                      "rl", "--original-rl", *small]) == 0  # fmt: skip
     assert cli_main(["prep", "vltest", "--benchmark-dir", str(VLTEST / "benchmark"), "--image-dataset",
-                     str(VLTEST / "images"), "--out", str(out), *small]) == 0  # fmt: skip
+                     str(VLTEST / "images"), "--out", str(out), *small, "--eval-min-pixels", "784",
+                     "--eval-max-pixels", "12544"]) == 0  # fmt: skip
     return out
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    return prepare_inputs(tmp_path_factory.mktemp("prep"))
 
 
 def rows_of(path: Path) -> list[dict]:
@@ -251,113 +253,3 @@ def test_cli_usage_errors_exit_2_with_one_line(prepared, tiny_model_dir, tmp_pat
     rc = cli_main(["generate", "--backend", "transformers", *[x for kv in args.items() for x in kv]])
     err = capsys.readouterr().err
     assert rc == 2 and message in err and len(err.strip().splitlines()) == 1
-
-
-# --------------------------------------------------------------------------------------------------
-# The Ray Data pipeline, for real
-# --------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def two_actor_run(prepared, tiny_model_dir, ray_cluster, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("gen") / "two"
-    summary = generate(prepared / "rl_train.parquet", out, config(tiny_model_dir, concurrency=2, batch_size=3))
-    assert (summary.rows, summary.samples, summary.shards_written, summary.shards_skipped) == (34, 68, 3, 0)
-    return out
-
-
-def _files(out: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(out.glob("shard-*.parquet"))}
-
-
-def test_two_actors_write_every_row_and_sample_in_input_order(prepared, two_actor_run):
-    names = [p.name for p in sorted(two_actor_run.glob("shard-*.parquet"))]
-    assert names == ["shard-00000.parquet", "shard-00001.parquet", "shard-00002.parquet"]
-    assert all(pq.read_schema(two_actor_run / n) == GENERATIONS_SCHEMA for n in names)
-    got = list(read_generations(two_actor_run))
-    ids = [r["id"] for r in rows_of(prepared / "rl_train.parquet")]
-    assert [(g["id"], g["sample"]) for g in got] == [(i, j) for i in ids for j in (0, 1)]  # rows x n
-    assert all(1 <= g["output_tokens"] <= MAX_TOKENS and g["finish_reason"] in ("stop", "length") for g in got)
-    assert sum(g["output"] != h["output"] for g, h in zip(got[::2], got[1::2], strict=True)) > len(ids) // 2
-    saved = json.loads((two_actor_run / sh.SUMMARY).read_text())
-    assert (saved["rows"], saved["samples"], saved["shards_written"]) == (34, 68, 3)
-    assert saved["output_tokens"] == sum(g["output_tokens"] for g in got) and saved["rows_per_s"] > 0
-
-
-def test_one_actor_resumes_a_two_actor_run_byte_for_byte(prepared, tiny_model_dir, two_actor_run, tmp_path, capsys):
-    """An interrupted two-actor run, resumed by one actor with other batches: the finished shard is left alone,
-    the missing ones (text, image and text-image rows) come out byte-identical to what two actors wrote."""
-    out = tmp_path / "resumed"
-    shutil.copytree(two_actor_run, out)
-    # What an interrupted run leaves: a finished shard, missing ones, a temp file of the write in flight.
-    (out / "shard-00000.parquet").unlink()
-    (out / "shard-00001.parquet").unlink()
-    (out / ".shard-00001.parquet.x1y2.tmp").write_bytes(b"partial")
-    (out / sh.SUMMARY).unlink()
-    kept = (out / "shard-00002.parquet").stat()
-    argv = ["generate", "--data", str(prepared / "rl_train.parquet"), "--model", str(tiny_model_dir), "--out",
-            str(out), "--backend", "transformers", "--n", "2", "--temperature", "1.0", "--max-tokens",
-            str(MAX_TOKENS), "--seed", "1", "--shard-size", str(SHARD), "--concurrency", "1", "--batch-size", "5",
-            "--no-progress"]  # fmt: skip
-    assert cli_main(argv) == 0
-    printed = capsys.readouterr().out
-    assert "shards: 2 written, 1 already done, of 3" in printed and "rows: 24 generated" in printed
-    after = (out / "shard-00002.parquet").stat()
-    assert (after.st_ino, after.st_mtime_ns) == (kept.st_ino, kept.st_mtime_ns)  # not rewritten
-    assert _files(out) == _files(two_actor_run)
-    assert not list(out.glob(".*.tmp")) and (out / sh.SUMMARY).exists()
-    again = generate(prepared / "rl_train.parquet", out, config(tiny_model_dir))
-    assert (again.shards_written, again.shards_skipped, again.rows) == (0, 3, 0)
-    with pytest.raises(FolderMismatch, match=r"seed 1 \(now 2\)"):
-        generate(prepared / "rl_train.parquet", out, config(tiny_model_dir, seed=2))
-    with pytest.raises(FolderMismatch, match=r"input .*rl_train.parquet with 34 rows"):
-        generate(prepared / "eval.parquet", out, config(tiny_model_dir))
-
-
-def test_a_row_that_does_not_decode_stops_the_run_naming_it(prepared, tiny_model_dir, ray_cluster, tmp_path, capsys):
-    rows = pq.read_table(prepared / "rl_train.parquet").to_pylist()
-    bad = next(i for i, r in enumerate(rows) if i >= 3 and r["images"])
-    rows[bad]["images"][0]["bytes"] = b"\x89PNG broken"
-    path = tmp_path / "broken.parquet"
-    pq.write_table(pa.Table.from_pylist(rows, schema=RL_SCHEMA), path)
-    argv = ["generate", "--data", str(path), "--model", str(tiny_model_dir), "--out", str(tmp_path / "o"),
-            "--backend", "transformers", "--max-tokens", "2", "--shard-size", "100", "--no-progress"]  # fmt: skip
-    assert cli_main(argv) == 1
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1
-    assert f"broken.parquet row {bad}: row {rows[bad]['extra_info']['id']!r}: image 1 of 1 does not decode" in err
-    assert not list((tmp_path / "o").glob("shard-*")) and not (tmp_path / "o" / sh.SUMMARY).exists()
-
-
-def test_a_failed_actor_is_reported_in_one_line(ray_cluster):
-    """Ray carries a worker's exception as traceback text; the command shows its last line, not Ray's wrapper."""
-    from gr_vl_verl.generation.pipeline import _root_message
-
-    class FailsToStart:  # local, so Ray pickles it by value
-        def __init__(self):
-            raise ValueError("engine cannot start: no weights in /ckpt")
-
-        def __call__(self, batch):
-            return batch
-
-    ds = ray_cluster.data.from_items([{"x": 1}]).map_batches(
-        FailsToStart, compute=ray_cluster.data.ActorPoolStrategy(size=1)
-    )
-    with pytest.raises(Exception) as e:
-        ds.take_all()
-    assert _root_message(e.value) == "ValueError: engine cannot start: no weights in /ckpt"
-
-
-def test_a_pool_this_ray_cannot_place_is_refused_before_it_starts(prepared, tiny_model_dir, ray_cluster, tmp_path):
-    with pytest.raises(GenerationError, match=r"8 actor\(s\) need CPU 8 \(it has 4\)"):
-        generate(prepared / "eval.parquet", tmp_path / "cpu", config(tiny_model_dir, concurrency=8))
-    with pytest.raises(GenerationError, match=r"1 actor\(s\) need GPU 1 \(it has 0\)"):
-        generate(prepared / "eval.parquet", tmp_path / "gpu", config(tiny_model_dir, num_gpus=1))
-    assert not list((tmp_path / "cpu").glob("shard-*")) and not (tmp_path / "cpu" / sh.SUMMARY).exists()

@@ -20,7 +20,7 @@ from data_helpers import VLTRAIN, png
 from PIL import Image
 
 from gr_vl_verl.cli import main as cli_main
-from gr_vl_verl.data.images import MIN_PIXELS, ImagePolicy, normalize_image
+from gr_vl_verl.data.images import EVAL_MAX_PIXELS, EVAL_MIN_PIXELS, ImagePolicy, normalize_image
 from gr_vl_verl.data.schemas import read_prepared
 from gr_vl_verl.generation import GenerationConfig
 from gr_vl_verl.generation.engines import TransformersEngine
@@ -30,8 +30,6 @@ from gr_vl_verl.protocol import INSTRUCTION, LABELS, build_messages, format_answ
 
 MAX_TOKENS = 6
 IMAGE = VLTRAIN / "image" / "img_000.png"
-#: The bounds the test eval parquet was prepared with (conftest `eval_parquet`).
-SMALL = ImagePolicy(min_pixels=784, max_pixels=12544)
 
 
 @pytest.fixture(scope="module")
@@ -123,10 +121,19 @@ def test_output_and_token_count_are_what_the_model_generates(guard, tiny_model_d
 
 def test_guard_answers_benchmark_rows_as_the_eval_pipeline_does(guard, eval_parquet, tiny_model_dir):
     """Each eval parquet row through the generation engine (what `gr-vl eval` runs) and the same sample as a guard
-    item give the same output: same prompt, same image bytes, same pixels."""
-    same_bounds = Guard(guard.engine, guard.config, "strict", SMALL)
+    item give the same output: same prompt, same image bytes, same pixels. The guard's default bounds are the
+    evaluation ones, as the eval parquet's images and the processor bounds `gr-vl eval` gives an eval parquet."""
+    assert guard.image_policy == ImagePolicy.evaluation()
+    assert guard.config.pixels == {"min_pixels": EVAL_MIN_PIXELS, "max_pixels": EVAL_MAX_PIXELS}
     engine = TransformersEngine(
-        GenerationConfig(model=str(tiny_model_dir), backend="transformers", max_tokens=MAX_TOKENS, progress=False)
+        GenerationConfig(
+            model=str(tiny_model_dir),
+            backend="transformers",
+            max_tokens=MAX_TOKENS,
+            progress=False,
+            min_pixels=EVAL_MIN_PIXELS,
+            max_pixels=EVAL_MAX_PIXELS,
+        )  # fmt: skip
     )
     rows = pq.read_table(eval_parquet).to_pylist()
     samples = list(read_prepared(eval_parquet))
@@ -136,12 +143,17 @@ def test_guard_answers_benchmark_rows_as_the_eval_pipeline_does(guard, eval_parq
         if s.images:
             (item["image"],) = s.images
         guard_items.append(item)
-    # the prompt messages are the parquet's, byte for byte
-    assert [prepare_item(i, "x", SMALL).messages for i in guard_items] == [r["prompt"] for r in rows]
-    results = same_bounds.classify(guard_items)
-    completions = engine.generate([build_request(r, engine.processor) for r in rows])
+    # The prompt messages are the parquet's, byte for byte, except that a text benchmark's own prompt (which the
+    # eval row keeps verbatim, as the released evaluator sent it) ends in a blank line the template's lacks.
+    guard_messages = [prepare_item(i, "x").messages for i in guard_items]
+    same = [k for k, (m, r) in enumerate(zip(guard_messages, rows, strict=True)) if m == r["prompt"]]
+    for k, (m, r) in enumerate(zip(guard_messages, rows, strict=True)):
+        if k not in same:
+            assert r["modality"] == "text" and r["prompt"][-1]["content"] == m[-1]["content"] + "\n", r["id"]
+    assert {rows[k]["modality"] for k in same} == {"image", "text_image"}
+    results = guard.classify([guard_items[k] for k in same])
+    completions = engine.generate([build_request(rows[k], engine.processor) for k in same])
     assert [(r["output"], r["output_tokens"]) for r in results] == [(c[0].text, c[0].tokens) for c in completions]
-    assert {r["modality"] for r in rows} == {"text", "image", "text_image"}
 
 
 def test_max_tokens_applies_to_one_call(guard):
@@ -204,18 +216,18 @@ def test_labels_and_reasoning_in_each_parse_mode(tiny_model_dir):
 # --------------------------------------------------------------------------------------------------
 # Items: the training prompt, prep's image bounds, clear refusals
 # --------------------------------------------------------------------------------------------------
-def test_an_item_becomes_the_training_prompt_with_prep_image_bounds():
+def test_an_item_becomes_the_training_prompt_with_the_evaluation_image_bounds():
     raw = png(40, 30)
     by_bytes = prepare_item({"request": " Is this safe? ", "image": raw, "response": "Yes."}, "x")
     assert by_bytes.messages == build_messages("Is this safe?", "Yes.", 1)
     assert by_bytes.messages[0] == {"role": "system", "content": INSTRUCTION}
-    assert by_bytes.images == (normalize_image(raw, ImagePolicy()),) and by_bytes.has_response
-    with Image.open(io.BytesIO(by_bytes.images[0])) as img:
-        assert img.width * img.height >= MIN_PIXELS  # scaled up to the paper's lower bound, as prep does
+    assert by_bytes.images == (normalize_image(raw, ImagePolicy.evaluation()),) and by_bytes.has_response
+    with Image.open(io.BytesIO(by_bytes.images[0])) as img:  # 1,200 pixels: scaled up to the evaluator's 3,136
+        assert EVAL_MIN_PIXELS <= img.width * img.height < 2 * EVAL_MIN_PIXELS
     assert prepare_item({"image": Image.open(io.BytesIO(raw)), "request": "Is this safe?", "response": "Yes."},
                         "x") == by_bytes  # fmt: skip
     path = prepare_item({"image": IMAGE}, "x")
-    assert path.images == (normalize_image(IMAGE, ImagePolicy()),) and not path.has_response
+    assert path.images == (normalize_image(IMAGE, ImagePolicy.evaluation()),) and not path.has_response
     no_response = prepare_item({"request": "hi", "response": "None"}, "x")
     assert no_response.messages == build_messages("hi", None) and not no_response.has_response
 

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from data_helpers import png
+from ray_driver import run_cli
 
 from gr_vl_verl.cli import main as cli_main
 from gr_vl_verl.data.mining import (
@@ -321,7 +322,7 @@ def test_cli_end_to_end_with_sharded_generations(data, tmp_path, capsys):
     fails(2, "--generations: no generation parquet", *args[:2], "--generations", str(tmp_path / "x"), *args[4:])
     pq.write_table(pa.Table.from_pylist([], schema=SFT_SCHEMA), tmp_path / "sft.parquet")
     fails(2, "holds sft rows, expected rl", "--data", str(tmp_path / "sft.parquet"), *args[2:])
-    fails(2, "not a `gr-vl generate` output", *args[:2], "--generations", str(path), *args[4:])
+    fails(2, "holds gr_vl_verl rl rows, not generations", *args[:2], "--generations", str(path), *args[4:])
     fails(2, "exists and is not a folder", *args[:4], "--out", str(path))  # before any work, in either mode
     fails(2, "exists and is not a folder", *args[:2], "--model", str(tmp_path), "--out", str(path))
     write_generations(shards / "shard-00002.parquet", [gen("stranger", 0, "x")])
@@ -337,6 +338,45 @@ def test_cli_end_to_end_with_sharded_generations(data, tmp_path, capsys):
     assert list(read_generations(shards))[0] == gens[0]
 
 
+def test_generations_written_elsewhere_are_mined_by_their_columns(data, tmp_path, capsys):
+    """A parquet without our schema metadata but with the generation columns and types (another tool's, with
+    an extra column, wider ints and large strings) is mined like a `gr-vl generate` shard, with a warning; one
+    without a column, or with a wrong type, is refused naming it."""
+    path, samples, n_right = data
+    gens = answers(samples, n_right)
+    ours = write_generations(tmp_path / "ours" / "shard-00000.parquet", gens)
+    foreign = pa.table(
+        {
+            "id": pa.array([g["id"] for g in gens], pa.large_string()),
+            "sample": pa.array([g["sample"] for g in gens], pa.int64()),
+            "output": pa.array([g["output"] for g in gens], pa.large_string()),
+            "output_tokens": pa.array([g["output_tokens"] for g in gens], pa.int64()),
+            "finish_reason": [g["finish_reason"] for g in gens],
+            "model": ["other-tool"] * len(gens),
+        }
+    )
+    pq.write_table(foreign, tmp_path / "foreign.parquet")
+    assert run_mine("--data", str(path), "--generations", str(ours), "--out", str(tmp_path / "a")) == 0
+    capsys.readouterr()
+    assert run_mine("--data", str(path), "--generations", str(tmp_path / "foreign.parquet"), "--out",
+                    str(tmp_path / "b")) == 0  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.startswith("warning: ") and "foreign.parquet: not written by `gr-vl generate`" in err
+    for name in ("rl_train.parquet", "rl_val.parquet"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    for table, message in (
+        (foreign.drop(["finish_reason"]), "no column `finish_reason`"),
+        (foreign.set_column(1, "sample", pa.array([str(g["sample"]) for g in gens])), "column `sample` is string"),
+    ):
+        pq.write_table(table, tmp_path / "bad.parquet")
+        assert run_mine("--data", str(path), "--generations", str(tmp_path / "bad.parquet"), "--out",
+                        str(tmp_path / "c")) == 2  # fmt: skip
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+    assert run_mine("--data", str(path), "--generations", str(path), "--out", str(tmp_path / "c")) == 2
+    assert "holds gr_vl_verl rl rows, not generations" in capsys.readouterr().err
+
+
 def test_model_mode_generates_the_k_answers_then_mines(data, tmp_path, tiny_model_dir, capsys):
     """--model: the k answers come from the Ray Data generation pipeline (tiny model, transformers backend)
     into OUT/generations, with the paper's sampling defaults, and mining reads exactly those."""
@@ -344,10 +384,12 @@ def test_model_mode_generates_the_k_answers_then_mines(data, tmp_path, tiny_mode
     out = tmp_path / "mined"
     argv = ["--data", str(path), "--out", str(out), "--k", "2", "--sample-num", "all", "--val-fraction", "0.25"]
     gen_flags = ["--model", str(tiny_model_dir), "--backend", "transformers", "--max-tokens", "8", "--no-progress"]
-    assert run_mine(*argv, *gen_flags) == 0
+    done = run_cli(["mine", *argv, *gen_flags])  # generation starts Ray: in a child process
+    assert done.returncode == 0, done.stderr[-3000:]
     manifest = json.loads((out / "generations" / "generate_manifest.json").read_text())
     settings = json.dumps(manifest)
     assert '"temperature": 1.0' in settings and '"top_p": 0.95' in settings and '"n": 2' in settings
+    assert '"min_pixels": 262144' in settings  # mining sees the images as the RL config bounds them
     gens = list(read_generations(out / "generations"))
     assert sorted((g["id"], g["sample"]) for g in gens) == sorted((s.id, j) for s in samples for j in range(2))
     # mining the same generations by hand gives the same outputs: --model is generation + --generations

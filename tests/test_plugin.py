@@ -17,7 +17,9 @@ def test_entry_point_is_installed_and_loads():
 def test_importing_verl_does_not_pull_the_reward_loop_eagerly():
     """The plugin must keep `import verl` light: registration waits for verl's registry import."""
     code = "import sys, verl; print('gr_vl_verl.plugin' in sys.modules, 'gr_vl_verl.reward.manager' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    ).stdout.split()
     assert out == ["True", "False"]
 
 
@@ -35,7 +37,9 @@ def test_name_resolves_in_a_new_process_whatever_is_imported_first(first_import)
         "from verl.experimental.reward_loop.reward_manager import get_reward_manager_cls\n"
         "print(get_reward_manager_cls('gr_vl').__name__)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    ).stdout.split()
     assert out[-1] == "GuardRewardManager"
 
 

@@ -1,7 +1,5 @@
 """The guard's prompt and answer format (pure, fast)."""
 
-import time
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -152,24 +150,15 @@ ADVERSARIAL = {
 
 
 @pytest.mark.parametrize("unit", list(ADVERSARIAL))
-def test_parser_is_linear_on_adversarial_input(unit):
-    """Quadrupling a pathological input must not multiply the time by 16 (quadratic would)."""
-
-    def timed(n_bytes: int) -> float:
-        text = ADVERSARIAL[unit] * (n_bytes // len(ADVERSARIAL[unit]))
-        if unit != "open_result":
-            text = "<result>" + text  # make label search run over the whole text
-        best = float("inf")
-        for _ in range(5):
-            t = time.perf_counter()
-            P.parse_answer(text)
-            best = min(best, time.perf_counter() - t)
-        return best
-
-    # 4x the input: ~4x the time if linear, ~16x if quadratic. Only the ratio is asserted, with room for a
-    # loaded machine; absolute seconds per MB are printed by bench/reward_throughput.py.
-    small, big = timed(250_000), timed(1_000_000)
-    assert big / max(small, 1e-4) < 10, f"4x input took {big / small:.1f}x time: not linear"
+def test_the_parser_reads_a_megabyte_of_adversarial_input(unit):
+    """A pathological megabyte parses, with no label found (the per-test timeout is the ceiling). Whether the
+    time grows linearly is timing, not a test: bench/reward_throughput.py prints the ratio for 4x the input."""
+    text = ADVERSARIAL[unit] * (1_000_000 // len(ADVERSARIAL[unit]))
+    if unit != "open_result":
+        text = "<result>" + text  # make label search run over the whole text
+    parsed = P.parse_answer(text)
+    assert parsed.prompt_label is None and parsed.response_label is None
+    assert P.predicted_labels(text, "compat") == P.Labels(None, None)
 
 
 _ws = st.sampled_from(["", " ", "\n", "\n\n", "\t", "Answers:\n", "Answers: ", "x"])

@@ -95,3 +95,34 @@ def test_prep_vltest_writes_every_row_and_reports_the_ignored_keys(tmp_path, cap
     assert cli_main([*args, "--out", str(tmp_path / "strict"), "--strict-fields"]) == 0
     strict = json.loads((tmp_path / "strict" / "vltest_summary.json").read_text())
     assert strict["rejected"] == {"unknown_field": n_text}
+
+
+def test_eval_rows_prompt_with_the_benchmark_files_own_text(tmp_path):
+    """A text benchmark's `input` ends in a blank line the template's rendering lacks; the eval row keeps it, as
+    the released generate.py sent `input` as it is. Image benchmarks' prompts (after the instruction) equal the
+    rendering. Reading the parquet back gives the samples the reader made."""
+    import pyarrow.parquet as pq
+
+    from gr_vl_verl.data.schemas import read_prepared
+    from gr_vl_verl.protocol import format_user_content
+
+    out = tmp_path / "o"
+    assert cli_main(["prep", "vltest", "--benchmark-dir", str(BENCH), "--image-dataset", str(VLTEST / "images"),
+                     "--out", str(out), "--no-progress"]) == 0  # fmt: skip
+    rows = pq.read_table(out / "eval.parquet", columns=["benchmark", "prompt", "request", "response"]).to_pylist()
+    for name in TEXT_BENCHMARKS:
+        inputs = [r["input"] for r in json.loads((BENCH / f"{name}.json").read_text())]
+        users = [r["prompt"][-1]["content"] for r in rows if r["benchmark"] == name]
+        assert users == inputs and all(u.endswith("\n\n") for u in users)
+    for r in rows:
+        if r["benchmark"] in ("HarmImageTest", "SPA_VL_Eval"):
+            assert r["prompt"][-1]["content"] == format_user_content(r["request"], r["response"], 1)
+    images = readers.VLTestImages(VLTEST / "images")
+    read = [
+        s for n in ("ToxicChat", "SPA_VL_Eval") for s in readers.read_benchmark(BENCH / f"{n}.json", n, images=images)
+    ]
+    back = {s.id: s for s in read_prepared(out / "eval.parquet")}
+    assert read and all(isinstance(s, GuardSample) for s in read)
+    assert all(back[s.id].user_turn == s.user_turn for s in read)
+    assert all(s.user_turn for s in read if s.source == "ToxicChat")
+    assert not any(s.user_turn for s in read if s.source == "SPA_VL_Eval")  # equal to the rendering: dropped

@@ -12,7 +12,10 @@ driver runs in a child process (``ray_driver.py``), as in every Ray test here.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray
@@ -50,14 +53,17 @@ def _get(row: dict, key: str):
     return row[key]
 
 
-def merged(a: dict, b: dict) -> dict:
-    """Safety-aware concatenation (paper eq. 4-5): a label is harmful if either part's is."""
-    ga, gb = a["reward_model"]["ground_truth"], b["reward_model"]["ground_truth"]
+def concatenated(parquet: str, parts: list[dict], out_dir: Path) -> dict:
+    """The concatenation `gr-vl augment` makes of two rows (paper eq. 4-5: the command OR-merges the labels)."""
+    from gr_vl_verl.cli import main
 
-    def either(key: str) -> str:
-        return "harmful" if "harmful" in (ga[key], gb[key]) else "unharmful"
-
-    return {**a, "reward_model": {"style": "rule", "ground_truth": {k: either(k) for k in ga}}}
+    pair = out_dir / "pair.parquet"
+    pq.write_table(pa.Table.from_pylist(parts, schema=pq.read_schema(parquet)), pair)
+    assert main(["augment", "--data", str(pair), "--out", str(out_dir / "aug.parquet"), "--ratio", "0.5",
+                 "--no-progress"]) == 0  # fmt: skip
+    made = next(r for r in pq.read_table(out_dir / "aug.parquet").to_pylist() if r["extra_info"]["concat_of"])
+    assert sorted(made["extra_info"]["concat_of"]) == sorted(p["extra_info"]["id"] for p in parts)
+    return made
 
 
 def colocated_batch(tokenizer, rows: list[dict], answers: list[str]) -> tuple[DataProto, list[int]]:
@@ -95,7 +101,7 @@ ANSWERS = [
 ]
 
 
-def drive_reward_loop(model_dir: str, parquet: str) -> dict:
+def drive_reward_loop(model_dir: str, parquet: str, work: str) -> dict:
     """Driver (child process, see ray_driver.py): verl's reward loop on a batch of prepared rows."""
     from verl.experimental.reward_loop.reward_loop import RewardLoopManager
     from verl.utils import hf_tokenizer
@@ -105,7 +111,7 @@ def drive_reward_loop(model_dir: str, parquet: str) -> dict:
     image = first(rows, data_source="guardreasoner_vl/image", prompt_label="harmful")
     text_image = first(rows, data_source="guardreasoner_vl/text_image")
     part_b = first(rows, data_source="guardreasoner_vl/text", prompt_label="unharmful", response_label="harmful")
-    concat = merged(text, part_b)
+    concat = concatenated(parquet, [text, part_b], Path(work))
     batch, lengths = colocated_batch(hf_tokenizer(model_dir), [text, image, text_image, concat, concat], ANSWERS)
     with initialize_config_module("gr_vl_verl.trainer.config", version_base=None):
         config = compose(
@@ -139,8 +145,8 @@ def drive_reward_loop(model_dir: str, parquet: str) -> dict:
     }
 
 
-def test_reward_loop_scores_every_modality_and_merged_labels(tiny_model_dir, rl_parquet) -> None:
-    got = run_driver("test_reward_loop:drive_reward_loop", str(tiny_model_dir), rl_parquet)
+def test_reward_loop_scores_every_modality_and_merged_labels(tiny_model_dir, rl_parquet, tmp_path) -> None:
+    got = run_driver("test_reward_loop:drive_reward_loop", str(tiny_model_dir), rl_parquet, str(tmp_path))
 
     assert got["concat_truth"] == {"prompt_label": "harmful", "response_label": "harmful"}
     info, lengths = got["info"], got["lengths"]

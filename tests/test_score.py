@@ -82,8 +82,9 @@ def score(*argv: str) -> int:
 
 def test_report_folder_has_every_file_and_valid_pngs(tmp_path, predictions_file, capsys):
     out = tmp_path / "run"
-    assert score("--predictions", predictions_file, "--out", out, "--name", "GR-VL") == 0
-    assert "prompt   F1 average (all)" in capsys.readouterr().out
+    assert score("--predictions", predictions_file, "--out", out, "--name", "GR-VL", "--mode", "strict") == 0
+    printed = capsys.readouterr().out
+    assert "prompt   F1 average (all)" in printed and "In compat mode: Average (All) prompt " in printed
     assert sorted(p.name for p in out.iterdir()) == sorted(REPORT_FILES)  # no temp files left behind
     for name in ("f1_per_benchmark.png", "f1_vs_tokens.png"):
         data = (out / name).read_bytes()
@@ -140,11 +141,21 @@ def test_same_inputs_give_the_same_bytes(tmp_path, predictions_file):
 
 
 def test_modes_score_the_same_file_differently(tmp_path, predictions_file):
-    assert score("--predictions", predictions_file, "--out", tmp_path / "s") == 0
-    assert score("--predictions", predictions_file, "--out", tmp_path / "c", "--mode", "compat") == 0
+    assert score("--predictions", predictions_file, "--out", tmp_path / "s", "--mode", "strict") == 0
+    assert score("--predictions", predictions_file, "--out", tmp_path / "c") == 0  # compat: the paper's protocol
     strict = json.loads((tmp_path / "s" / "report.json").read_text())
     compat = json.loads((tmp_path / "c" / "report.json").read_text())
     assert strict["name"] == "s" and compat["mode"] == "compat"
+    # Each report carries the other mode's averages, equal to that mode's own report, in one line of report.md.
+    for this, other in ((strict, compat), (compat, strict)):
+        assert this["other_mode"]["mode"] == other["mode"]
+        for task in ("prompt", "response"):
+            for key in ("average_all", "average_text"):
+                assert this["other_mode"][task][key] == pytest.approx(other[task][key])
+        assert this["other_mode"]["unparsed"] == other["unparsed"]["total"]
+    line = next(x for x in (tmp_path / "s" / "report.md").read_text().splitlines() if x.startswith("In `compat`"))
+    assert f"prompt {compat['prompt']['average_all']:.2f} (text {compat['prompt']['average_text']:.2f})" in line
+    assert f"response {compat['response']['average_all']:.2f}" in line
     # Compat reads the answers without <think>: only the unparsable ones are left.
     assert compat["unparsed"]["prompt"] == 1 + 0 + 0 + 0 and compat["unparsed"]["response"] == 0
     assert compat["prompt"]["per_benchmark"]["ToxicChat"]["f1"] > strict["prompt"]["per_benchmark"]["ToxicChat"]["f1"]
@@ -166,7 +177,7 @@ def test_compare_puts_every_run_in_the_tables_and_charts(tmp_path, predictions_f
         "| GR-VL #2",  # the same folder twice: told apart, not merged
     ]
     efficiency = md.split("## Efficiency")[1].split("##")[0]
-    assert "| GR-VL-Eco | strict |" in efficiency and "| GR-VL | strict |" in efficiency
+    assert "| GR-VL-Eco | compat |" in efficiency and "| GR-VL | compat |" in efficiency
     assert f"| {mean_tokens(40):.2f} |" in efficiency and f"| {mean_tokens(100):.2f} |" in efficiency
     rows = list(csv.DictReader(io.StringIO((tmp_path / "eco" / "report.csv").read_text())))
     assert Counter(r["run"] for r in rows) == {"GR-VL-Eco": 10, "GR-VL": 10, "GR-VL #2": 10}
@@ -253,3 +264,25 @@ def test_from_prepared_benchmarks_and_generations_to_report(tmp_path):
             assert s["n"] == golds.total() and s["unparsed"] == 0
             assert s["f1"] == pytest.approx(100 * 2 * golds[H] / (2 * golds[H] + golds[U]))
     assert report["tokens"]["mean_output_tokens"] == 7 and report["tokens"]["generations"] == len(rows)
+
+
+def test_charts_and_report_read_the_tables_and_never_each_other():
+    """Imports go one way: report -> charts -> tables, report -> tables; the charts never import the report."""
+    import ast
+
+    import gr_vl_verl.evaluation as evaluation
+
+    def imported(module: str) -> set[str]:
+        """The package's evaluation modules that ``module`` imports (``from ..evaluation import x`` included)."""
+        tree = ast.parse((Path(evaluation.__file__).parent / f"{module}.py").read_text())
+        found = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "gr_vl_verl.evaluation":
+                found |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("gr_vl_verl.evaluation."):
+                found.add(node.module.removeprefix("gr_vl_verl.evaluation."))
+        return found
+
+    assert "tables" in imported("charts") and "report" not in imported("charts")
+    assert {"tables", "charts"} <= imported("report")
+    assert not imported("tables") - {"metrics"}

@@ -55,7 +55,9 @@ def sft_env(tmp_path_factory) -> dict[str, str]:
 
 def dry_run(script: Path, env: dict[str, str], *extra: str) -> tuple[list[str], list[str]]:
     """The recipe's overrides and its launch command."""
-    run = subprocess.run(["bash", str(script), *extra], env=env, capture_output=True, text=True, check=True)
+    run = subprocess.run(
+        ["bash", str(script), *extra], env=env, capture_output=True, text=True, check=True, timeout=120
+    )
     (command,) = [line.removeprefix("command: ") for line in run.stderr.splitlines() if line.startswith("command: ")]
     return run.stdout.splitlines(), shlex.split(command)
 
@@ -131,6 +133,7 @@ def test_launch_command_runs_verls_sft_trainer_with_our_config(sft_env) -> None:
         capture_output=True,
         text=True,
         cwd=tempfile.mkdtemp(prefix="gr_vl_hydra_"),
+        timeout=300,
     )
     assert job.returncode == 0, job.stderr[-2000:]
     for line in ("train_batch_size: 192", "max_length: 2048", "lr: 5.0e-05", "total_epochs: 1", "- hf_model"):
@@ -139,7 +142,7 @@ def test_launch_command_runs_verls_sft_trainer_with_our_config(sft_env) -> None:
 
 def test_multi_node_launch_needs_a_master(sft_env) -> None:
     env = dict(sft_env, NNODES="2")
-    run = subprocess.run(["bash", str(RECIPES[0])], env=env, capture_output=True, text=True)
+    run = subprocess.run(["bash", str(RECIPES[0])], env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and "NNODES=2 needs MASTER_ADDR" in run.stderr and run.stdout == ""
     env.update(MASTER_ADDR="10.0.0.1", NODE_RANK="1", GPUS_PER_NODE="4")
     overrides, command = dry_run(RECIPES[0], env)
@@ -151,14 +154,18 @@ def test_multi_node_launch_needs_a_master(sft_env) -> None:
 @pytest.mark.parametrize("missing", ["TRAIN_FILES", "MODEL_PATH"])
 def test_recipe_refuses_to_start_without_required_paths(missing: str, sft_env) -> None:
     env = {k: v for k, v in sft_env.items() if k != missing}
-    run = subprocess.run(["bash", str(RECIPES[0])], env=env, capture_output=True, text=True)
+    run = subprocess.run(["bash", str(RECIPES[0])], env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and f"error: {missing} is not set" in run.stderr and run.stdout == ""
-    run = subprocess.run(["bash", str(RECIPES[0])], env=dict(env, **{missing: "/nonexistent/x"}), capture_output=True)
+    run = subprocess.run(
+        ["bash", str(RECIPES[0])], env=dict(env, **{missing: "/nonexistent/x"}), capture_output=True, timeout=120
+    )
     assert run.returncode == 2 and f"{missing}: '/nonexistent/x' does not exist".encode() in run.stderr
 
 
 def test_validation_files_are_optional_but_must_exist(sft_env) -> None:
     overrides, _ = dry_run(RECIPES[0], dict(sft_env, VAL_FILES=sft_env["TRAIN_FILES"]))
     assert compose_sft(overrides).data.val_files == [sft_env["TRAIN_FILES"]]
-    run = subprocess.run(["bash", str(RECIPES[0])], env=dict(sft_env, VAL_FILES="/nope.parquet"), capture_output=True)
+    run = subprocess.run(
+        ["bash", str(RECIPES[0])], env=dict(sft_env, VAL_FILES="/nope.parquet"), capture_output=True, timeout=120
+    )
     assert run.returncode == 2 and b"VAL_FILES: '/nope.parquet' does not exist" in run.stderr

@@ -51,7 +51,9 @@ def recipe_env(tmp_path_factory) -> dict[str, str]:
 
 
 def recipe_overrides(script: Path, env: dict[str, str], *extra: str) -> list[str]:
-    out = subprocess.run(["bash", str(script), *extra], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["bash", str(script), *extra], env=env, capture_output=True, text=True, check=True, timeout=120
+    )
     return out.stdout.splitlines()
 
 
@@ -232,7 +234,7 @@ def test_recipe_sets_only_paths_hardware_and_bookkeeping(script: Path, recipe_en
 
 def test_recipe_warns_about_method_variables_it_no_longer_reads(recipe_env) -> None:
     env = dict(recipe_env, LR="2e-6")
-    run = subprocess.run(["bash", str(RECIPES[0])], env=env, capture_output=True, text=True, check=True)
+    run = subprocess.run(["bash", str(RECIPES[0])], env=env, capture_output=True, text=True, check=True, timeout=120)
     assert "LR is no longer read" in run.stderr and "actor_rollout_ref.actor.optim.lr=" in run.stderr
     assert not any(line.startswith("actor_rollout_ref.actor.optim.lr") for line in run.stdout.splitlines())
 
@@ -252,12 +254,12 @@ def test_extra_arguments_override_the_recipe_defaults(recipe_env) -> None:
 @pytest.mark.parametrize("missing", ["TRAIN_FILES", "VAL_FILES", "MODEL_PATH"])
 def test_recipe_refuses_to_start_without_required_paths(missing: str, recipe_env) -> None:
     env = {k: v for k, v in recipe_env.items() if k != missing}
-    run = subprocess.run(["bash", str(RECIPES[0])], env=env, capture_output=True, text=True)
+    run = subprocess.run(["bash", str(RECIPES[0])], env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2
     assert f"error: {missing} is not set" in run.stderr and run.stdout == ""
 
     env[missing] = "/nonexistent/gr_vl/path"
-    run = subprocess.run(["bash", str(RECIPES[0])], env=env, capture_output=True, text=True)
+    run = subprocess.run(["bash", str(RECIPES[0])], env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2
     assert f"{missing}: '/nonexistent/gr_vl/path' does not exist" in run.stderr
 
@@ -327,6 +329,7 @@ def _run_main(*args: str) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         cwd=tempfile.mkdtemp(prefix="gr_vl_hydra_"),
+        timeout=600,
     )
 
 

@@ -68,6 +68,14 @@ def add_generation_arguments(
     p.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per actor (default 1)")
     p.add_argument("--tensor-parallel-size", type=int, default=1, help="vLLM tensor parallelism per engine")
     add_engine_kwargs(p)
+    p.add_argument(
+        "--min-pixels",
+        type=int,
+        default=None,
+        help="the processor's image bounds, with --max-pixels (default: an eval parquet's 3136-12845056, the "
+        "released evaluator's; an RL parquet's 262144-4194304, the RL config's)",
+    )
+    p.add_argument("--max-pixels", type=int, default=None, help="see --min-pixels")
     p.add_argument("--ray-address", default=None, help="Ray cluster to join (default: start a local Ray)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     if defaults:
@@ -97,6 +105,8 @@ def generation_config(args: argparse.Namespace, **fixed: Any) -> GenerationConfi
         "num_cpus": args.num_cpus,
         "tensor_parallel_size": args.tensor_parallel_size,
         "engine_kwargs": args.engine_kwargs,
+        "min_pixels": args.min_pixels,
+        "max_pixels": args.max_pixels,
         "ray_address": args.ray_address,
         "progress": not args.no_progress,
         **fixed,

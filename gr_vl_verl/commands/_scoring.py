@@ -20,9 +20,9 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--mode",
         choices=PARSE_MODES,
-        default="strict",
-        help="strict: labels only from a well-formed answer's <result> (default); "
-        "compat: the first label anywhere, as the released evaluators read",
+        default="compat",
+        help="compat: the first label anywhere, as the released evaluator read (default: the paper's protocol); "
+        "strict: labels only from a well-formed answer's <result>",
     )
     parser.add_argument(
         "--compare",
@@ -94,7 +94,8 @@ def score_into(predictions: Path, target: ScoreTarget) -> dict[str, Any]:
 
 
 def headline(report: dict) -> str:
-    """One line per task with both averages, then tokens and unparsed outputs."""
+    """One line per task with both averages, then tokens and unparsed outputs, then the other mode's averages."""
+    from gr_vl_verl.evaluation.report import other_mode_line
 
     def f(x: float | None) -> str:
         return "–" if x is None else f"{x:.2f}"
@@ -112,4 +113,7 @@ def headline(report: dict) -> str:
         f"mean output tokens {f(tokens['mean_output_tokens'])} over {tokens['generations']} generations; "
         f"unparsed outputs {unparsed['total']} ({unparsed['rate']:.2f}%), mode {report['mode']}"
     )
+    other = other_mode_line(report)
+    if other:
+        lines.append(other.replace("`", ""))
     return "\n".join(lines)

@@ -36,7 +36,9 @@ from typing import Any
 from gr_vl_verl.atomic import atomic_write
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data"
-# The tiny processor's pixel bounds (gr_vl_verl.tiny): images of a few tokens.
+# The tiny processor's pixel bounds (gr_vl_verl.tiny): images of a few tokens. The demo's RL data, mining and
+# GRPO use them in place of the RL bounds; evaluation keeps the released evaluator's (the sample images lie
+# inside them).
 TINY_PIXELS = (28 * 28, 112 * 112)
 SMALL_IMAGES = ["--min-pixels", str(TINY_PIXELS[0]), "--max-pixels", str(TINY_PIXELS[1])]
 # vLLM engines of the generation stages: no compilation (seconds, not minutes, to start on a CPU).
@@ -122,7 +124,7 @@ class Demo:
         self.gr_vl("mine", ["--data", str(self.data / "rl_train.parquet"), "--model", str(self.sft_model),
                             "--out", str(self.mined), "--k", str(a.k), "--sample-num", "all", "--val-fraction", "0.25",
                             "--seed", str(a.seed), "--backend", "vllm", "--max-tokens", str(a.max_new_tokens),
-                            "--engine-kwargs", ENGINE_KWARGS, "--no-progress"])  # fmt: skip
+                            "--engine-kwargs", ENGINE_KWARGS, "--no-progress", *SMALL_IMAGES])  # fmt: skip
         stats = json.loads((self.mined / "mining_stats.json").read_text())
         self.summary["mining"] = stats["totals"]
         self.artifact("generations (mining)", self.mined / "generations")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from gr_vl_verl.commands import UsageError, WorkError, require_out_folder, require_parquet
@@ -42,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--generations",
         type=Path,
         default=None,
-        help="`gr-vl generate` output: a parquet or a folder of shards (instead of --model)",
+        help="`gr-vl generate` output, or any parquet with its columns (id, sample, output, output_tokens, "
+        "finish_reason): a file or a folder of them (instead of --model)",
     )
     parser.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
     parser.add_argument("--k", type=int, default=4, help="answers per row that decide (default 4)")
@@ -102,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         run_generation(args.data, args.generations, gen_config)
     try:
-        gen_files = generation_files(args.generations)
+        gen_files = generation_files(args.generations, warn=lambda line: print(f"warning: {line}", file=sys.stderr))
     except (FileNotFoundError, ValueError) as e:
         raise UsageError(f"--generations: {e}") from None
     try:

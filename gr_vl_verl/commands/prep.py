@@ -26,7 +26,14 @@ def _csv(value: str) -> tuple[str, ...]:
 
 
 def _common(p: argparse.ArgumentParser, command: str) -> None:
-    from gr_vl_verl.data.images import MAX_PIXELS, MIN_PIXELS, SFT_MAX_PIXELS, SFT_MIN_PIXELS
+    from gr_vl_verl.data.images import (
+        EVAL_MAX_PIXELS,
+        EVAL_MIN_PIXELS,
+        MAX_PIXELS,
+        MIN_PIXELS,
+        SFT_MAX_PIXELS,
+        SFT_MIN_PIXELS,
+    )
     from gr_vl_verl.data.writers import SFT_TARGETS
 
     p.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
@@ -47,8 +54,24 @@ def _common(p: argparse.ArgumentParser, command: str) -> None:
             help="reject rows with keys the reader does not use (default: ignore them, counted in the summary)",
         )
     p.add_argument("--workers", type=int, default=1, help="processes decoding images (order is kept)")
-    p.add_argument("--min-pixels", type=int, default=MIN_PIXELS, help="RL/eval: smaller images are scaled up")
-    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="RL/eval: larger images are scaled down")
+    p.add_argument(
+        "--min-pixels", type=int, default=MIN_PIXELS, help=f"RL: smaller images are scaled up (default {MIN_PIXELS})"
+    )
+    p.add_argument(
+        "--max-pixels", type=int, default=MAX_PIXELS, help=f"RL: larger images are scaled down (default {MAX_PIXELS})"
+    )
+    p.add_argument(
+        "--eval-min-pixels",
+        type=int,
+        default=EVAL_MIN_PIXELS,
+        help=f"eval: smaller images are scaled up (default {EVAL_MIN_PIXELS}: the released evaluator's)",
+    )
+    p.add_argument(
+        "--eval-max-pixels",
+        type=int,
+        default=EVAL_MAX_PIXELS,
+        help=f"eval: larger images are scaled down (default {EVAL_MAX_PIXELS}: the released evaluator's)",
+    )
     p.add_argument(
         "--sft-min-pixels",
         type=int,
@@ -170,6 +193,7 @@ def config_from_args(args: argparse.Namespace):
         progress=not args.no_progress,
         images=ImagePolicy(min_pixels=args.min_pixels, max_pixels=args.max_pixels, max_file_bytes=args.max_image_bytes),
         sft_pixels=(args.sft_min_pixels, args.sft_max_pixels),
+        eval_pixels=(args.eval_min_pixels, args.eval_max_pixels),
         rows=rows,
     )
 

@@ -4,11 +4,13 @@ Why here and not at training time: verl's ``RLHFDataset`` silently drops a row w
 (its overlong filter catches every exception), and a decompression bomb would take a dataloader worker down.
 Checking once at prep time turns both into counted, named skips.
 
-Pixel bounds follow Qwen2.5-VL's ``min_pixels``/``max_pixels`` (the paper's RL trained with 262144 and
-4194304; its SFT with LLaMA-Factory's 1024 and 589824): an image is scaled, keeping its aspect ratio, so its
-area lies in ``[min_pixels, max_pixels]``; the processor then only rounds to its 28-pixel grid. One decode can
-give several bounded versions (:func:`normalize_image_bounds`), so the SFT and RL outputs each get their own
-bounds. Aspect ratios above 200 are refused because ``qwen_vl_utils`` raises on them.
+Pixel bounds follow Qwen2.5-VL's ``min_pixels``/``max_pixels``, one pair per stage, each what the released
+code ran with: RL trained with 262144 and 4194304 (EasyR1's config), SFT with LLaMA-Factory's 1024 and 589824,
+and the released evaluator left ``qwen_vl_utils``' defaults, 3136 and 12845056. An image is scaled, keeping its
+aspect ratio, so its area lies in ``[min_pixels, max_pixels]`` (one already inside keeps its size); the
+processor then only rounds to its 28-pixel grid. One decode can give several bounded versions
+(:func:`normalize_image_bounds`), so the SFT, RL and eval outputs each get their own bounds. Aspect ratios
+above 200 are refused because ``qwen_vl_utils`` raises on them.
 
 Pure Python + Pillow: no torch, no verl.
 """
@@ -25,9 +27,13 @@ from PIL import Image, ImageFile
 
 from gr_vl_verl.data.records import ImageData, SampleError
 
-# Paper, A.5.2 / the original EasyR1 config (docs/method.md §5, docs/training.md): the RL and evaluation bounds.
+# The released RL config (EasyR1's min_pixels/max_pixels; docs/method.md §5, docs/training.md): the RL bounds.
 MIN_PIXELS = 262144
 MAX_PIXELS = 4194304
+# The released evaluator (generate.py) passed images through qwen_vl_utils.process_vision_info with its defaults,
+# IMAGE_MIN_TOKEN_NUM = 4 and IMAGE_MAX_TOKEN_NUM = 16384 tokens of 28 x 28 pixels: the evaluation bounds.
+EVAL_MIN_PIXELS = 4 * 28 * 28
+EVAL_MAX_PIXELS = 16384 * 28 * 28
 # The released R-SFT ran through LLaMA-Factory, whose scripts set no image bounds, so its defaults applied:
 # ProcessorArguments.image_min_pixels = 32 * 32 and image_max_pixels = 768 * 768 (docs/data.md).
 SFT_MIN_PIXELS = 32 * 32
@@ -41,7 +47,7 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 @dataclass(frozen=True)
 class ImagePolicy:
-    """Limits applied to every image; the defaults are the paper's pixel bounds."""
+    """Limits applied to every image; the default bounds are the RL ones (:meth:`evaluation`: the evaluator's)."""
 
     min_pixels: int = MIN_PIXELS
     max_pixels: int = MAX_PIXELS
@@ -54,6 +60,15 @@ class ImagePolicy:
         check_bounds((self.min_pixels, self.max_pixels), "image policy")
         if self.max_file_bytes < 1 or self.max_source_pixels < 1:
             raise ValueError("max_file_bytes and max_source_pixels must be >= 1")
+
+    @classmethod
+    def evaluation(cls) -> ImagePolicy:
+        """The released evaluator's bounds, which the eval parquet and the guard use."""
+        return cls(min_pixels=EVAL_MIN_PIXELS, max_pixels=EVAL_MAX_PIXELS)
+
+    @property
+    def bounds(self) -> tuple[int, int]:
+        return self.min_pixels, self.max_pixels
 
 
 def bound_size(width: int, height: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:

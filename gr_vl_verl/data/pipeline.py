@@ -8,8 +8,10 @@ error, and then no output is published.
 
 Images are decoded in batches, optionally in worker processes; batches keep memory bounded and ``map``
 keeps the order, so the output does not depend on the number of workers. Each image is decoded once, then
-scaled to the bounds of each output: the SFT parquet has its own (``sft_pixels``, LLaMA-Factory's defaults
-that the released R-SFT ran with), RL and eval share ``images``.
+scaled to the bounds of each output, each the released code's for that stage: SFT ``sft_pixels``
+(LLaMA-Factory's defaults, which the released R-SFT ran with), RL ``images`` (EasyR1's config), eval
+``eval_pixels`` (``qwen_vl_utils``' defaults, which the released evaluator ran with). The summary records the
+bounds of every output file.
 
 Pure Python: no torch, no verl.
 """
@@ -29,6 +31,8 @@ from typing import Any
 
 from gr_vl_verl.atomic import write_json_atomic
 from gr_vl_verl.data.images import (
+    EVAL_MAX_PIXELS,
+    EVAL_MIN_PIXELS,
     SFT_MAX_PIXELS,
     SFT_MIN_PIXELS,
     ImagePolicy,
@@ -60,6 +64,8 @@ class PrepConfig:
     images: ImagePolicy = field(default_factory=ImagePolicy)
     # (min_pixels, max_pixels) of the SFT output's images; None: the same as `images`.
     sft_pixels: PixelBounds | None = (SFT_MIN_PIXELS, SFT_MAX_PIXELS)
+    # (min_pixels, max_pixels) of the eval output's images; None: the same as `images`.
+    eval_pixels: PixelBounds | None = (EVAL_MIN_PIXELS, EVAL_MAX_PIXELS)
     rows: RowOptions = field(default_factory=RowOptions)
 
     def __post_init__(self) -> None:
@@ -68,6 +74,8 @@ class PrepConfig:
             raise ValueError(f"formats must be a non-empty subset of {KINDS}, got {self.formats}")
         if self.sft_pixels is not None:
             check_bounds(self.sft_pixels, "sft_pixels")
+        if self.eval_pixels is not None:
+            check_bounds(self.eval_pixels, "eval_pixels")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.workers < 1 or self.batch_size < 1:
@@ -75,9 +83,8 @@ class PrepConfig:
 
     def bounds(self, kind: str) -> PixelBounds:
         """The image bounds of one output format."""
-        if kind == "sft" and self.sft_pixels is not None:
-            return tuple(self.sft_pixels)
-        return self.images.min_pixels, self.images.max_pixels
+        own = {"sft": self.sft_pixels, "eval": self.eval_pixels}.get(kind)
+        return tuple(own) if own is not None else self.images.bounds
 
 
 def output_name(kind: str, split: str) -> str:
@@ -96,6 +103,7 @@ class OutputStats:
     path: str
     kind: str
     split: str
+    pixels: PixelBounds
     written: int = 0
     skipped: Counter = field(default_factory=Counter)
 
@@ -121,6 +129,8 @@ class PrepSummary:
                     "path": s.path,
                     "format": s.kind,
                     "split": s.split,
+                    "min_pixels": s.pixels[0],
+                    "max_pixels": s.pixels[1],
                     "written": s.written,
                     "skipped": dict(sorted(s.skipped.items())),
                 }
@@ -139,7 +149,10 @@ class PrepSummary:
         for name, s in self.outputs.items():
             skipped = sum(s.skipped.values())
             detail = ", ".join(f"{r}: {n}" for r, n in sorted(s.skipped.items()))
-            lines.append(f"{name}: written {s.written}, skipped {skipped}" + (f" ({detail})" if detail else ""))
+            bounds = f"images {s.pixels[0]:,}-{s.pixels[1]:,} pixels"
+            lines.append(
+                f"{name}: written {s.written}, skipped {skipped}" + (f" ({detail})" if detail else "") + f"; {bounds}"
+            )
         if self.ignored_keys:
             detail = ", ".join(f"{k}: {n}" for k, n in sorted(self.ignored_keys.items()))
             lines.append(f"ignored keys (rows): {detail}")
@@ -210,6 +223,8 @@ def run_prep(
         "max_pixels": config.images.max_pixels,
         "sft_min_pixels": config.bounds("sft")[0],
         "sft_max_pixels": config.bounds("sft")[1],
+        "eval_min_pixels": config.bounds("eval")[0],
+        "eval_max_pixels": config.bounds("eval")[1],
         "sft_target": config.rows.sft_target,
         "instruction_placement": config.rows.placement,
         "text_placeholder_image": config.rows.text_placeholder_image,
@@ -232,7 +247,7 @@ def run_prep(
                 path = out_dir / output_name(kind, split)
                 writer = AtomicParquetWriter(path, SCHEMAS[kind], row_group_size=config.row_group_size)
                 writers[(kind, split)] = stack.enter_context(writer)
-                summary.outputs[path.name] = OutputStats(str(path), kind, split)
+                summary.outputs[path.name] = OutputStats(str(path), kind, split, config.bounds(kind))
         # one decode per image, one bounded version per distinct bounds among the outputs
         versions = tuple(dict.fromkeys(config.bounds(kind) for kind in config.formats))
         version_of = {kind: versions.index(config.bounds(kind)) for kind in config.formats}

@@ -14,7 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from gr_vl_verl.protocol import IMAGE_PLACEHOLDER, gold_labels, normalize_label, parse_answer
+from gr_vl_verl.protocol import (
+    IMAGE_PLACEHOLDER,
+    format_user_content,
+    gold_labels,
+    normalize_label,
+    parse_answer,
+    parse_user_content,
+)
 
 Modality = Literal["text", "image", "text_image"]
 MODALITIES: tuple[str, ...] = ("text", "image", "text_image")
@@ -57,6 +64,11 @@ class GuardSample:
 
     ``answer`` is a training source's assistant turn exactly as written (the SFT target, kept byte for byte).
     When given, its labels must parse and agree with the sample's, and ``reasoning`` is its ``<think>`` block.
+
+    ``user_turn`` is the user turn exactly as a benchmark file wrote it (from ``Human user:`` on), which the eval
+    parquet prompts with, as the released evaluator did: the text benchmarks' ``input`` ends in a blank line
+    that the template's rendering lacks. It must read back as this sample's request, response and image count;
+    one equal to the template's rendering is dropped (None), so equal samples compare equal.
     """
 
     id: str
@@ -69,6 +81,7 @@ class GuardSample:
     response_label: str | None
     reasoning: str | None = None
     answer: str | None = None
+    user_turn: str | None = None
 
     def __post_init__(self) -> None:
         def fail(reason: str, msg: str) -> None:
@@ -130,6 +143,19 @@ class GuardSample:
             if reasoning is not None and reasoning != think:
                 fail("bad_field", "reasoning differs from the answer's <think> block; give one of them")
             reasoning = think
+        user_turn = self.user_turn
+        if user_turn is not None:
+            if not isinstance(user_turn, str):
+                fail("bad_field", f"user_turn must be a string or None, got {type(user_turn).__name__}")
+            try:
+                said = parse_user_content(user_turn)
+            except ValueError as e:
+                fail("bad_format", f"user_turn: {e}")
+            if (said.request, said.response, said.n_images) != (request, response, len(images)):
+                fail("bad_field", "user_turn reads as another request, response or image count than the sample's")
+            if user_turn == format_user_content(request, response, len(images)):
+                user_turn = None
+        object.__setattr__(self, "user_turn", user_turn)
         object.__setattr__(self, "id", self.id.strip())
         object.__setattr__(self, "request", request)
         object.__setattr__(self, "response", response)

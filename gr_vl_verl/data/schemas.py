@@ -10,7 +10,7 @@ Pure Python + pyarrow: no torch, no verl.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from gr_vl_verl.data.readers.common import user_fields
 from gr_vl_verl.data.records import GuardSample
-from gr_vl_verl.protocol import gold_labels
+from gr_vl_verl.protocol import USER_HEADER, gold_labels
 
 Kind = Literal["sft", "rl", "eval"]
 KINDS: tuple[str, ...] = ("sft", "rl", "eval")
@@ -121,15 +121,52 @@ def parquet_kind(path: Path) -> str:
     return kind
 
 
-def generation_files(path: Path) -> list[Path]:
-    """The generation parquet(s) at ``path``: the file itself, or a folder's ``*.parquet`` in name order."""
+#: What a generations parquet needs, by column: the type check and the type's name for messages.
+_GENERATION_TYPES: dict[str, tuple[Any, str]] = {
+    "id": (lambda t: pa.types.is_string(t) or pa.types.is_large_string(t), "string"),
+    "sample": (pa.types.is_integer, "integer"),
+    "output": (lambda t: pa.types.is_string(t) or pa.types.is_large_string(t), "string"),
+    "output_tokens": (pa.types.is_integer, "integer"),
+    "finish_reason": (lambda t: pa.types.is_string(t) or pa.types.is_large_string(t), "string"),
+}
+
+
+def check_generation_file(path: Path) -> str | None:
+    """None for a `gr-vl generate` shard; a warning for a parquet written elsewhere that has the columns
+    (``id``, ``sample``, ``output``, ``output_tokens``, ``finish_reason``) and their types, so answers generated
+    by another tool can be mined; ValueError naming the missing or mistyped column otherwise."""
+    schema = pq.read_schema(path)
+    kind = (schema.metadata or {}).get(b"gr_vl_verl.kind", b"").decode()
+    if kind == "generations":
+        return None
+    if kind:
+        raise ValueError(f"{path}: holds gr_vl_verl {kind} rows, not generations")
+    for column, (ok, type_name) in _GENERATION_TYPES.items():
+        if column not in schema.names:
+            raise ValueError(
+                f"{path}: not a generations parquet: no column `{column}` (needs {', '.join(_GENERATION_TYPES)})"
+            )
+        if not ok(schema.field(column).type):
+            raise ValueError(f"{path}: column `{column}` is {schema.field(column).type}, not {type_name}")
+    return f"{path}: not written by `gr-vl generate`; read by its columns {', '.join(_GENERATION_TYPES)}"
+
+
+def generation_files(path: Path, warn: Callable[[str], None] | None = None) -> list[Path]:
+    """The generation parquet(s) at ``path``: the file itself, or a folder's ``*.parquet`` in name order.
+
+    Each must be a `gr-vl generate` shard or have its columns and types (:func:`check_generation_file`);
+    ``warn`` receives one line per file of the second kind."""
     path = Path(path)
     files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
     if not files or not all(f.is_file() for f in files):
         raise FileNotFoundError(f"no generation parquet at {path}")
     for f in files:
-        if parquet_kind(f) != "generations":
-            raise ValueError(f"{f}: not a `gr-vl generate` output (kind {parquet_kind(f)!r})")
+        try:
+            message = check_generation_file(f)
+        except pa.ArrowException as e:
+            raise ValueError(f"{f}: not a readable parquet file ({e})") from None
+        if message and warn is not None:
+            warn(message)
     return files
 
 
@@ -144,9 +181,10 @@ def parquet_batches(path: Path, batch_size: int = 64, columns: list[str] | None 
 
 
 def read_generations(path: Path, batch_size: int = 1024) -> Iterator[dict[str, Any]]:
-    """Rows of ``gr-vl generate`` output (a file or a folder of shards), streamed."""
+    """Rows of ``gr-vl generate`` output (a file or a folder of shards), streamed; of a parquet written elsewhere
+    only the generation columns are read."""
     for f in generation_files(path):
-        for batch in parquet_batches(f, batch_size):
+        for batch in parquet_batches(f, batch_size, columns=list(_GENERATION_TYPES)):
             yield from batch.to_pylist()
 
 
@@ -183,6 +221,8 @@ def sample_from_row(kind: str, row: dict[str, Any]) -> GuardSample:
             p_label, r_label = truth["prompt_label"], truth["response_label"]
     user = next(m["content"] for m in messages if m["role"] == "user")
     request, response, _ = user_fields(user)
+    # an eval row's user turn may be a benchmark file's own (GuardSample.user_turn); others are the template's
+    user_turn = user[user.find(USER_HEADER) :] if kind == "eval" else None
     images = tuple(img["bytes"] for img in row["images"])
     if info.get("placeholder_image"):
         images = ()
@@ -196,4 +236,5 @@ def sample_from_row(kind: str, row: dict[str, Any]) -> GuardSample:
         prompt_label=p_label,
         response_label=r_label,
         answer=answer,
+        user_turn=user_turn,
     )

@@ -150,7 +150,10 @@ def rl_row(sample: GuardSample, index: int, opts: RowOptions) -> dict[str, Any]:
 
 
 def eval_row(sample: GuardSample, index: int, opts: RowOptions) -> dict[str, Any]:
-    """One benchmark row: the prompt to generate from, its images, and the gold labels per task."""
+    """One benchmark row: the prompt to generate from, its images, and the gold labels per task.
+
+    The user turn is the benchmark file's own where it has one (``sample.user_turn``, verbatim, as the released
+    evaluator sent it), else the template's rendering of the fields."""
     images = _image_list(sample)
     return {
         "benchmark": sample.source,
@@ -169,6 +172,7 @@ def eval_row(sample: GuardSample, index: int, opts: RowOptions) -> dict[str, Any
             len(images),
             placement=opts.placement,
             instruction=opts.instruction,
+            user_content=sample.user_turn,
         ),
         "images": images,
     }

@@ -21,7 +21,7 @@ matplotlib.use("Agg")
 from matplotlib.figure import Figure  # noqa: E402  (after choosing the backend)
 
 from gr_vl_verl.evaluation.predictions import TASKS  # noqa: E402
-from gr_vl_verl.evaluation.report import AVERAGE_ALL, AVERAGE_TEXT, TASK_TITLES, cell, table_columns  # noqa: E402
+from gr_vl_verl.evaluation.tables import AVERAGE_ALL, AVERAGE_TEXT, TASK_TITLES, cell, table_columns  # noqa: E402
 
 DPI = 100
 

@@ -2,8 +2,10 @@
 sample-weighted averages over benchmarks ("Average (Text)" and "Average (All)"), plus output-token means
 (docs/method.md §7; the scorer's own choices are in docs/evaluation.md).
 
-Labels are read with :func:`gr_vl_verl.protocol.predicted_labels` in the chosen parse mode. An output that gives
-no label for the task counts as the opposite of the gold label (always wrong) and is counted as unparsed.
+Labels are read with :func:`gr_vl_verl.protocol.predicted_labels` in the chosen parse mode (``compat``, the
+released evaluator's reading, by default), and in the other mode too, whose averages every report shows beside
+its own. An output that gives no label for the task counts as the opposite of the gold label (always wrong) and
+is counted as unparsed.
 Scoring streams: memory grows with the number of benchmarks, not of predictions (besides one small key per
 generation for the token mean). Pure Python: no torch, no verl, no scikit-learn.
 """
@@ -43,14 +45,20 @@ PAPER_ORDER: dict[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """How outputs are read. ``strict`` (default): labels only from a well-formed answer's ``<result>`` block;
-    ``compat``: the first ``Request:``/``Response:`` label anywhere, as the released evaluators read."""
+    """How outputs are read. ``compat`` (default, the paper's protocol): the first ``Request:``/``Response:``
+    label anywhere, as the released evaluator read, which produced the paper's tables; ``strict``: labels only
+    from a well-formed answer's ``<result>`` block, what the reward credits (the better check of a guard)."""
 
-    mode: ParseMode = "strict"
+    mode: ParseMode = "compat"
 
     def __post_init__(self) -> None:
         if self.mode not in PARSE_MODES:
             raise ValueError(f"parse mode must be one of {PARSE_MODES}, got {self.mode!r}")
+
+    @property
+    def other_mode(self) -> ParseMode:
+        """The mode whose averages are reported beside this one's, so the gap between the two is visible."""
+        return next(m for m in PARSE_MODES if m != self.mode)
 
 
 def _pct(num: int, den: int) -> float:
@@ -132,6 +140,8 @@ def average_f1(task_averages: Iterable[float | None]) -> float | None:
 class BenchmarkScore:
     counts: Counts = field(default_factory=Counts)
     modalities: set[str] = field(default_factory=set)
+    # The same predictions read in the other parse mode (EvalConfig.other_mode).
+    other: Counts = field(default_factory=Counts)
 
     @property
     def modality(self) -> str:
@@ -187,10 +197,10 @@ class Scorer:
     _generations: set[tuple[str, str, int]] = field(init=False, default_factory=set)
 
     def add(self, p: Prediction) -> None:
-        labels = predicted_labels(p.output, self.config.mode)
-        predicted = labels.prompt_label if p.task == "prompt" else labels.response_label
         bench = self.scores[p.task].setdefault(p.benchmark, BenchmarkScore())
-        bench.counts.add(p.label, predicted)
+        for mode, counts in ((self.config.mode, bench.counts), (self.config.other_mode, bench.other)):
+            labels = predicted_labels(p.output, mode)
+            counts.add(p.label, labels.prompt_label if p.task == "prompt" else labels.response_label)
         bench.modalities.add(p.modality)
         # A row scored on both tasks is one generation: count its tokens once.
         key = (p.benchmark, p.id, hash(p.output))
@@ -219,6 +229,18 @@ class Scorer:
         unparsed = {t: sum(s.counts.unparsed for s in self.scores[t].values()) for t in TASKS}
         scored = sum(out[t]["n"] for t in TASKS)
         out["unparsed"] = {**unparsed, "total": sum(unparsed.values()), "rate": _pct(sum(unparsed.values()), scored)}
+        out["other_mode"] = self._other_summary()
+        return out
+
+    def _other_summary(self) -> dict[str, Any]:
+        """The other parse mode's two averages per task and its unparsed count (the report's one-line gap)."""
+        out: dict[str, Any] = {"mode": self.config.other_mode}
+        for task in TASKS:
+            per = {b: {**s.summary(), "f1": s.other.f1, "n": s.other.n} for b, s in self.scores[task].items()}
+            block = task_summary(task, per)
+            out[task] = {"average_text": block["average_text"], "average_all": block["average_all"]}
+        out["average_f1"] = average_f1(out[t]["average_all"] for t in TASKS)
+        out["unparsed"] = sum(s.other.unparsed for t in TASKS for s in self.scores[t].values())
         return out
 
 

@@ -15,13 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from gr_vl_verl.atomic import atomic_write
-from gr_vl_verl.evaluation.metrics import benchmark_order
 from gr_vl_verl.evaluation.predictions import TASKS
+from gr_vl_verl.evaluation.tables import AVERAGE_ALL, AVERAGE_TEXT, TASK_TITLES, cell, run_labels, table_columns
 
 REPORT_VERSION = 1
 REPORT_FILES = ("report.json", "report.md", "report.csv", "f1_per_benchmark.png", "f1_vs_tokens.png")
-AVERAGE_TEXT, AVERAGE_ALL = "Average (Text)", "Average (All)"
-TASK_TITLES = {"prompt": "Prompt harmfulness detection", "response": "Response harmfulness detection"}
 CSV_COLUMNS = ("run", "task", "benchmark", "modality", "n", "f1", "precision", "recall", "accuracy", "unparsed")
 
 
@@ -61,6 +59,12 @@ def _check_report(report: object) -> str | None:
         return "`tokens.mean_output_tokens` must be a number or null"
     if not _number(report.get("average_f1")):
         return "`average_f1` must be a number or null"
+    other = report.get("other_mode")  # absent from reports written before it existed
+    if other is not None and not (
+        isinstance(other, dict)
+        and all(isinstance(other.get(t), dict) and _number(other[t].get("average_all")) for t in TASKS)
+    ):
+        return "`other_mode` must hold each task's averages"
     return None
 
 
@@ -79,47 +83,25 @@ def load_report(folder: Path) -> dict[str, Any]:
     return report
 
 
-def run_labels(runs: list[dict[str, Any]]) -> list[str]:
-    """Each run's name; a name already taken gets ``#2``, ``#3``… so tables and legends stay unambiguous."""
-    labels: list[str] = []
-    for run in runs:
-        label, k = run["name"], 1
-        while label in labels:
-            k += 1
-            label = f"{run['name']} #{k}"
-        labels.append(label)
-    return labels
-
-
 # --------------------------------------------------------------------------------------------------
 # Tables
 # --------------------------------------------------------------------------------------------------
-def table_columns(task: str, runs: list[dict[str, Any]]) -> list[str]:
-    """Benchmarks of ``task`` over all runs in the paper's layout, with the two averages placed as there."""
-    is_text: dict[str, bool] = {}
-    for run in runs:
-        for bench, s in run[task]["per_benchmark"].items():
-            is_text[bench] = is_text.get(bench, False) or s.get("modality") == "text"
-    names = benchmark_order(task, is_text, is_text)
-    if not names:
-        return []
-    n_text = sum(is_text[b] for b in names)
-    return [*names[:n_text], AVERAGE_TEXT, *names[n_text:], AVERAGE_ALL]
-
-
-def cell(run: dict[str, Any], task: str, column: str) -> float | None:
-    """A table cell: a benchmark's F1 or an average; None where the run has no such number."""
-    block = run[task]
-    if column == AVERAGE_TEXT:
-        return block.get("average_text")
-    if column == AVERAGE_ALL:
-        return block.get("average_all")
-    entry = block["per_benchmark"].get(column)
-    return entry["f1"] if entry else None
-
-
 def _fmt(value: float | None, digits: int = 2) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
+
+
+def other_mode_line(report: dict[str, Any]) -> str | None:
+    """One line with the other parse mode's averages (Average (All), then Text, per task), so the gap between
+    the paper's ``compat`` reading and ``strict`` shows in every report; None for a report without them."""
+    other = report.get("other_mode")
+    if not other:
+        return None
+    tasks = ", ".join(
+        f"{task} {_fmt(other[task]['average_all'])} (text {_fmt(other[task].get('average_text'))})"
+        for task in TASKS
+        if other[task].get("average_all") is not None
+    )
+    return f"In `{other['mode']}` mode: Average (All) {tasks or '–'}; unparsed outputs {other.get('unparsed', '–')}."
 
 
 def _md_table(header: list[str], rows: list[list[str]], align: str) -> list[str]:
@@ -138,6 +120,9 @@ def markdown(runs: list[dict[str, Any]]) -> str:
         "labelled samples; Average (Text) covers the benchmarks whose rows are all text.",
         f"Parse mode: `{main['mode']}`. Predictions: `{main['predictions']}`.",
     ]
+    line = other_mode_line(main)
+    if line:
+        out += ["", line]
     for task in TASKS:
         columns = table_columns(task, runs)
         if not columns:
@@ -205,7 +190,7 @@ def csv_text(runs: list[dict[str, Any]]) -> str:
 # --------------------------------------------------------------------------------------------------
 def write_report(out: Path, report: dict[str, Any], compare: Sequence[dict[str, Any]] = ()) -> list[Path]:
     """Write the five files of :data:`REPORT_FILES` into ``out``; ``compare`` runs join the tables and charts."""
-    from gr_vl_verl.evaluation import charts  # matplotlib only here: the tables do not need it
+    from gr_vl_verl.evaluation import charts  # matplotlib only here: loading a report does not need it
 
     out = Path(out)
     runs = [report, *compare]

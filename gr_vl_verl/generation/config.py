@@ -28,6 +28,8 @@ OUTPUT_SETTINGS: tuple[str, ...] = (
     "seed",
     "shard_size",
     "engine_kwargs",
+    "min_pixels",
+    "max_pixels",
 )
 
 
@@ -60,6 +62,10 @@ class GenerationConfig:
     tensor_parallel_size: int = 1
     # Passed to ``vllm.LLM(...)`` or ``AutoModelForImageTextToText.from_pretrained(...)``; JSON values only.
     engine_kwargs: dict[str, Any] = field(default_factory=dict)
+    # The processor's image bounds (both or neither). None: those of the input's stage (input_pixels): the
+    # released evaluator's for an eval parquet, the RL config's for an RL parquet, as verl's rollout passes them.
+    min_pixels: int | None = None
+    max_pixels: int | None = None
     ray_address: str | None = None
     progress: bool = True
 
@@ -98,8 +104,22 @@ class GenerationConfig:
             json.dumps(self.engine_kwargs, sort_keys=True)
         except TypeError as e:
             raise ValueError(f"engine_kwargs must hold JSON values only: {e}") from None
+        if (self.min_pixels is None) != (self.max_pixels is None):
+            raise ValueError("min_pixels and max_pixels go together: give both or neither")
+        if self.min_pixels is not None:
+            _at_least("min_pixels", self.min_pixels, 1)
+            _at_least("max_pixels", self.max_pixels, self.min_pixels)
         if not Path(self.model).expanduser().exists():
             raise ValueError(f"model path not found: {self.model}")
+
+    @property
+    def pixels(self) -> dict[str, int]:
+        """The processor's call-time image bounds; empty when unset (the processor's own config then applies).
+
+        Qwen2-VL's image processor in transformers 5.x applies call-time bounds only when both are given."""
+        if self.min_pixels is None:
+            return {}
+        return {"min_pixels": self.min_pixels, "max_pixels": self.max_pixels}
 
     @property
     def greedy(self) -> bool:
@@ -125,6 +145,17 @@ class GenerationConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def input_pixels(kind: str) -> tuple[int, int]:
+    """The image bounds generation gives the processor for an input of ``kind`` (``eval`` or ``rl``).
+
+    Evaluation sees images as the released evaluator did (``qwen_vl_utils``' defaults); mining sees the RL
+    parquet's images as the policy will train on them (the RL config's bounds, verl's ``mm_processor_kwargs``).
+    """
+    from gr_vl_verl.data.images import EVAL_MAX_PIXELS, EVAL_MIN_PIXELS, MAX_PIXELS, MIN_PIXELS
+
+    return (EVAL_MIN_PIXELS, EVAL_MAX_PIXELS) if kind == "eval" else (MIN_PIXELS, MAX_PIXELS)
 
 
 def _at_least(name: str, value: Any, low: int) -> None:

@@ -53,6 +53,8 @@ def vllm_engine_kwargs(config: GenerationConfig) -> dict[str, Any]:
         "limit_mm_per_prompt": {"image": DEFAULT_IMAGE_LIMIT},
         "seed": config.seed,
     }
+    if config.pixels:  # the processor's image bounds, as verl's rollout passes data.mm_processor_kwargs
+        kwargs["mm_processor_kwargs"] = dict(config.pixels)
     kwargs.update(config.engine_kwargs)
     return kwargs
 
@@ -197,7 +199,8 @@ class TransformersEngine:
         return [self._one_request(r, gen_config) for r in requests]
 
     def _one_request(self, request: Request, gen_config: Any) -> list[Completion]:
-        inputs = self.processor(text=[request.prompt], images=request.images or None, return_tensors="pt")
+        pixels = self.config.pixels if request.images else {}
+        inputs = self.processor(text=[request.prompt], images=request.images or None, return_tensors="pt", **pixels)
         inputs = inputs.to(self.device)
         seeds = sample_seeds(self.config, request.row_id)
         if self.config.greedy:

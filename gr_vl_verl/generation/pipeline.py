@@ -13,6 +13,7 @@ loses at most the shards in flight and a re-run does only the missing ones.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import sys
@@ -29,7 +30,7 @@ import pyarrow.compute as pc
 
 from gr_vl_verl.atomic import write_json_atomic
 from gr_vl_verl.generation import shards as sh
-from gr_vl_verl.generation.config import GenerationConfig, GenerationError
+from gr_vl_verl.generation.config import GenerationConfig, GenerationError, input_pixels
 from gr_vl_verl.generation.engines import VLLM_MISSING, vllm_available
 
 
@@ -285,12 +286,17 @@ def _run(plan: sh.ShardPlan, todo: list[int], out_dir: Path, config: GenerationC
 def generate(data_path: str | Path, out_dir: str | Path, config: GenerationConfig) -> GenerationSummary:
     """Generate ``config.n`` samples for every row of an RL or eval parquet into ``out_dir`` (resumable).
 
+    Without image bounds in ``config`` the processor gets those of the input's stage (:func:`input_pixels`).
+
     Returns the run's summary, also saved as ``out_dir/generate_summary.json``. Raises FileNotFoundError /
     ValueError (bad input path, kind, empty input; :class:`~.shards.FolderMismatch` for a folder of another
     run) before any work, :class:`GenerationError` (:class:`BadRowError` for a bad row) when the work fails.
     """
     out_dir = Path(out_dir)
     plan = sh.plan_shards(Path(data_path), config.shard_size)
+    if config.min_pixels is None:
+        low, high = input_pixels(plan.kind)
+        config = dataclasses.replace(config, min_pixels=low, max_pixels=high)
     sh.prepare_folder(out_dir, plan, config.output_settings())
     todo = [k for k in range(plan.shards) if not sh.shard_done(out_dir, plan, k, config.n)]
     summary = GenerationSummary(

@@ -1,7 +1,8 @@
 """GuardReasoner-VLTest benchmark files (docs/data.md, "Sources").
 
 Text benchmarks are JSON arrays of ``{"instruction", "input", "output"}`` rows (only ``input`` and ``output``
-are read, as the original evaluator did); HarmImageTest and SPA_VL_Eval hold
+are read, as the original evaluator did; ``input`` is kept verbatim as the sample's ``user_turn``, its final
+blank line included); HarmImageTest and SPA_VL_Eval hold
 ``{"messages": [user, assistant], "images": ["./HarmImageTest/x.png"]}``. Their images come, in order, from
 the ``yueliu1999/GuardReasoner-VLTest`` dataset saved locally (its ``label`` 0/1 picks the benchmark) when
 it is given, else from the listed paths.
@@ -118,8 +119,12 @@ def read_benchmark(
                 raise SampleError("bad_field", "`input` and `output` must be strings")
         else:
             raise SampleError("missing_field", f"need `messages` or `input`+`output`, got {sorted(row)}")
+        user_turn = None
         if USER_HEADER in user:
             request, response, n_placeholders = user_fields(user)
+            # the file's prompt from "Human user:" on, verbatim: what the released generate.py sent (it cut
+            # the instruction off the image benchmarks' user turn at "\n\nHuman user:")
+            user_turn = user[user.find(USER_HEADER) :]
         else:
             request, response, n_placeholders = user.strip(), None, 0
         raw = row.get("images") or []
@@ -150,6 +155,7 @@ def read_benchmark(
             images=imgs,
             prompt_label=labels.get("prompt"),
             response_label=labels.get("response"),
+            user_turn=user_turn,
         )
 
     return guard_rows(iter_json_rows(path), name, build)

@@ -1,0 +1,184 @@
+"""The Ray Data pipeline of `gr-vl generate`, for real: two CPU actors, the transformers backend, the tiny
+Qwen2.5-VL; resume byte for byte, a row that does not decode, a failed actor, a pool Ray cannot place.
+
+Ray runs in one child process (:func:`ray_driver.run_driver`), which starts a local cluster, runs
+:func:`drive_pipeline` and returns what it saw; the files it wrote stay for the tests to read. The pytest
+process never starts Ray.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from ray_driver import run_driver
+from test_generation import MAX_TOKENS, SHARD, config, prepare_inputs, rows_of
+
+from gr_vl_verl.data.schemas import GENERATIONS_SCHEMA, RL_SCHEMA, read_generations
+from gr_vl_verl.generation import shards as sh
+
+
+def _cli(argv: list[str]) -> tuple[int, str, str]:
+    from gr_vl_verl.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(argv)
+    return rc, out.getvalue(), err.getvalue()
+
+
+def drive_pipeline(prepared_dir: str, model: str, work: str) -> dict:
+    """Everything that needs Ray, in one local cluster; returns what each step printed, raised or counted."""
+    import ray
+
+    from gr_vl_verl.generation import FolderMismatch, GenerationError, generate
+    from gr_vl_verl.generation.pipeline import _root_message
+
+    data, work_dir = Path(prepared_dir), Path(work)
+    seen: dict = {}
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    try:
+        two = work_dir / "two"
+        s = generate(data / "rl_train.parquet", two, config(model, concurrency=2, batch_size=3))
+        seen["two"] = [s.rows, s.samples, s.shards_written, s.shards_skipped]
+
+        # What an interrupted run leaves: a finished shard, missing ones, a temp file of the write in flight.
+        out = work_dir / "resumed"
+        shutil.copytree(two, out)
+        (out / "shard-00000.parquet").unlink()
+        (out / "shard-00001.parquet").unlink()
+        (out / ".shard-00001.parquet.x1y2.tmp").write_bytes(b"partial")
+        (out / sh.SUMMARY).unlink()
+        kept = (out / "shard-00002.parquet").stat()
+        rc, printed, _ = _cli(["generate", "--data", str(data / "rl_train.parquet"), "--model", model, "--out",
+                               str(out), "--backend", "transformers", "--n", "2", "--temperature", "1.0",
+                               "--max-tokens", str(MAX_TOKENS), "--seed", "1", "--shard-size", str(SHARD),
+                               "--concurrency", "1", "--batch-size", "5", "--no-progress"])  # fmt: skip
+        after = (out / "shard-00002.parquet").stat()
+        seen["resume"] = {
+            "rc": rc,
+            "printed": printed,
+            "kept": (after.st_ino, after.st_mtime_ns) == (kept.st_ino, kept.st_mtime_ns),
+        }
+        again = generate(data / "rl_train.parquet", out, config(model))
+        seen["again"] = [again.shards_written, again.shards_skipped, again.rows]
+        seen["refused"] = []
+        for path, cfg in ((data / "rl_train.parquet", config(model, seed=2)), (data / "eval.parquet", config(model))):
+            try:
+                generate(path, out, cfg)
+                seen["refused"].append(None)
+            except FolderMismatch as e:
+                seen["refused"].append(str(e))
+
+        rows = pq.read_table(data / "rl_train.parquet").to_pylist()
+        bad = next(i for i, r in enumerate(rows) if i >= 3 and r["images"])
+        rows[bad]["images"][0]["bytes"] = b"\x89PNG broken"
+        broken = work_dir / "broken.parquet"
+        pq.write_table(pa.Table.from_pylist(rows, schema=RL_SCHEMA), broken)
+        rc, _, err = _cli(["generate", "--data", str(broken), "--model", model, "--out", str(work_dir / "o"),
+                           "--backend", "transformers", "--max-tokens", "2", "--shard-size", "100",
+                           "--no-progress"])  # fmt: skip
+        seen["broken"] = {"rc": rc, "err": err, "row": bad, "id": rows[bad]["extra_info"]["id"]}
+
+        class FailsToStart:  # local, so Ray pickles it by value
+            def __init__(self):
+                raise ValueError("engine cannot start: no weights in /ckpt")
+
+            def __call__(self, batch):
+                return batch
+
+        ds = ray.data.from_items([{"x": 1}]).map_batches(FailsToStart, compute=ray.data.ActorPoolStrategy(size=1))
+        try:
+            ds.take_all()
+            seen["failed_actor"] = None
+        except Exception as e:  # Ray wraps it
+            seen["failed_actor"] = _root_message(e)
+
+        seen["unplaceable"] = []
+        for name, cfg in (("cpu", config(model, concurrency=8)), ("gpu", config(model, num_gpus=1))):
+            try:
+                generate(data / "eval.parquet", work_dir / name, cfg)
+                seen["unplaceable"].append(None)
+            except GenerationError as e:
+                seen["unplaceable"].append(str(e))
+    finally:
+        ray.shutdown()
+    return seen
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    return prepare_inputs(tmp_path_factory.mktemp("prep"))
+
+
+@pytest.fixture(scope="module")
+def ray_results(prepared, tiny_model_dir, tmp_path_factory) -> tuple[Path, dict]:
+    work = tmp_path_factory.mktemp("ray")
+    return work, run_driver("test_generation_ray:drive_pipeline", str(prepared), str(tiny_model_dir), str(work))
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.glob("shard-*.parquet"))}
+
+
+def test_two_actors_write_every_row_and_sample_in_input_order(prepared, ray_results):
+    work, seen = ray_results
+    two = work / "two"
+    assert seen["two"] == [34, 68, 3, 0]
+    names = [p.name for p in sorted(two.glob("shard-*.parquet"))]
+    assert names == ["shard-00000.parquet", "shard-00001.parquet", "shard-00002.parquet"]
+    assert all(pq.read_schema(two / n) == GENERATIONS_SCHEMA for n in names)
+    got = list(read_generations(two))
+    ids = [r["id"] for r in rows_of(prepared / "rl_train.parquet")]
+    assert [(g["id"], g["sample"]) for g in got] == [(i, j) for i in ids for j in (0, 1)]  # rows x n
+    assert all(1 <= g["output_tokens"] <= MAX_TOKENS and g["finish_reason"] in ("stop", "length") for g in got)
+    assert sum(g["output"] != h["output"] for g, h in zip(got[::2], got[1::2], strict=True)) > len(ids) // 2
+    saved = json.loads((two / sh.SUMMARY).read_text())
+    assert (saved["rows"], saved["samples"], saved["shards_written"]) == (34, 68, 3)
+    assert saved["output_tokens"] == sum(g["output_tokens"] for g in got) and saved["rows_per_s"] > 0
+    manifest = json.loads((two / sh.MANIFEST).read_text())
+    assert '"min_pixels": 262144' in json.dumps(manifest)  # an RL parquet: the RL config's processor bounds
+
+
+def test_one_actor_resumes_a_two_actor_run_byte_for_byte(ray_results):
+    """An interrupted two-actor run, resumed by one actor with other batches: the finished shard is left alone,
+    the missing ones (text, image and text-image rows) come out byte-identical to what two actors wrote."""
+    work, seen = ray_results
+    out, resume = work / "resumed", seen["resume"]
+    assert resume["rc"] == 0
+    assert "shards: 2 written, 1 already done, of 3" in resume["printed"] and "rows: 24 generated" in resume["printed"]
+    assert resume["kept"]  # the finished shard was not rewritten
+    assert _files(out) == _files(work / "two")
+    assert not list(out.glob(".*.tmp")) and (out / sh.SUMMARY).exists()
+    assert seen["again"] == [0, 3, 0]
+    seed, other_input = seen["refused"]
+    assert seed is not None and "seed 1 (now 2)" in seed
+    assert other_input is not None and "rl_train.parquet with 34 rows" in other_input
+
+
+def test_a_row_that_does_not_decode_stops_the_run_naming_it(ray_results):
+    work, seen = ray_results
+    broken = seen["broken"]
+    err = broken["err"].strip()
+    assert broken["rc"] == 1 and len(err.splitlines()) == 1
+    assert f"broken.parquet row {broken['row']}: row {broken['id']!r}: image 1 of 1 does not decode" in err
+    assert not list((work / "o").glob("shard-*")) and not (work / "o" / sh.SUMMARY).exists()
+
+
+def test_a_failed_actor_is_reported_in_one_line(ray_results):
+    """Ray carries a worker's exception as traceback text; the command shows its last line, not Ray's wrapper."""
+    assert ray_results[1]["failed_actor"] == "ValueError: engine cannot start: no weights in /ckpt"
+
+
+def test_a_pool_this_ray_cannot_place_is_refused_before_it_starts(ray_results):
+    work, seen = ray_results
+    cpu, gpu = seen["unplaceable"]
+    assert cpu is not None and "8 actor(s) need CPU 8 (it has 4)" in cpu
+    assert gpu is not None and "1 actor(s) need GPU 1 (it has 0)" in gpu
+    assert not list((work / "cpu").glob("shard-*")) and not (work / "cpu" / sh.SUMMARY).exists()
