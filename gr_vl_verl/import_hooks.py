@@ -8,11 +8,13 @@ workers, the actor workers. Errors in a callback never break the import; they ar
 
 from __future__ import annotations
 
+import functools
 import importlib.abc
 import importlib.machinery
 import sys
 import types
 from collections.abc import Callable
+from typing import Any
 
 ERRORS: list[str] = []
 _PENDING: dict[str, list[Callable[[types.ModuleType], None]]] = {}
@@ -34,6 +36,19 @@ def after_import(module_name: str, callback: Callable[[types.ModuleType], None])
     _PENDING.setdefault(module_name, []).append(callback)
     if _FINDER not in sys.meta_path:
         sys.meta_path.insert(0, _FINDER)
+
+
+def replace(owner: Any, name: str, build: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+    """Set ``owner.name`` to ``build(original)``, once: a second call (a hook run again) changes nothing.
+
+    The replacement keeps the original's name and docstring and reaches it as ``__wrapped__``.
+    """
+    original = getattr(owner, name)
+    if getattr(original, "_gr_vl_replaced", False):
+        return
+    replacement = functools.wraps(original)(build(original))
+    replacement._gr_vl_replaced = True  # type: ignore[attr-defined]
+    setattr(owner, name, replacement)
 
 
 def _initialising(module: types.ModuleType) -> bool:

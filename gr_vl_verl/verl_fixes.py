@@ -23,8 +23,8 @@ verl's collate runs; tensor keys are left alone.
 
 from __future__ import annotations
 
-import functools
 import types
+from collections.abc import Callable
 from typing import Any
 
 from gr_vl_verl import import_hooks
@@ -49,56 +49,49 @@ def fill_missing_keys(batch: list[dict[str, Any]], is_tensor: Any) -> list[dict[
 
 
 def _text_only_input_embeds(module: types.ModuleType) -> None:
-    original = module._get_input_embeds
-    if getattr(original, "_gr_vl_fix", False):
-        return
+    def build(original: Callable[..., Any]) -> Callable[..., Any]:
+        def _get_input_embeds(
+            model: Any,
+            input_ids: Any,
+            attention_mask: Any = None,
+            pixel_values: Any = None,
+            pixel_values_videos: Any = None,
+            image_grid_thw: Any = None,
+            video_grid_thw: Any = None,
+        ) -> Any:
+            if pixel_values is not None or pixel_values_videos is not None:
+                return original(
+                    model, input_ids, attention_mask, pixel_values, pixel_values_videos, image_grid_thw, video_grid_thw
+                )
+            import torch
+            from verl.utils.transformers_compat import unpack_visual_output
 
-    @functools.wraps(original)
-    def _get_input_embeds(
-        model: Any,
-        input_ids: Any,
-        attention_mask: Any = None,
-        pixel_values: Any = None,
-        pixel_values_videos: Any = None,
-        image_grid_thw: Any = None,
-        video_grid_thw: Any = None,
-    ) -> Any:
-        if pixel_values is not None or pixel_values_videos is not None:
-            return original(
-                model, input_ids, attention_mask, pixel_values, pixel_values_videos, image_grid_thw, video_grid_thw
-            )
-        import torch
-        from verl.utils.transformers_compat import unpack_visual_output
+            inputs_embeds = model.get_input_embeddings()(input_ids)
+            vision = model.config.vision_config
+            patch_dim = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
+            dummy = torch.zeros((16, patch_dim), dtype=inputs_embeds.dtype, device=inputs_embeds.device)
+            grid = torch.tensor([[1, 4, 4]], dtype=torch.long, device=inputs_embeds.device)
+            image_embeds, _ = unpack_visual_output(model.visual(dummy, grid_thw=grid))
+            inputs_embeds = inputs_embeds + 0.0 * image_embeds.mean()
+            if attention_mask is not None:
+                attention_mask = attention_mask.to(inputs_embeds.device)
+            return inputs_embeds, attention_mask
 
-        inputs_embeds = model.get_input_embeddings()(input_ids)
-        vision = model.config.vision_config
-        patch_dim = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
-        dummy = torch.zeros((16, patch_dim), dtype=inputs_embeds.dtype, device=inputs_embeds.device)
-        grid = torch.tensor([[1, 4, 4]], dtype=torch.long, device=inputs_embeds.device)
-        image_embeds, _ = unpack_visual_output(model.visual(dummy, grid_thw=grid))
-        inputs_embeds = inputs_embeds + 0.0 * image_embeds.mean()
-        if attention_mask is not None:
-            attention_mask = attention_mask.to(inputs_embeds.device)
-        return inputs_embeds, attention_mask
+        return _get_input_embeds
 
-    _get_input_embeds._gr_vl_fix = True  # type: ignore[attr-defined]
-    module._get_input_embeds = _get_input_embeds
+    import_hooks.replace(module, "_get_input_embeds", build)
 
 
 def _mixed_sft_batches(module: types.ModuleType) -> None:
     import torch
 
-    collator = module.SFTTensorCollator
-    original = collator.collate_variable_batch
-    if getattr(original, "_gr_vl_fix", False):
-        return
+    def build(original: Callable[..., Any]) -> Callable[..., Any]:
+        def collate_variable_batch(self: Any, batch: list[dict[str, Any]]) -> Any:
+            return original(self, fill_missing_keys(batch, lambda v: isinstance(v, torch.Tensor)))
 
-    @functools.wraps(original)
-    def collate_variable_batch(self: Any, batch: list[dict[str, Any]]) -> Any:
-        return original(self, fill_missing_keys(batch, lambda v: isinstance(v, torch.Tensor)))
+        return collate_variable_batch
 
-    collate_variable_batch._gr_vl_fix = True  # type: ignore[attr-defined]
-    collator.collate_variable_batch = collate_variable_batch
+    import_hooks.replace(module.SFTTensorCollator, "collate_variable_batch", build)
 
 
 def install() -> None:

@@ -204,7 +204,7 @@ def test_text_only_batch_goes_through_verls_forward(tiny_model_dir):
 
     model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, attn_implementation="sdpa")
     inner = model.model
-    assert getattr(qwen2_vl._get_input_embeds, "_gr_vl_fix", False)
+    assert getattr(qwen2_vl._get_input_embeds, "_gr_vl_replaced", False)
     ids = torch.tensor([[5, 6, 7, 8]])
     embeds, _ = qwen2_vl._get_input_embeds(inner, ids)
     assert embeds.shape == (1, 4, inner.config.text_config.hidden_size)

@@ -26,7 +26,7 @@ STEPS, MAX_TOKENS = 2, 64
 def demo(tmp_path_factory) -> tuple[Path, dict, str]:
     out = tmp_path_factory.mktemp("demo") / "out"
     argv = ["demo", "--out", str(out), "--sft-steps", "60", "--k", "2", "--steps", str(STEPS), "--prompts", "2",
-            "--n", "4", "--max-new-tokens", str(MAX_TOKENS)]  # fmt: skip
+            "--n", "4", "--max-new-tokens", str(MAX_TOKENS), "--gen-max-tokens", "48"]  # fmt: skip
     env = dict(os.environ, RAY_AUTH_MODE="disabled", TOKENIZERS_PARALLELISM="false")
     done = subprocess.run(
         [sys.executable, "-m", "gr_vl_verl", *argv], capture_output=True, text=True, env=env, timeout=1800
@@ -48,8 +48,9 @@ def test_every_stage_runs_and_every_artifact_exists(demo):
         assert (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
     # verl's and vLLM's own output went to log files, named on the console
     logs = summary["logs"]
-    assert set(logs) == {"sft", "mine", "grpo", "eval_sft", "eval_grpo"}
+    assert set(logs) == {"prep", "sft", "mine", "augment", "grpo", "eval_sft", "eval_grpo", "score"}
     assert all(Path(p).stat().st_size > 0 and f"log: {p}" in stdout for p in logs.values())
+    assert "rows in:" not in stdout and "rows in:" in Path(logs["prep"]).read_text()  # one line per stage
     assert "vLLM" in Path(logs["grpo"]).read_text() or "vllm" in Path(logs["grpo"]).read_text()
 
 

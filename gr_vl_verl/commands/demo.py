@@ -54,15 +54,16 @@ DONE = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("outputs/demo"), help="output folder")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sft-steps", type=int, default=60, help="reasoning-SFT steps (default %(default)s)")
+    parser.add_argument("--sft-steps", type=int, default=200, help="reasoning-SFT steps (default %(default)s)")
     parser.add_argument("--sft-lr", type=float, default=3e-3, help="SFT learning rate (tiny model)")
     parser.add_argument("--k", type=int, default=4, help="answers per row when mining (default %(default)s)")
     parser.add_argument("--steps", type=int, default=3, help="GRPO steps (default %(default)s)")
     parser.add_argument("--prompts", type=int, default=2, help="prompts per GRPO step (default %(default)s)")
     parser.add_argument("--n", type=int, default=4, help="answers per prompt, the GRPO group (default %(default)s)")
     parser.add_argument("--lr", type=float, default=1e-4, help="GRPO learning rate (tiny model; the paper: 1e-6)")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="GRPO answer length (default 64)")
     parser.add_argument(
-        "--max-new-tokens", type=int, default=64, help="answer length in every stage (default %(default)s)"
+        "--gen-max-tokens", type=int, default=256, help="answer length in mining and evaluation (default 256)"
     )
     parser.add_argument("--timeout", type=float, default=1200, help="seconds each stage may take (default %(default)s)")
 
@@ -81,7 +82,11 @@ class Demo:
 
     # -- stages -------------------------------------------------------------------------------------
     def build_model(self) -> str:
+        from transformers.utils import logging as hf_logging
+
         from gr_vl_verl.tiny import build_tiny_qwen2_5_vl
+
+        hf_logging.disable_progress_bar()  # the console keeps one line per stage
 
         base = build_tiny_qwen2_5_vl(self.models / "base", seed=self.args.seed)
         self.artifact("base model", base)
@@ -91,9 +96,9 @@ class Demo:
         train = SAMPLE / "GuardReasoner-VLTrain"
         bench = SAMPLE / "GuardReasoner-VLTest"
         sft_images = ["--sft-min-pixels", str(28 * 28), "--sft-max-pixels", str(112 * 112)]
-        command("prep", ["vltrain", "--data-root", str(train), "--out", str(self.data), "--no-progress",
+        self.command("prep", ["vltrain", "--data-root", str(train), "--out", str(self.data), "--no-progress",
                          *sft_images, *SMALL_IMAGES])  # fmt: skip
-        command("prep", ["vltest", "--benchmark-dir", str(bench / "benchmark"), "--image-dataset",
+        self.command("prep", ["vltest", "--benchmark-dir", str(bench / "benchmark"), "--image-dataset",
                          str(bench / "images"), "--out", str(self.data), "--no-progress", *SMALL_IMAGES])  # fmt: skip
         for name in ("sft_train.parquet", "rl_train.parquet", "eval.parquet"):
             self.artifact(name, self.data / name)
@@ -123,7 +128,7 @@ class Demo:
         a = self.args
         self.gr_vl("mine", ["--data", str(self.data / "rl_train.parquet"), "--model", str(self.sft_model),
                             "--out", str(self.mined), "--k", str(a.k), "--sample-num", "all", "--val-fraction", "0.25",
-                            "--seed", str(a.seed), "--backend", "vllm", "--max-tokens", str(a.max_new_tokens),
+                            "--seed", str(a.seed), "--backend", "vllm", "--max-tokens", str(a.gen_max_tokens),
                             "--engine-kwargs", ENGINE_KWARGS, "--no-progress", *SMALL_IMAGES])  # fmt: skip
         stats = json.loads((self.mined / "mining_stats.json").read_text())
         self.summary["mining"] = stats["totals"]
@@ -136,7 +141,7 @@ class Demo:
 
     def augment(self) -> str:
         argv = ["--data", str(self.mined / "rl_train.parquet"), "--out", str(self.rl_train), "--ratio", "0.2"]
-        command("augment", [*argv, "--seed", str(self.args.seed), "--no-progress", *SMALL_IMAGES])
+        self.command("augment", [*argv, "--seed", str(self.args.seed), "--no-progress", *SMALL_IMAGES])
         self.artifact("augmented RL data", self.rl_train)
         return f"{rows(self.mined / 'rl_train.parquet')} rows -> {rows(self.rl_train)} rows"
 
@@ -168,14 +173,14 @@ class Demo:
         for name, model, path in (("sft", "R-SFT", self.sft_model), ("grpo", "GRPO", self.grpo_model)):
             self.gr_vl("eval", ["--data", str(self.data / "eval.parquet"), "--model", str(path),
                                 "--out", str(self.out / "eval" / name), "--name", model, "--backend", "vllm",
-                                "--max-tokens", str(self.args.max_new_tokens), "--engine-kwargs", ENGINE_KWARGS,
+                                "--max-tokens", str(self.args.gen_max_tokens), "--engine-kwargs", ENGINE_KWARGS,
                                 "--no-progress"], log=f"eval_{name}")  # fmt: skip
             self.artifact(f"predictions ({model})", self.out / "eval" / name / "predictions.jsonl")
         return "vLLM, greedy answers of both models on every benchmark row"
 
     def score(self) -> str:
         report = self.out / "report"
-        command("score", ["--predictions", str(self.out / "eval" / "grpo" / "predictions.jsonl"), "--out",
+        self.command("score", ["--predictions", str(self.out / "eval" / "grpo" / "predictions.jsonl"), "--out",
                           str(report), "--name", "GRPO", "--compare", str(self.out / "eval" / "sft")])  # fmt: skip
         for name in sorted(p.name for p in report.iterdir()):
             self.artifact(name, report / name)
@@ -227,6 +232,13 @@ class Demo:
 
             raise WorkError(f"gr-vl {name} exited {done.returncode}; log {log_path}:\n{log_tail(log_path, 30)}")
 
+    def command(self, name: str, argv: list[str]) -> None:
+        """A light ``gr-vl`` command (no Ray, no vLLM) in this process, its output in ``logs/<name>.log``."""
+        log = self.logs / f"{name}.log"
+        command(name, argv, log)
+        if self.summary.get("logs", {}).get(name) != str(log):
+            self.log_file(name, log)
+
     def log_file(self, name: str, path: Path) -> None:
         self.summary.setdefault("logs", {})[name] = str(path)
         print(f"      log: {path}", flush=True)
@@ -268,7 +280,9 @@ class _StepCounter:
 
         from gr_vl_verl.trainer.launch import read_metrics
 
-        with tqdm(total=self.total, desc=f"      {self.name} steps", leave=False, file=sys.stdout) as bar:
+        quiet = not sys.stdout.isatty()  # a log file gets the stage lines, not a bar redrawn every second
+        desc = f"      {self.name} steps"
+        with tqdm(total=self.total, desc=desc, leave=False, file=sys.stdout, disable=quiet) as bar:
             while not self._stop.wait(1.0):
                 try:
                     done = len(read_metrics(self.metrics))
@@ -277,12 +291,17 @@ class _StepCounter:
                 bar.update(min(done, self.total) - bar.n)
 
 
-def command(name: str, argv: list[str]) -> None:
-    """Run another ``gr-vl`` command in this process; its errors reach ``gr-vl`` as this command's."""
+def command(name: str, argv: list[str], log: Path) -> None:
+    """Run another ``gr-vl`` command in this process, its output appended to ``log``; its errors reach ``gr-vl``
+    as this command's."""
+    import contextlib
+
     module = importlib.import_module(f"gr_vl_verl.commands.{name}")
     parser = argparse.ArgumentParser(prog=f"gr-vl {name}")
     module.add_arguments(parser)
-    module.run(parser.parse_args(argv))
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
+        module.run(parser.parse_args(argv))
 
 
 def rows(path: Path) -> int:

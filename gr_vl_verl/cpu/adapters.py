@@ -7,9 +7,9 @@ against the installed verl (a pin guard), so an upgrade that moves them fails a 
 
 from __future__ import annotations
 
-import functools
 import logging
 import types
+from collections.abc import Callable
 from typing import Any
 
 from gr_vl_verl import import_hooks
@@ -58,26 +58,28 @@ def _gloo_initialisers(module: types.ModuleType) -> None:
     """``initialize_global_process_group[_ray]`` with ``gloo`` as the default backend."""
     import torch.distributed as dist
 
-    ray_init = module.initialize_global_process_group_ray
+    def ray_version(original: Callable[..., Any]) -> Callable[..., Any]:
+        def initialize_global_process_group_ray(timeout_second: Any = None, backend: Any = None) -> Any:
+            return original(timeout_second=timeout_second, backend=backend or "gloo")
 
-    @functools.wraps(ray_init)
-    def initialize_global_process_group_ray(timeout_second: Any = None, backend: Any = None) -> Any:
-        return ray_init(timeout_second=timeout_second, backend=backend or "gloo")
+        return initialize_global_process_group_ray
 
-    @functools.wraps(module.initialize_global_process_group)
-    def initialize_global_process_group(timeout_second: int = 36000) -> tuple[int, int, int]:
-        import os
-        from datetime import timedelta
+    def torchrun_version(original: Callable[..., Any]) -> Callable[..., Any]:
+        def initialize_global_process_group(timeout_second: int = 36000) -> tuple[int, int, int]:
+            import os
+            from datetime import timedelta
 
-        dist.init_process_group(
-            backend="gloo",
-            timeout=timedelta(seconds=timeout_second),
-            init_method=os.environ.get("DIST_INIT_METHOD", None),
-        )
-        return int(os.environ["LOCAL_RANK"]), int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+            dist.init_process_group(
+                backend="gloo",
+                timeout=timedelta(seconds=timeout_second),
+                init_method=os.environ.get("DIST_INIT_METHOD", None),
+            )
+            return int(os.environ["LOCAL_RANK"]), int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
 
-    module.initialize_global_process_group_ray = initialize_global_process_group_ray
-    module.initialize_global_process_group = initialize_global_process_group
+        return initialize_global_process_group
+
+    import_hooks.replace(module, "initialize_global_process_group_ray", ray_version)
+    import_hooks.replace(module, "initialize_global_process_group", torchrun_version)
     logger.info("gr_vl cpu: process groups use the gloo backend (verl would ask for cpu:gloo,cpu:gloo)")
 
 
@@ -98,19 +100,15 @@ def _accelerator_ids(module: types.ModuleType) -> None:
     """Ray's ``get_accelerator_ids`` also answers for the CPU platform's resource."""
     from gr_vl_verl.cpu.platform import RAY_RESOURCE
 
-    context_cls = module.RuntimeContext
-    original = context_cls.get_accelerator_ids
-    if getattr(original, "_gr_vl_cpu", False):
-        return
+    def build(original: Callable[..., Any]) -> Callable[..., Any]:
+        def get_accelerator_ids(self: Any) -> dict[str, list[str]]:
+            ids = dict(original(self))
+            ids.setdefault(RAY_RESOURCE, ["0"])
+            return ids
 
-    @functools.wraps(original)
-    def get_accelerator_ids(self: Any) -> dict[str, list[str]]:
-        ids = dict(original(self))
-        ids.setdefault(RAY_RESOURCE, ["0"])
-        return ids
+        return get_accelerator_ids
 
-    get_accelerator_ids._gr_vl_cpu = True  # type: ignore[attr-defined]
-    context_cls.get_accelerator_ids = get_accelerator_ids
+    import_hooks.replace(module.RuntimeContext, "get_accelerator_ids", build)
 
 
 def _resource_check(module: types.ModuleType) -> None:
@@ -135,43 +133,45 @@ def _resource_check(module: types.ModuleType) -> None:
 
 def _sft_settings(module: types.ModuleType) -> None:
     """``verl.utils.device.auto_set_device`` that also applies the CPU settings to an SFT config."""
-    original = module.auto_set_device
-    if getattr(original, "_gr_vl_cpu", False):
-        return
 
-    @functools.wraps(original)
-    def auto_set_device(config: Any) -> None:
-        original(config)
-        is_sft = config is not None and "engine" in config and "actor_rollout_ref" not in config
-        if is_sft and str(config.trainer.get("device", "")) == "cpu":
-            from gr_vl_verl.cpu import config as cpu_config
+    def build(original: Callable[..., Any]) -> Callable[..., Any]:
+        def auto_set_device(config: Any) -> None:
+            original(config)
+            is_sft = config is not None and "engine" in config and "actor_rollout_ref" not in config
+            if is_sft and str(config.trainer.get("device", "")) == "cpu":
+                from gr_vl_verl.cpu import config as cpu_config
 
-            cpu_config.apply(config, cpu_config.sft_settings(config))
+                cpu_config.apply(config, cpu_config.sft_settings(config))
 
-    auto_set_device._gr_vl_cpu = True  # type: ignore[attr-defined]
-    module.auto_set_device = auto_set_device
+        return auto_set_device
+
+    import_hooks.replace(module, "auto_set_device", build)
 
 
 def _live_weight_gemm(module: types.ModuleType) -> None:
     """vLLM's CPU linear layers read their weight at call time, so verl's weight sync reaches them."""
     import torch
 
-    original = module.dispatch_cpu_unquantized_gemm
-    if getattr(original, "_gr_vl_cpu", False):
-        return
+    def build(original: Callable[..., Any]) -> Callable[..., Any]:
+        def dispatch_cpu_unquantized_gemm(layer: Any, remove_weight: bool) -> None:
+            if layer.weight.is_meta or layer.weight.ndim != 2:
+                return original(layer, remove_weight)
+            layer.cpu_linear = lambda x, weight, bias: torch.nn.functional.linear(x, weight, bias)
 
-    @functools.wraps(original)
-    def dispatch_cpu_unquantized_gemm(layer: Any, remove_weight: bool) -> None:
-        if layer.weight.is_meta or layer.weight.ndim != 2:
-            return original(layer, remove_weight)
-        layer.cpu_linear = lambda x, weight, bias: torch.nn.functional.linear(x, weight, bias)
+        return dispatch_cpu_unquantized_gemm
 
-    dispatch_cpu_unquantized_gemm._gr_vl_cpu = True  # type: ignore[attr-defined]
-    module.dispatch_cpu_unquantized_gemm = dispatch_cpu_unquantized_gemm
+    import_hooks.replace(module, "dispatch_cpu_unquantized_gemm", build)
+
+
+_INSTALLED = False
 
 
 def install() -> None:
-    """Apply each adapter when (or if already) its module is imported."""
+    """Apply each adapter when (or if already) its module is imported; once per process."""
+    global _INSTALLED
+    if _INSTALLED:
+        return
+    _INSTALLED = True
     import_hooks.after_import("verl.utils.distributed", _gloo_initialisers)
     import_hooks.after_import(FSDP_ENGINE_MODULE, _cpu_engines)
     import_hooks.after_import("ray.runtime_context", _accelerator_ids)
