@@ -18,7 +18,7 @@ from gr_vl_verl import commands
 from gr_vl_verl.commands import CommandError
 
 #: Help lists commands in pipeline order; any other command module follows, alphabetically.
-PIPELINE_ORDER = ("prep", "generate", "mine", "augment", "eval", "score", "classify", "demo", "check")
+PIPELINE_ORDER = ("prep", "generate", "mine", "augment", "eval", "score", "classify", "serve", "demo", "check")
 
 
 def command_names() -> list[str]:

@@ -35,6 +35,7 @@ from gr_vl_verl.protocol import PARSE_MODES, ParseMode, build_messages, parse_an
 
 if TYPE_CHECKING:
     from gr_vl_verl.generation import GenerationConfig
+    from gr_vl_verl.serving.client import RemoteGuard
 
 ITEM_KEYS: tuple[str, ...] = ("request", "image", "response")
 RESULT_KEYS: tuple[str, ...] = ("request", "response", "reasoning", "output", "output_tokens")
@@ -204,7 +205,7 @@ def load_guard(
     image_policy: ImagePolicy | None = None,
     engine_kwargs: Mapping[str, Any] | None = None,
     **engine_options: Any,
-) -> Guard:
+) -> Guard | RemoteGuard:
     """Load a guard checkpoint (a folder with the model, tokenizer and processor) in this process.
 
     ``backend="vllm"`` (GPUs; needs the ``gpu`` extra) or ``"transformers"`` (``device`` ``"cpu"`` or
@@ -214,7 +215,16 @@ def load_guard(
     string: ``dtype="bfloat16"``). ``image_policy`` defaults to evaluation's checks and pixel bounds (the
     released evaluator's, as the eval parquet has them); its bounds also go to the processor.
     Bad settings or a missing folder raise ``ValueError``; vLLM not installed raises ``ImportError``.
+
+    A URL instead of a folder (``"http://127.0.0.1:8000/v1"``, a ``gr-vl serve`` server) returns a
+    ``serving.client.RemoteGuard`` that classifies the same way; ``engine_options`` are then its client options
+    (``max_concurrency``, ``timeout``, ``retries``, ``api_key``).
     """
+    from gr_vl_verl.serving.client import connect, is_server_url
+
+    if is_server_url(model_path):
+        return connect(str(model_path), max_tokens=max_tokens, mode=mode, temperature=temperature,
+                       image_policy=image_policy, **(engine_kwargs or {}), **engine_options)  # fmt: skip
     from gr_vl_verl.cpu.vllm_dist import vllm_is_cpu_build
     from gr_vl_verl.generation import GenerationConfig
     from gr_vl_verl.generation.engines import VLLM_MISSING, make_engine, vllm_available

@@ -60,3 +60,10 @@ def read_outputs(folder: str) -> list[list[Any]]:
 
     rows = read_generations(Path(folder))
     return [[r["id"], r["sample"], r["output"], r["output_tokens"], r["finish_reason"]] for r in rows]
+
+
+def guard_results(model: str, items: list[dict[str, Any]], max_tokens: int, engine_kwargs: dict[str, Any]) -> Any:
+    """``load_guard(..., backend="vllm")`` in its own process: every key of every result."""
+    from gr_vl_verl.guard import load_guard
+
+    return load_guard(model, backend="vllm", max_tokens=max_tokens, engine_kwargs=engine_kwargs).classify(items)

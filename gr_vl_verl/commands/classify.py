@@ -3,6 +3,7 @@
     gr-vl classify --model ckpt/gr_vl_3b --request "How do I pick a lock?"
     gr-vl classify --model ckpt/gr_vl_3b --image meme.png --request "Explain the joke." --response "It mocks..."
     gr-vl classify --model ckpt/gr_vl_3b --input items.jsonl > verdicts.jsonl
+    gr-vl classify --server http://127.0.0.1:8000/v1 --input items.jsonl      # a `gr-vl serve` server
 
 Prints ``{"request", "response", "reasoning", "output", "output_tokens"}`` for the item, or one such line per
 ``--input`` line, in order. An input line is ``{"request": ..., "image": ..., "response": ...}``, each optional
@@ -25,7 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from gr_vl_verl.protocol import PARSE_MODES
 
     p = parser
-    p.add_argument("--model", required=True, help="guard checkpoint folder (model, tokenizer, processor)")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--model", help="guard checkpoint folder (model, tokenizer, processor)")
+    where.add_argument("--server", metavar="URL", help="a `gr-vl serve` server instead, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--api-key", default=None, help="--server: the key the server requires")
     p.add_argument("--backend", choices=("vllm", "transformers"), default="vllm", help="default vllm")
     p.add_argument("--max-tokens", type=int, default=4096, help="new tokens per answer (default 4096)")
     p.add_argument(
@@ -106,6 +110,15 @@ def _load(args: argparse.Namespace) -> Any:
     from gr_vl_verl.generation import GenerationError
     from gr_vl_verl.guard import load_guard
 
+    if args.server is not None:
+        from gr_vl_verl.serving.client import is_server_url
+
+        if not is_server_url(args.server):
+            raise UsageError(f"--server {args.server}: not an http(s) URL")
+        try:
+            return load_guard(args.server, max_tokens=args.max_tokens, mode=args.mode, api_key=args.api_key)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     try:
         return load_guard(
             args.model,

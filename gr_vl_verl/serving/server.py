@@ -1,0 +1,167 @@
+"""vLLM's OpenAI-compatible server, started as a child process with the guard's settings (``gr-vl serve``).
+
+The server must answer what the in-process guard answers (``guard.load_guard(..., backend="vllm")``), so its
+flags mirror ``generation.engines.vllm_engine_kwargs`` and the guard's decoding:
+
+- ``--limit-mm-per-prompt {"image": 2}``: the images per prompt generation reserves room for;
+- ``--mm-processor-kwargs``: the evaluation pixel bounds the guard hands its processor;
+- ``--generation-config vllm`` and ``--override-generation-config {"temperature": 0}``: a checkpoint's own
+  ``generation_config.json`` (Qwen2.5-VL's has ``repetition_penalty``, ``top_k`` and ``temperature``) would
+  otherwise become the server's default sampling; the guard's is plain greedy;
+- ``--chat-template-content-format openai``: images stay where the guard's prompt puts them (after
+  ``Human user:``); vLLM's ``string`` format would move every image placeholder to the start of the turn.
+
+This module imports neither torch nor vLLM: the server runs in its own interpreter.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from typing import IO, Any
+
+from gr_vl_verl.data.images import ImagePolicy
+from gr_vl_verl.generation.engines import CPU_KVCACHE_GIB, DEFAULT_IMAGE_LIMIT
+
+SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+#: Flags the guard's answers depend on; --engine-kwargs may not replace them.
+FIXED_FLAGS = ("model", "host", "port", "served_model_name", "generation_config", "chat_template_content_format")
+
+
+class ServerError(RuntimeError):
+    """The server did not come up, or died; the message carries the end of its log."""
+
+
+def server_argv(
+    model: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    served_model_name: str | None = None,
+    max_tokens: int | None = None,
+    api_key: str | None = None,
+    engine_kwargs: Mapping[str, Any] | None = None,
+    image_policy: ImagePolicy | None = None,
+) -> list[str]:
+    """The server's command line. ``engine_kwargs`` are vLLM engine arguments by their Python names
+    (``{"max_model_len": 2048, "enforce_eager": True}``), as ``--engine-kwargs`` gives them to ``vllm.LLM``."""
+    policy = image_policy or ImagePolicy.evaluation()
+    override: dict[str, Any] = {"temperature": 0.0}
+    if max_tokens is not None:
+        override["max_new_tokens"] = max_tokens
+    options: dict[str, Any] = {
+        "limit_mm_per_prompt": {"image": DEFAULT_IMAGE_LIMIT},
+        "mm_processor_kwargs": {"min_pixels": policy.min_pixels, "max_pixels": policy.max_pixels},
+        "seed": 0,
+        "override_generation_config": override,
+    }
+    for key, value in (engine_kwargs or {}).items():
+        if key in FIXED_FLAGS or key == "api_key":
+            raise ValueError(f"engine_kwargs: {key!r} is set by the serve command itself")
+        options[key] = value
+    argv = [sys.executable, "-m", SERVER_MODULE, "--model", model, "--host", host, "--port", str(port)]
+    argv += ["--served-model-name", served_model_name or model, "--generation-config", "vllm"]
+    argv += ["--chat-template-content-format", "openai"]
+    for key, value in options.items():
+        argv += _flag(key, value)
+    if api_key:
+        argv += ["--api-key", api_key]
+    return argv
+
+
+def _flag(key: str, value: Any) -> list[str]:
+    """One engine argument as vLLM's CLI spells it: ``--max-model-len 2048``, ``--enforce-eager``, JSON dicts."""
+    name = "--" + key.replace("_", "-")
+    if value is True:
+        return [name]
+    if value is False:
+        return ["--no-" + key.replace("_", "-")]
+    if value is None:
+        return []
+    if isinstance(value, dict | list):
+        return [name, json.dumps(value)]
+    return [name, str(value)]
+
+
+def server_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The child's environment: on vLLM's CPU build a 1 GiB KV cache unless ``VLLM_CPU_KVCACHE_SPACE`` is set
+    (vLLM's own default, most of the machine's memory, refuses to start beside anything else)."""
+    from gr_vl_verl.cpu.vllm_dist import vllm_is_cpu_build
+
+    env = dict(os.environ if base is None else base)
+    if vllm_is_cpu_build():
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_GIB)
+    return env
+
+
+class ServerProcess:
+    """A running server: its output goes to ``echo`` (if any) and its last lines are kept for errors."""
+
+    def __init__(self, argv: list[str], base_url: str, env: Mapping[str, str], echo: IO[str] | None = None) -> None:
+        self.base_url = base_url
+        self.tail: collections.deque[str] = collections.deque(maxlen=40)
+        # A session of its own: a Ctrl-C in the terminal reaches us, and we stop the server in order.
+        self.proc = subprocess.Popen(
+            argv, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
+        self._reader = threading.Thread(target=self._pump, args=(echo,), daemon=True)
+        self._reader.start()
+
+    def _pump(self, echo: IO[str] | None) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.tail.append(line.rstrip("\n"))
+            if echo is not None:
+                echo.write(line)
+                echo.flush()
+
+    def log_tail(self, lines: int = 20) -> str:
+        return "\n".join(list(self.tail)[-lines:])
+
+    def wait_ready(self, timeout: float = 600.0, api_key: str | None = None) -> str:
+        """Poll ``/v1/models`` until it answers; the served model name. A dead or silent server raises
+        :class:`ServerError` with the end of its log."""
+        import httpx
+
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self._reader.join(timeout=5)
+                raise ServerError(f"the server exited with {self.proc.returncode}; its log ends:\n{self.log_tail()}")
+            try:
+                r = httpx.get(f"{self.base_url}/models", headers=headers, timeout=5.0)
+                if r.status_code == 200:
+                    return str(r.json()["data"][0]["id"])
+            except httpx.TransportError:
+                pass
+            time.sleep(1.0)
+        raise ServerError(f"the server did not answer within {timeout:.0f} s; its log ends:\n{self.log_tail()}")
+
+    def stop(self, grace: float = 30.0) -> int:
+        """SIGTERM (vLLM shuts its engine down on it), then SIGKILL to the whole group after ``grace`` seconds."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=30)
+        self._reader.join(timeout=5)
+        return self.proc.returncode
+
+
+def start_server(
+    model: str, *, host: str = "127.0.0.1", port: int = 8000, echo: IO[str] | None = None, **options: Any
+) -> ServerProcess:
+    """Start the server (it is not ready yet: call :meth:`ServerProcess.wait_ready`)."""
+    argv = server_argv(model, host=host, port=port, **options)
+    url_host = f"[{host}]" if ":" in host else host
+    return ServerProcess(argv, f"http://{url_host}:{port}/v1", server_env(), echo=echo)
