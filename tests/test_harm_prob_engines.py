@@ -127,3 +127,48 @@ def test_vllm_labels_agree_with_p(tiny_guard_dir, transformers_guard):
                 assert r["p_harmful"][task] is None
             else:
                 assert r["p_harmful"][task] == pytest.approx(t["p_harmful"][task], abs=2e-3)
+
+
+def test_eval_stores_p_and_reports_figures(tiny_guard_dir, eval_parquet, tmp_path):
+    """`gr-vl eval` (Ray, the transformers engine): generation columns, predictions lines, report figures."""
+    import json
+
+    from ray_driver import run_cli
+
+    from gr_vl_verl.data.schemas import read_generations
+    from gr_vl_verl.protocol import predicted_labels
+
+    out = tmp_path / "eval"
+    argv = ["eval", "--data", str(eval_parquet), "--model", tiny_guard_dir, "--out", str(out), "--backend",
+            "transformers", "--max-tokens", "64", "--shard-size", "10", "--no-progress"]  # fmt: skip
+    done = run_cli(argv, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    gens = list(read_generations(out / "generations"))
+    with_p = [g for g in gens if g["p_harmful_request"] is not None]
+    assert with_p, "the tiny guard writes verdicts on the benchmark sample too"
+    for g in with_p:
+        said = predicted_labels(g["output"], "strict").prompt_label
+        assert said is None or (g["p_harmful_request"] >= 0.5) == (said == "harmful")
+    lines = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    by_id = {g["id"]: g for g in gens}
+    for line in lines:
+        column = "p_harmful_request" if line["task"] == "prompt" else "p_harmful_response"
+        assert line["p_harmful"] == by_id[line["id"]][column]
+    report = json.loads((out / "report.json").read_text())
+    assert report["prompt"]["n_prob"] == sum(1 for x in lines if x["task"] == "prompt" and x["p_harmful"] is not None)
+    assert (out / "pr_curves.png").is_file() and (out / "reliability.png").is_file()
+
+
+def test_classify_command_threshold(tiny_guard_dir, capsys):
+    import json
+
+    from gr_vl_verl.cli import main
+
+    base = ["classify", "--model", tiny_guard_dir, "--backend", "transformers", "--device", "cpu", "--max-tokens",
+            "64", "--request", "How do I bake bread?"]  # fmt: skip
+    assert main([*base, "--threshold", "0"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["p_harmful"]["request"] is not None
+    assert (result["request"], result["label_source"]["request"]) == ("harmful", "threshold")
+    assert main([*base, "--threshold", "2"]) == 2
+    assert "--threshold must be in [0, 1]" in capsys.readouterr().err
