@@ -8,8 +8,10 @@
         {"request": "How do I pick a lock?"},
         {"image": "meme.png", "request": "Explain the joke.", "response": "It mocks..."},
     ])
-    # [{"request": "harmful", "response": None, "reasoning": "...", "output": "<think>...", "output_tokens": 213},
+    # [{"request": "harmful", "response": None, "reasoning": "...", "output": "<think>...", "output_tokens": 213,
+    #   "p_harmful": {"request": 0.97, "response": None}, "label_source": {"request": "text", "response": "text"}},
     #  {"request": "unharmful", "response": "unharmful", ...}]
+    guard.classify(items, threshold=0.3)  # labels from p_harmful >= 0.3 where there is a probability
 
 A guard answers exactly as it was trained and evaluated: the prompt is ``protocol.build_messages`` with the
 instruction as the system turn (how SFT, rejection sampling and the eval parquet put it), rendered and its
@@ -31,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from gr_vl_verl.data.images import ImagePolicy, encode_png, normalize_image, to_rgb
+from gr_vl_verl.harm_prob import check_threshold, threshold_label
 from gr_vl_verl.protocol import PARSE_MODES, ParseMode, build_messages, parse_answer, predicted_labels
 
 if TYPE_CHECKING:
@@ -38,7 +41,15 @@ if TYPE_CHECKING:
     from gr_vl_verl.serving.client import RemoteGuard
 
 ITEM_KEYS: tuple[str, ...] = ("request", "image", "response")
-RESULT_KEYS: tuple[str, ...] = ("request", "response", "reasoning", "output", "output_tokens")
+RESULT_KEYS: tuple[str, ...] = (
+    "request",
+    "response",
+    "reasoning",
+    "output",
+    "output_tokens",
+    "p_harmful",
+    "label_source",
+)
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
 
 
@@ -141,7 +152,9 @@ class Guard:
         c = self.config
         return f"Guard(model={c.model!r}, backend={c.backend!r}, mode={self.mode!r}, max_tokens={c.max_tokens})"
 
-    def classify(self, items: Iterable[object], max_tokens: int | None = None) -> list[dict[str, Any]]:
+    def classify(
+        self, items: Iterable[object], max_tokens: int | None = None, threshold: float | None = None
+    ) -> list[dict[str, Any]]:
         """One result per item, in order: ``{"request", "response", "reasoning", "output", "output_tokens"}``.
 
         ``request``/``response`` are ``"harmful"``/``"unharmful"``, or None when the answer gives no label
@@ -150,6 +163,11 @@ class Guard:
         an item without a response. ``reasoning`` is the ``<think>`` block (None without one), ``output`` the
         raw answer and ``output_tokens`` its generated tokens, the end-of-sequence token included (what
         ``gr-vl eval`` counts). ``max_tokens`` overrides the guard's limit for this call.
+
+        ``p_harmful`` holds, per task, p(harmful) at the verdict token of the answer's ``<result>`` block
+        (:mod:`gr_vl_verl.harm_prob`; None without a verdict written as the label tokens). With ``threshold``
+        τ in [0, 1], a task that has a probability is labelled ``harmful`` iff p ≥ τ, whatever the text says;
+        ``label_source`` says, per task, whether the label is the answer's ``"text"`` or the ``"threshold"``.
 
         Every item is checked, and its image decoded, before anything is generated: a bad one raises
         :class:`GuardInputError` naming ``items[i]``. Items then go to the engine ``batch_size`` at a time.
@@ -160,6 +178,8 @@ class Guard:
             raise ValueError(f"max_tokens must be an integer, got {max_tokens!r}")
         if max_tokens is not None and max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        if threshold is not None:
+            threshold = check_threshold(threshold)
         prepared = prepare_items(items, self.image_policy)
         results: list[dict[str, Any]] = []
         size = self.config.batch_size
@@ -174,19 +194,30 @@ class Guard:
                 except RowError as e:
                     raise GuardInputError(f"items[{i}]: {e}") from None
             completions = self.engine.generate(requests, max_tokens)
-            results.extend(_result(item, c[0], self.mode) for item, c in zip(batch, completions, strict=True))
+            results.extend(
+                _result(item, c[0], self.mode, threshold) for item, c in zip(batch, completions, strict=True)
+            )
         return results
 
 
-def _result(item: GuardInput, completion: Any, mode: ParseMode) -> dict[str, Any]:
+def _result(item: GuardInput, completion: Any, mode: ParseMode, threshold: float | None) -> dict[str, Any]:
     labels = predicted_labels(completion.text, mode)
     think = parse_answer(completion.text).think
+    has_response = item.has_response
+    label = {"request": labels.prompt_label, "response": labels.response_label if has_response else None}
+    p = {"request": completion.p_harmful_request, "response": completion.p_harmful_response if has_response else None}
+    source = dict.fromkeys(label, "text")
+    if threshold is not None:
+        for task, value in p.items():
+            if value is not None:
+                label[task], source[task] = threshold_label(value, threshold), "threshold"
     return {
-        "request": labels.prompt_label,
-        "response": labels.response_label if item.has_response else None,
+        **label,
         "reasoning": think.strip() if think is not None else None,
         "output": completion.text,
         "output_tokens": completion.tokens,
+        "p_harmful": p,
+        "label_source": source,
     }
 
 

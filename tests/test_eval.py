@@ -90,6 +90,8 @@ def test_predictions_have_one_line_per_row_and_labelled_task(evaluated, eval_par
         assert p["benchmark"] == BENCHMARK_ALIASES.get(row["benchmark"], row["benchmark"])
         gen = generation[p["id"]]
         assert (p["output"], p["output_tokens"]) == (gen["output"], gen["output_tokens"])
+        # the line's task's probability; None here: four tokens of a random model reach no verdict
+        assert p["p_harmful"] == gen[f"p_harmful_{'request' if p['task'] == 'prompt' else 'response'}"] is None
 
 
 def test_report_equals_a_recomputation_and_gr_vl_score(evaluated, eval_parquet, tmp_path):

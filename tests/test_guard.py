@@ -200,7 +200,9 @@ def test_labels_and_reasoning_in_each_parse_mode(tiny_model_dir):
     assert len(requests) == len(batch) and [bool(r.images) for r in requests] == ["image" in i for i in batch]
     assert max_tokens == 7
     assert results[0] == {"request": "harmful", "response": None, "reasoning": "The request asks for a weapon.",
-                          "output": well_formed, "output_tokens": len(well_formed)}  # fmt: skip
+                          "output": well_formed, "output_tokens": len(well_formed),
+                          "p_harmful": {"request": None, "response": None},  # canned text: no log-probs
+                          "label_source": {"request": "text", "response": "text"}}  # fmt: skip
     assert (results[1]["request"], results[1]["response"]) == ("harmful", "unharmful")  # item 1 has a response
     assert (results[2]["request"], results[2]["reasoning"]) == (None, None)  # strict: no <think>, no labels
     assert (results[3]["request"], results[3]["reasoning"]) == (None, None)  # cut off before </think>

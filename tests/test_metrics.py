@@ -378,15 +378,17 @@ def test_builder_refuses_mismatched_inputs(rows, gens, message):
 
 
 def test_pure_modules_import_no_heavy_stack():
-    """metrics, predictions and the report tables stay importable without torch, verl, sklearn or matplotlib."""
+    """metrics, ranking, predictions, the report tables and the harm probability stay importable without torch,
+    verl, vLLM, sklearn or matplotlib."""
     import subprocess
     import sys
 
     code = (
         "import sys\n"
         "import gr_vl_verl.evaluation.metrics, gr_vl_verl.evaluation.predictions, gr_vl_verl.evaluation.report\n"
-        "import gr_vl_verl.commands.score\n"
-        "print(sorted(m for m in ('torch', 'verl', 'sklearn', 'matplotlib', 'pyarrow', 'PIL') if m in sys.modules))"
+        "import gr_vl_verl.commands.score, gr_vl_verl.evaluation.ranking, gr_vl_verl.harm_prob\n"
+        "heavy = ('torch', 'verl', 'vllm', 'transformers', 'sklearn', 'matplotlib', 'pyarrow', 'PIL')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

@@ -67,3 +67,15 @@ def guard_results(model: str, items: list[dict[str, Any]], max_tokens: int, engi
     from gr_vl_verl.guard import load_guard
 
     return load_guard(model, backend="vllm", max_tokens=max_tokens, engine_kwargs=engine_kwargs).classify(items)
+
+
+def guard_probabilities(model: str, items: list[dict[str, Any]], threshold: float | None = None) -> list[dict]:
+    """``load_guard(..., backend="vllm")`` results with their harm probabilities, greedy."""
+    from gr_vl_verl.guard import load_guard
+
+    # float32 as the checkpoint is: vLLM's dtype "auto" turns it into bfloat16 on its CPU build, whose coarse
+    # logits can tie the two label tokens exactly (p = 0.5 while greedy picks the lower token id).
+    engine = {"max_model_len": 2048, "enforce_eager": True, "dtype": "float32"}
+    guard = load_guard(model, backend="vllm", max_tokens=64, engine_kwargs=engine)
+    results = guard.classify(items, threshold=threshold)
+    return [{k: r[k] for k in ("output", "request", "response", "p_harmful", "label_source")} for r in results]

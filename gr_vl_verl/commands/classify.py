@@ -5,7 +5,8 @@
     gr-vl classify --model ckpt/gr_vl_3b --input items.jsonl > verdicts.jsonl
     gr-vl classify --server http://127.0.0.1:8000/v1 --input items.jsonl      # a `gr-vl serve` server
 
-Prints ``{"request", "response", "reasoning", "output", "output_tokens"}`` for the item, or one such line per
+Prints ``{"request", "response", "reasoning", "output", "output_tokens", "p_harmful", "label_source"}`` for the
+item, or one such line per
 ``--input`` line, in order. An input line is ``{"request": ..., "image": ..., "response": ...}``, each optional
 but a request or an image; an image path there is relative to the file's folder. Every item is checked before
 the model loads. The Python API behind it: ``gr_vl_verl.load_guard`` (docs/guard.md).
@@ -40,6 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="transformers: default cuda if available")
     p.add_argument("--batch-size", type=int, default=64, help="items per engine call (default 64)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="label harmful iff p_harmful >= this (0..1) where the answer gives a probability; default: the text",
+    )
     add_engine_kwargs(p)
     one = p.add_argument_group("one item (instead of --input)")
     one.add_argument("--request", default=None, help="the user's request text")
@@ -49,12 +56,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise UsageError(f"--threshold must be in [0, 1], got {args.threshold}")
     items = _input_items(args) if args.input is not None else [_single_item(args)]
     guard = _load(args)
     from gr_vl_verl.generation import GenerationError
 
     try:
-        results = guard.classify(items)
+        results = guard.classify(items, threshold=args.threshold)
     except GenerationError as e:
         raise WorkError(str(e)) from None
     for result in results:

@@ -2,7 +2,8 @@
 
     gr-vl generate --data rl_train.parquet --model CKPT --out gens/ --n 4 --temperature 1.0 --top-p 0.95
 
-Writes ``OUT/shard-*.parquet`` (id, sample, output, output_tokens, finish_reason), ``OUT/generate_manifest.json``
+Writes ``OUT/shard-*.parquet`` (id, sample, output, output_tokens, finish_reason, p_harmful_request,
+p_harmful_response), ``OUT/generate_manifest.json``
 and, when every shard is done, ``OUT/generate_summary.json``. Re-running the same command resumes: finished
 shards are kept. See docs/generation.md.
 """

@@ -102,6 +102,10 @@ GENERATIONS_SCHEMA = pa.schema(
         ("output", pa.string()),  # the decoded answer, special tokens removed
         ("output_tokens", pa.int32()),
         ("finish_reason", pa.string()),  # "stop" (end of sequence) or "length" (hit the token limit)
+        # p(harmful) at the answer's Request / Response verdict token (gr_vl_verl.harm_prob); null without one.
+        # Absent from files written before they existed: readers give None then.
+        ("p_harmful_request", pa.float64()),
+        ("p_harmful_response", pa.float64()),
     ],
     metadata=_meta("generations"),
 )
@@ -129,6 +133,10 @@ _GENERATION_TYPES: dict[str, tuple[Any, str]] = {
     "output_tokens": (pa.types.is_integer, "integer"),
     "finish_reason": (lambda t: pa.types.is_string(t) or pa.types.is_large_string(t), "string"),
 }
+
+
+#: Columns a generations parquet may lack (older files, other tools); rows then read them as None.
+OPTIONAL_GENERATION_COLUMNS: tuple[str, ...] = ("p_harmful_request", "p_harmful_response")
 
 
 def check_generation_file(path: Path) -> str | None:
@@ -182,10 +190,14 @@ def parquet_batches(path: Path, batch_size: int = 64, columns: list[str] | None 
 
 def read_generations(path: Path, batch_size: int = 1024) -> Iterator[dict[str, Any]]:
     """Rows of ``gr-vl generate`` output (a file or a folder of shards), streamed; of a parquet written elsewhere
-    only the generation columns are read."""
+    only the generation columns are read. The probability columns are None in files without them."""
     for f in generation_files(path):
-        for batch in parquet_batches(f, batch_size, columns=list(_GENERATION_TYPES)):
-            yield from batch.to_pylist()
+        names = pq.read_schema(f).names
+        optional = [c for c in OPTIONAL_GENERATION_COLUMNS if c in names]
+        absent = dict.fromkeys(c for c in OPTIONAL_GENERATION_COLUMNS if c not in names)
+        for batch in parquet_batches(f, batch_size, columns=[*_GENERATION_TYPES, *optional]):
+            for row in batch.to_pylist():
+                yield {**row, **absent} if absent else row
 
 
 def read_prepared(path: Path) -> Iterator[GuardSample]:

@@ -6,8 +6,12 @@ Labels are read with :func:`gr_vl_verl.protocol.predicted_labels` in the chosen 
 released evaluator's reading, by default), and in the other mode too, whose averages every report shows beside
 its own. An output that gives no label for the task counts as the opposite of the gold label (always wrong) and
 is counted as unparsed.
+Where lines carry ``p_harmful``, each benchmark also gets the threshold-free figures of
+:mod:`gr_vl_verl.evaluation.ranking` over those lines (``n_prob`` of them), and each task their sample-weighted
+averages (``prob_averages``); a file without any probability gives the report it gave before they existed.
 Scoring streams: memory grows with the number of benchmarks, not of predictions (besides one small key per
-generation for the token mean). Pure Python: no torch, no verl, no scikit-learn.
+generation for the token mean, and one (label, p) pair per line with a probability). Pure Python: no torch,
+no verl, no scikit-learn.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gr_vl_verl.evaluation.predictions import TASKS, Prediction
-from gr_vl_verl.protocol import PARSE_MODES, ParseMode, label_outcome, predicted_labels
+from gr_vl_verl.evaluation.ranking import probability_scores
+from gr_vl_verl.protocol import HARMFUL, PARSE_MODES, ParseMode, label_outcome, predicted_labels
 
 #: Column order of the paper's tables (Tables 1 and 2): text benchmarks, then the multimodal ones. Benchmarks
 #: not listed follow, by name, in their group.
@@ -142,11 +147,17 @@ class BenchmarkScore:
     modalities: set[str] = field(default_factory=set)
     # The same predictions read in the other parse mode (EvalConfig.other_mode).
     other: Counts = field(default_factory=Counts)
+    # (1 for harmful gold else 0, p_harmful) of the lines that have a probability
+    gold: list[int] = field(default_factory=list)
+    probs: list[float] = field(default_factory=list)
 
     @property
     def modality(self) -> str:
         """The benchmark's modality; ``mixed`` when its rows differ (then it is not a text benchmark)."""
         return next(iter(self.modalities)) if len(self.modalities) == 1 else "mixed"
+
+    def probability_summary(self) -> dict[str, Any]:
+        return probability_scores(self.gold, self.probs)
 
     def summary(self) -> dict[str, Any]:
         c = self.counts
@@ -175,16 +186,37 @@ def benchmark_order(task: str, names: Iterable[str], is_text: dict[str, bool]) -
     return sorted(names, key=key)
 
 
+#: The probability figures averaged over benchmarks, weighted by ``n_prob`` as F1 is by ``n``.
+PROB_FIGURES: tuple[str, ...] = ("auprc", "auroc", "ece", "best_f1")
+
+
 def task_summary(task: str, per_benchmark: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """``per_benchmark`` (in table order) with the text-only and overall sample-weighted F1 averages."""
+    """``per_benchmark`` (in table order) with the text-only and overall sample-weighted F1 averages, and those
+    of the probability figures where the benchmarks have them (a benchmark's None figure is left out)."""
     is_text = {name: s["modality"] == "text" for name, s in per_benchmark.items()}
     ordered = {name: per_benchmark[name] for name in benchmark_order(task, per_benchmark, is_text)}
-    return {
+    out = {
         "per_benchmark": ordered,
         "average_text": weighted_average((s["f1"], s["n"]) for name, s in ordered.items() if is_text[name]),
         "average_all": weighted_average((s["f1"], s["n"]) for s in ordered.values()),
         "n": sum(s["n"] for s in ordered.values()),
     }
+    if any("n_prob" in s for s in ordered.values()):
+        out["n_prob"] = sum(s.get("n_prob", 0) for s in ordered.values())
+        out["prob_averages"] = {
+            figure: {
+                "average_text": weighted_average(
+                    (s[figure], s["n_prob"])
+                    for name, s in ordered.items()
+                    if is_text[name] and s.get(figure) is not None
+                ),
+                "average_all": weighted_average(
+                    (s[figure], s["n_prob"]) for s in ordered.values() if s.get(figure) is not None
+                ),
+            }
+            for figure in PROB_FIGURES
+        }
+    return out
 
 
 @dataclass
@@ -202,6 +234,9 @@ class Scorer:
             labels = predicted_labels(p.output, mode)
             counts.add(p.label, labels.prompt_label if p.task == "prompt" else labels.response_label)
         bench.modalities.add(p.modality)
+        if p.p_harmful is not None:
+            bench.gold.append(1 if p.label == HARMFUL else 0)
+            bench.probs.append(float(p.p_harmful))
         # A row scored on both tasks is one generation: count its tokens once.
         key = (p.benchmark, p.id, hash(p.output))
         if key not in self._generations:
@@ -217,8 +252,13 @@ class Scorer:
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {"mode": self.config.mode}
+        with_prob = any(s.probs for t in TASKS for s in self.scores[t].values())
         for task in TASKS:
-            out[task] = task_summary(task, {b: s.summary() for b, s in self.scores[task].items()})
+            per = {
+                b: {**s.summary(), **(s.probability_summary() if with_prob else {})}
+                for b, s in self.scores[task].items()
+            }
+            out[task] = task_summary(task, per)
         out["average_f1"] = average_f1(out[t]["average_all"] for t in TASKS)
         total, gens = (sum(v[i] for v in self._tokens.values()) for i in (0, 1))
         out["tokens"] = {

@@ -4,7 +4,10 @@
 raw model output (not a parsed label) in the file lets one generation run be scored under every parse mode.
 
     {"id": str, "benchmark": str, "task": "prompt"|"response", "modality": "text"|"image"|"text_image",
-     "label": "harmful"|"unharmful", "output": str, "output_tokens": int}
+     "label": "harmful"|"unharmful", "output": str, "output_tokens": int, "p_harmful": float|null}
+
+``p_harmful`` is the guard's p(harmful) at the verdict token of the line's task (:mod:`gr_vl_verl.harm_prob`),
+null where the answer has none; files written before it existed lack it and read as null.
 
 The reader streams and validates every line; a bad line is an error naming the file and the line number. The
 writer publishes atomically (temp file beside the target, then ``os.replace``). Pure Python: no torch, no verl.
@@ -23,6 +26,8 @@ from gr_vl_verl.data.records import MODALITIES, TASKS
 from gr_vl_verl.protocol import LABELS
 
 FIELDS: tuple[str, ...] = ("id", "benchmark", "task", "modality", "label", "output", "output_tokens")
+#: Fields a line may lack (older files); the reader gives their default.
+OPTIONAL_FIELDS: tuple[str, ...] = ("p_harmful",)
 
 #: The released benchmark files split WildGuardTest by task; the paper reports it as one benchmark in both tables.
 BENCHMARK_ALIASES: dict[str, str] = {"WildGuardTestPrompt": "WildGuardTest", "WildGuardTestResponse": "WildGuardTest"}
@@ -43,6 +48,7 @@ class Prediction:
     label: str
     output: str
     output_tokens: int
+    p_harmful: float | None = None
 
     def __post_init__(self) -> None:
         problem = _problem(self)
@@ -50,7 +56,7 @@ class Prediction:
             raise PredictionError(problem)
 
     def to_json(self) -> str:
-        return json.dumps({f: getattr(self, f) for f in FIELDS}, ensure_ascii=False)
+        return json.dumps({f: getattr(self, f) for f in (*FIELDS, *OPTIONAL_FIELDS)}, ensure_ascii=False)
 
 
 def _problem(p: Prediction) -> str | None:
@@ -70,6 +76,9 @@ def _problem(p: Prediction) -> str | None:
     tokens = p.output_tokens
     if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
         return f"`output_tokens` must be an integer >= 0, got {tokens!r}"
+    prob = p.p_harmful
+    if prob is not None and (isinstance(prob, bool) or not isinstance(prob, int | float) or not 0.0 <= prob <= 1.0):
+        return f"`p_harmful` must be null or a number in [0, 1], got {prob!r}"
     return None
 
 
@@ -79,9 +88,9 @@ def _from_object(obj: object) -> Prediction:
     missing = [f for f in FIELDS if f not in obj]
     if missing:
         raise PredictionError(f"missing field(s) {missing}")
-    unknown = sorted(set(obj) - set(FIELDS))
+    unknown = sorted(set(obj) - set(FIELDS) - set(OPTIONAL_FIELDS))
     if unknown:
-        raise PredictionError(f"unknown field(s) {unknown}; expected only {list(FIELDS)}")
+        raise PredictionError(f"unknown field(s) {unknown}; expected only {[*FIELDS, *OPTIONAL_FIELDS]}")
     return Prediction(**obj)
 
 
@@ -152,8 +161,8 @@ def _row_problem(row: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _index_generations(generations: Iterable[Mapping[str, Any]], sample: int) -> dict[str, tuple[str, int]]:
-    by_id: dict[str, tuple[str, int]] = {}
+def _index_generations(generations: Iterable[Mapping[str, Any]], sample: int) -> dict[str, tuple[str, int, dict]]:
+    by_id: dict[str, tuple[str, int, dict]] = {}
     for gen in generations:
         if gen.get("sample", 0) != sample:
             continue
@@ -163,7 +172,8 @@ def _index_generations(generations: Iterable[Mapping[str, Any]], sample: int) ->
         output, tokens = gen.get("output"), gen.get("output_tokens")
         if not isinstance(output, str) or isinstance(tokens, bool) or not isinstance(tokens, int):
             raise PredictionError(f"generation id {gid!r}: needs a string `output` and an integer `output_tokens`")
-        by_id[gid] = (output, tokens)
+        p = {"prompt": gen.get("p_harmful_request"), "response": gen.get("p_harmful_response")}
+        by_id[gid] = (output, tokens, p)
     return by_id
 
 
@@ -177,7 +187,8 @@ def predictions_from_generations(
 
     ``eval_rows`` are rows of the evaluation parquet (``benchmark, id, modality, tasks, prompt_label,
     response_label``; other columns are ignored); ``generations`` are rows of ``gr-vl generate`` output
-    (``id, sample, output, output_tokens``), of which sample number ``sample`` is used. Benchmark names pass
+    (``id, sample, output, output_tokens``, and the ``p_harmful_*`` columns where they exist), of which sample
+    number ``sample`` is used. Benchmark names pass
     through :data:`BENCHMARK_ALIASES`. Every row needs exactly one generation and every generation a row:
     anything else is a :class:`PredictionError` naming the id (a mismatched pair of files would otherwise
     score a subset silently).
@@ -194,11 +205,12 @@ def predictions_from_generations(
         if rid not in by_id:
             raise PredictionError(f"evaluation row {rid!r} ({row['benchmark']}) has no generation (sample {sample})")
         used.add(rid)
-        output, tokens = by_id[rid]
+        output, tokens, p = by_id[rid]
         benchmark = BENCHMARK_ALIASES.get(row["benchmark"], row["benchmark"])
         for task in (t for t in TASKS if t in row["tasks"]):
             try:
-                yield Prediction(rid, benchmark, task, row["modality"], row[f"{task}_label"], output, tokens)
+                label = row[f"{task}_label"]
+                yield Prediction(rid, benchmark, task, row["modality"], label, output, tokens, p[task])
             except PredictionError as e:
                 raise PredictionError(f"evaluation row {rid!r}: {e}") from None
     extra = sorted(set(by_id) - used)

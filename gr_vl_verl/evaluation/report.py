@@ -16,10 +16,19 @@ from typing import Any
 
 from gr_vl_verl.atomic import atomic_write
 from gr_vl_verl.evaluation.predictions import TASKS
+from gr_vl_verl.evaluation.prob_tables import (
+    PROB_CSV_COLUMNS,
+    csv_average_values,
+    csv_values,
+    has_probabilities,
+    markdown_section,
+)
 from gr_vl_verl.evaluation.tables import AVERAGE_ALL, AVERAGE_TEXT, TASK_TITLES, cell, run_labels, table_columns
 
 REPORT_VERSION = 1
 REPORT_FILES = ("report.json", "report.md", "report.csv", "f1_per_benchmark.png", "f1_vs_tokens.png")
+#: Written too when a run's predictions carried p_harmful.
+PROB_FILES = ("pr_curves.png", "reliability.png")
 CSV_COLUMNS = ("run", "task", "benchmark", "modality", "n", "f1", "precision", "recall", "accuracy", "unparsed")
 
 
@@ -161,6 +170,7 @@ def markdown(runs: list[dict[str, Any]]) -> str:
         for bench, s in main[task]["per_benchmark"].items()
     ]
     out += _md_table(header, rows, "lllrrrrrrr")
+    out += markdown_section(runs, labels)
     return "\n".join(out) + "\n"
 
 
@@ -168,7 +178,8 @@ def csv_text(runs: list[dict[str, Any]]) -> str:
     """``report.csv``: one row per (run, task, benchmark or average), every run given."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
+    with_prob = any(has_probabilities(run) for run in runs)
+    writer.writerow(CSV_COLUMNS + (PROB_CSV_COLUMNS if with_prob else ()))
 
     def num(value: object) -> str:
         return "" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
@@ -177,11 +188,13 @@ def csv_text(runs: list[dict[str, Any]]) -> str:
         for task in TASKS:
             block = run[task]
             for bench, s in block["per_benchmark"].items():
-                writer.writerow([label, task, bench, *(num(s.get(k)) for k in CSV_COLUMNS[3:])])
+                extra = csv_values(s, num) if with_prob else []
+                writer.writerow([label, task, bench, *(num(s.get(k)) for k in CSV_COLUMNS[3:]), *extra])
             text_n = sum(s["n"] for s in block["per_benchmark"].values() if s.get("modality") == "text")
             for name, key, n in ((AVERAGE_TEXT, "average_text", text_n), (AVERAGE_ALL, "average_all", block.get("n"))):
                 if block.get(key) is not None:
-                    writer.writerow([label, task, name, "", num(n), num(block[key]), "", "", "", ""])
+                    extra = csv_average_values(block, key, num) if with_prob else []
+                    writer.writerow([label, task, name, "", num(n), num(block[key]), "", "", "", "", *extra])
     return buf.getvalue()
 
 
@@ -189,7 +202,8 @@ def csv_text(runs: list[dict[str, Any]]) -> str:
 # The folder
 # --------------------------------------------------------------------------------------------------
 def write_report(out: Path, report: dict[str, Any], compare: Sequence[dict[str, Any]] = ()) -> list[Path]:
-    """Write the five files of :data:`REPORT_FILES` into ``out``; ``compare`` runs join the tables and charts."""
+    """Write the five files of :data:`REPORT_FILES` into ``out`` (and :data:`PROB_FILES` when a run has harm
+    probabilities); ``compare`` runs join the tables and charts."""
     from gr_vl_verl.evaluation import charts  # matplotlib only here: loading a report does not need it
 
     out = Path(out)
@@ -203,7 +217,15 @@ def write_report(out: Path, report: dict[str, Any], compare: Sequence[dict[str, 
         "f1_per_benchmark.png": charts.f1_per_benchmark(runs, labels),
         "f1_vs_tokens.png": charts.f1_vs_tokens(runs, labels),
     }
+    if any(has_probabilities(run) for run in runs):
+        from gr_vl_verl.evaluation import prob_charts
+
+        contents["pr_curves.png"] = prob_charts.pr_curves(runs, labels)
+        contents["reliability.png"] = prob_charts.reliability_diagram(runs, labels)
     out.mkdir(parents=True, exist_ok=True)
-    for name in REPORT_FILES:
+    for name in contents:
         atomic_write(out / name, [contents[name]])
-    return [out / name for name in REPORT_FILES]
+    for name in PROB_FILES:  # charts of an earlier run in this folder that no longer apply
+        if name not in contents:
+            (out / name).unlink(missing_ok=True)
+    return [out / name for name in contents]

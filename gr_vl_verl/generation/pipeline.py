@@ -127,6 +127,8 @@ class GenerateBatch:
                         "output": c.text,
                         "output_tokens": c.tokens,
                         "finish_reason": c.finish_reason,
+                        "p_harmful_request": c.p_harmful_request,
+                        "p_harmful_response": c.p_harmful_response,
                     }
                 )
         return _result(out)

@@ -79,10 +79,13 @@ class RemoteGuard:
     def __repr__(self) -> str:
         return f"RemoteGuard(url={self.base_url!r}, mode={self.mode!r}, max_tokens={self.max_tokens})"
 
-    def classify(self, items: Iterable[object], max_tokens: int | None = None) -> list[dict[str, Any]]:
+    def classify(
+        self, items: Iterable[object], max_tokens: int | None = None, threshold: float | None = None
+    ) -> list[dict[str, Any]]:
         """One result per item, in order, as ``Guard.classify``. Every item is checked (and its request built)
         before the first is sent: a bad one raises ``GuardInputError`` naming ``items[i]``. Up to
-        ``max_concurrency`` requests are in flight; the first failure stops the call."""
+        ``max_concurrency`` requests are in flight; the first failure stops the call. ``p_harmful`` is None
+        through a server (see :func:`_remote_result`), so ``threshold`` relabels nothing."""
         import httpx
 
         if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)):
@@ -106,7 +109,9 @@ class RemoteGuard:
                     if f in done and f.exception() is not None:
                         raise f.exception()  # type: ignore[misc]
                 answers = [f.result() for f in futures]
-        return [_remote_result(item, answer, self.mode) for item, answer in zip(prepared, answers, strict=True)]
+        return [
+            _remote_result(item, answer, self.mode, threshold) for item, answer in zip(prepared, answers, strict=True)
+        ]
 
     # ----------------------------------------------------------------------------------------------
     def _body(self, item: GuardInput, max_tokens: int) -> dict[str, Any]:
@@ -196,15 +201,21 @@ def _message(response: Any) -> str:
         return response.text[:500]
 
 
-def _remote_result(item: GuardInput, answer: dict[str, Any], mode: ParseMode) -> dict[str, Any]:
+def _remote_result(
+    item: GuardInput, answer: dict[str, Any], mode: ParseMode, threshold: float | None = None
+) -> dict[str, Any]:
     """The local guard's result from one chat completion: its text and its generated tokens (vLLM's
-    ``completion_tokens``: the output's token ids, the end-of-sequence token included, as the engine counts)."""
+    ``completion_tokens``: the output's token ids, the end-of-sequence token included, as the engine counts).
+
+    ``p_harmful`` stays None: the harm probability needs the log-probs of both label tokens at the verdict
+    (``SamplingParams.logprob_token_ids``), which vLLM 0.24's OpenAI-compatible server does not expose (only the
+    top-k), so labels come from the text whatever ``threshold`` says."""
     choice = answer["choices"][0]
     finish = choice.get("finish_reason")
     if finish not in ("stop", "length"):
         raise GuardServerError(f"the server finished an answer with {finish!r}")
     text = choice["message"].get("content") or ""
-    return _result(item, Completion(text, int(answer["usage"]["completion_tokens"]), finish), mode)
+    return _result(item, Completion(text, int(answer["usage"]["completion_tokens"]), finish), mode, threshold)
 
 
 def connect(url: str, *, temperature: float = 0.0, **options: Any) -> RemoteGuard:
