@@ -152,6 +152,12 @@ class Guard:
         c = self.config
         return f"Guard(model={c.model!r}, backend={c.backend!r}, mode={self.mode!r}, max_tokens={c.max_tokens})"
 
+    def close(self) -> None:
+        """Stop the engine's own processes (vLLM's engine core); the guard cannot classify afterwards."""
+        close = getattr(self.engine, "close", None)
+        if close is not None:
+            close()
+
     def classify(
         self, items: Iterable[object], max_tokens: int | None = None, threshold: float | None = None
     ) -> list[dict[str, Any]]:

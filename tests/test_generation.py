@@ -101,6 +101,7 @@ def test_vllm_arguments_are_built_without_vllm(tiny_model_dir):
     assert vllm_engine_kwargs(gpu) == {
         "model": str(tiny_model_dir), "tensor_parallel_size": 1, "distributed_executor_backend": "uni",
         "limit_mm_per_prompt": {"image": 2}, "seed": 7, "max_model_len": 8192,
+        "enable_chunked_prefill": False,  # vLLM's CPU build here: seeded requests need whole-prompt prefill
     }  # fmt: skip
     assert gpu.gpus_per_actor == 0  # vLLM's CPU build here: its actors ask Ray for CPUs only
     with pytest.raises(ValueError, match="tensor_parallel_size > 1 needs vLLM's GPU build"):

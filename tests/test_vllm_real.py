@@ -63,6 +63,8 @@ def _generate(prepared, model, out: Path, concurrency: int, temperature: str, n:
             "--backend", "vllm", "--n", n, "--temperature", temperature, "--max-tokens", "12", "--seed", "3",
             "--shard-size", "12", "--concurrency", str(concurrency), "--engine-kwargs", ENGINE,
             "--no-progress"]  # fmt: skip
+    if temperature == "0":  # greedy: small images keep it quick; sampled: the RL bounds, long multimodal prompts
+        argv += ["--min-pixels", "784", "--max-pixels", "12544"]
     return run_driver("vllm_drivers:cli", argv, timeout=1200)
 
 

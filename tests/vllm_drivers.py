@@ -29,6 +29,7 @@ def engine_samples(model: str, parquet: str, row_slice: list[int]) -> dict[str, 
     first = engine.generate(requests)
     again = engine.generate(list(reversed(requests)))[::-1]
     short = engine.generate(requests[:1], max_tokens=2)
+    engine.close()  # the driver ends with os._exit: stop vLLM's engine process first
     as_lists = [[[c.text, c.tokens, c.finish_reason] for c in cs] for cs in first]
     return {
         "ids": [r["id"] for r in rows],
@@ -45,6 +46,7 @@ def guard_through_vllm(model: str, items: list[dict[str, Any]]) -> list[dict[str
 
     guard = load_guard(model, backend="vllm", max_tokens=24, engine_kwargs={"max_model_len": 2048})
     results = guard.classify(items)
+    guard.close()
     return [{k: r[k] for k in ("output", "output_tokens", "request", "response")} for r in results]
 
 
@@ -66,7 +68,10 @@ def guard_results(model: str, items: list[dict[str, Any]], max_tokens: int, engi
     """``load_guard(..., backend="vllm")`` in its own process: every key of every result."""
     from gr_vl_verl.guard import load_guard
 
-    return load_guard(model, backend="vllm", max_tokens=max_tokens, engine_kwargs=engine_kwargs).classify(items)
+    guard = load_guard(model, backend="vllm", max_tokens=max_tokens, engine_kwargs=engine_kwargs)
+    results = guard.classify(items)
+    guard.close()
+    return results
 
 
 def guard_probabilities(model: str, items: list[dict[str, Any]], threshold: float | None = None) -> list[dict]:
@@ -78,4 +83,5 @@ def guard_probabilities(model: str, items: list[dict[str, Any]], threshold: floa
     engine = {"max_model_len": 2048, "enforce_eager": True, "dtype": "float32"}
     guard = load_guard(model, backend="vllm", max_tokens=64, engine_kwargs=engine)
     results = guard.classify(items, threshold=threshold)
+    guard.close()
     return [{k: r[k] for k in ("output", "request", "response", "p_harmful", "label_source")} for r in results]

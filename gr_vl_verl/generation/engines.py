@@ -79,6 +79,12 @@ def vllm_engine_kwargs(config: GenerationConfig) -> dict[str, Any]:
     }
     if config.pixels:  # the processor's image bounds, as verl's rollout passes data.mm_processor_kwargs
         kwargs["mm_processor_kwargs"] = dict(config.pixels)
+    from gr_vl_verl.cpu.vllm_dist import vllm_is_cpu_build
+
+    if vllm_is_cpu_build():
+        # vLLM 0.24's CPU build fails a seeded request whose prompt is prefilled in chunks ("CPU Generator does
+        # not use offset", gpu_model_runner._bookkeeping_sync rewinds the generator's offset): whole prompts only.
+        kwargs["enable_chunked_prefill"] = False
     kwargs.update(config.engine_kwargs)
     return kwargs
 
@@ -132,6 +138,13 @@ class VLLMEngine:
         self._sampling_params = vllm.SamplingParams
         self.llm = vllm.LLM(**vllm_engine_kwargs(config))
         self.labels, self.label_ids = _labels(self.processor.tokenizer)
+
+    def close(self) -> None:
+        """Stop vLLM's engine-core process now. It is a child process of its own: a caller that ends with
+        ``os._exit`` (as ``gr-vl`` does after Ray) or is killed would otherwise leave it running."""
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
 
     def generate(self, requests: list[Request], max_tokens: int | None = None) -> list[list[Completion]]:
         """Samples of each request; ``max_tokens`` overrides the config's for this call (the guard's knob)."""
