@@ -104,11 +104,13 @@ def test_hardware_variables_become_engines_engine_kwargs_and_the_cluster(script:
     args = launched(script, dict(env, **hardware))
     assert (args.concurrency, args.tensor_parallel_size, args.ray_address) == (8, 2, "10.0.0.1:6379")
     assert args.engine_kwargs == {"gpu_memory_utilization": 0.85, "max_model_len": 8192}
-    # the generation settings these flags make: 8 engines of 2 GPUs, all 16 GPUs taken
-    config = GenerationConfig(model=args.model, backend=args.backend, concurrency=args.concurrency,
-                              tensor_parallel_size=args.tensor_parallel_size, num_gpus=args.num_gpus,
-                              engine_kwargs=args.engine_kwargs, ray_address=args.ray_address)  # fmt: skip
-    assert config.concurrency * config.gpus_per_actor == 16
+    # the generation settings these flags make on vLLM's GPU build: 8 engines of 2 GPUs (one per tensor-parallel
+    # rank, num_gpus left to the engine), all 16 GPUs taken. This machine's CPU build refuses tensor parallelism.
+    assert args.num_gpus is None and args.concurrency * args.tensor_parallel_size == 16
+    with pytest.raises(ValueError, match="tensor_parallel_size > 1 needs vLLM's GPU build"):
+        GenerationConfig(model=args.model, backend=args.backend, concurrency=args.concurrency,
+                         tensor_parallel_size=args.tensor_parallel_size, num_gpus=args.num_gpus,
+                         engine_kwargs=args.engine_kwargs, ray_address=args.ray_address)  # fmt: skip
     four = launched(script, dict(env, GPUS="4", GPU_MEMORY_UTILIZATION="1"))
     assert (four.concurrency, four.engine_kwargs) == (4, {"gpu_memory_utilization": 1})
 
