@@ -51,6 +51,26 @@ def replace(owner: Any, name: str, build: Callable[[Callable[..., Any]], Callabl
     setattr(owner, name, replacement)
 
 
+def module_source(name: str) -> str | None:
+    """The source text of module ``name`` without importing it or its parent packages (importing
+    ``vllm.…`` or ``verl.workers.…`` starts logging and takes seconds); None where it cannot be found."""
+    from importlib.util import find_spec
+    from pathlib import Path
+
+    top, _, rest = name.partition(".")
+    spec = find_spec(top)
+    if spec is None:
+        return None
+    if not rest:
+        return Path(spec.origin).read_text() if spec.origin else None
+    for root in spec.submodule_search_locations or []:
+        base = Path(root, *rest.split("."))
+        for path in (base.with_suffix(".py"), base / "__init__.py"):
+            if path.is_file():
+                return path.read_text()
+    return None
+
+
 def _initialising(module: types.ModuleType) -> bool:
     return bool(getattr(module.__spec__, "_initializing", False))
 

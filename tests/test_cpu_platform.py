@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.metadata as md
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,16 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from gr_vl_verl import verl_fixes
+from gr_vl_verl import import_hooks, verl_fixes
 from gr_vl_verl.cpu import adapters, select, vllm_dist
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _verl_source(module: str) -> str:
-    spec = importlib.util.find_spec(module)
-    assert spec is not None and spec.origin, module
-    return Path(spec.origin).read_text()
+    text = import_hooks.module_source(module)
+    assert text is not None, module
+    return text
 
 
 # -- pin guards: each adapter's docstring quotes the verl line it replaces; verl must still have it ------------

@@ -69,11 +69,14 @@ def test_gr_vl_check_passes_here(ray_results) -> None:
         "trainer config composes",
         "dynamic-clip trainers build (legacy and V1)",
         "plugin and pushed loss in a Ray worker",
+        "vLLM as verl finds it",
+        "cpu platform and its adapters",
     ]
     for name, ok, detail in results:
         assert ok, f"{name}: {detail}"
         assert isinstance(detail, str) and detail
     assert "0.191, 0.183, 0.174, 0.000" in results[4].detail
+    assert "+cpu" in results[7].detail and "8 adapted lines" in results[8].detail
 
 
 def test_worker_check_fails_when_verl_skips_plugins(ray_results) -> None:

@@ -189,11 +189,10 @@ def vllm_for_verl() -> str:
 def cpu_platform() -> str:
     """The ``cpu`` platform is in verl's registry, and every verl line its adapters replace is still there."""
     import importlib.util
-    from pathlib import Path
 
     from verl.plugin.platform import PlatformRegistry
 
-    from gr_vl_verl import verl_fixes
+    from gr_vl_verl import import_hooks, verl_fixes
     from gr_vl_verl.cpu import adapters
 
     if "cpu" not in PlatformRegistry.registered_names():
@@ -205,12 +204,12 @@ def cpu_platform() -> str:
         "verl.single_controller.ray.base": adapters.VERL_RESOURCE_CHECK_LINE,
         "verl.trainer.sft_trainer": adapters.VERL_SFT_LINE,
         verl_fixes.MODULE: verl_fixes.VERL_TEXT_ONLY_LINE,
+        verl_fixes.COLLATE_MODULE: verl_fixes.VERL_COLLATE_LINE,
     }
     if importlib.util.find_spec("vllm") is not None:
         guards["vllm.model_executor.layers.utils"] = adapters.VLLM_GEMM_LINE
     for module, line in guards.items():
-        spec = importlib.util.find_spec(module)
-        if spec is None or not spec.origin or line not in Path(spec.origin).read_text():
+        if line not in (import_hooks.module_source(module) or ""):
             raise RuntimeError(f"{module} no longer has the line an adapter replaces: {line!r}")
     return f"registered; {len(guards)} adapted lines found in the installed verl/vLLM; selected by trainer.device=cpu"
 
