@@ -23,7 +23,7 @@ from typing import Any
 from gr_vl_verl.data.images import ImagePolicy
 from gr_vl_verl.generation.config import GenerationError
 from gr_vl_verl.generation.engines import Completion
-from gr_vl_verl.guard import GuardInput, _result, prepare_items
+from gr_vl_verl.guard_items import GuardInput, _result, prepare_items
 from gr_vl_verl.protocol import PARSE_MODES, ParseMode
 
 #: Qwen2.5-VL's vision patch (GuardReasoner-VL's base model): images are resized onto a grid of twice that.
