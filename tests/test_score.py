@@ -267,22 +267,33 @@ def test_from_prepared_benchmarks_and_generations_to_report(tmp_path):
 
 
 def test_charts_and_report_read_the_tables_and_never_each_other():
-    """Imports go one way: report -> charts -> tables, report -> tables; the charts never import the report."""
+    """Imports go one way: report -> charts -> tables, report -> tables; no chart imports the report."""
     import ast
 
-    import gr_vl_verl.evaluation as evaluation
+    import gr_vl_verl
 
-    def imported(module: str) -> set[str]:
-        """The package's evaluation modules that ``module`` imports (``from ..evaluation import x`` included)."""
-        tree = ast.parse((Path(evaluation.__file__).parent / f"{module}.py").read_text())
+    root = Path(gr_vl_verl.__file__).parent
+
+    def imported(path: str) -> set[str]:
+        """The package modules that the module at ``path`` imports, as dotted names below ``gr_vl_verl``."""
+        tree = ast.parse((root / path).read_text())
         found = set()
         for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module == "gr_vl_verl.evaluation":
-                found |= {a.name for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("gr_vl_verl.evaluation."):
-                found.add(node.module.removeprefix("gr_vl_verl.evaluation."))
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("gr_vl_verl"):
+                base = node.module.removeprefix("gr_vl_verl").lstrip(".")
+                found.add(base)
+                for a in node.names:  # `from gr_vl_verl import charts`: a module, not a name in one
+                    sub = root.joinpath(*base.split("."), a.name) if base else root / a.name
+                    if sub.is_dir() or sub.with_suffix(".py").is_file():
+                        found.add(f"{base}.{a.name}".lstrip("."))
         return found
 
-    assert "tables" in imported("charts") and "report" not in imported("charts")
-    assert {"tables", "charts"} <= imported("report")
-    assert not imported("tables") - {"metrics"}
+    for family in ("scores", "probability", "training"):
+        deps = imported(f"charts/{family}.py")
+        assert "evaluation.report" not in deps and not any(d.startswith("commands") for d in deps), family
+    assert "evaluation.tables" in imported("charts/scores.py")
+    assert {"evaluation.tables", "charts"} <= imported("evaluation/report.py")
+    assert not {d for d in imported("evaluation/tables.py") if d.startswith("evaluation.")} - {
+        "evaluation.metrics",
+        "evaluation.predictions",
+    }

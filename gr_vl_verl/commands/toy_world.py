@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from gr_vl_verl.commands import UsageError, require_out_folder
+from gr_vl_verl.commands import UsageError, emit, require_out_folder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,5 +46,5 @@ def run(args: argparse.Namespace) -> int:
         counts = generate(args.out, config)
     except (ValueError, FileExistsError) as e:
         raise UsageError(str(e)) from None
-    print(json.dumps({"out": str(args.out), "seed": args.seed, **counts}))
+    emit(json.dumps({"out": str(args.out), "seed": args.seed, **counts}))
     return 0

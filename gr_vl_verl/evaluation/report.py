@@ -16,14 +16,21 @@ from typing import Any
 
 from gr_vl_verl.atomic import atomic_write
 from gr_vl_verl.evaluation.predictions import TASKS
-from gr_vl_verl.evaluation.prob_tables import (
+from gr_vl_verl.evaluation.tables import (
+    AVERAGE_ALL,
+    AVERAGE_TEXT,
     PROB_CSV_COLUMNS,
+    TASK_TITLES,
+    cell,
     csv_average_values,
     csv_values,
+    fmt,
     has_probabilities,
     markdown_section,
+    md_table,
+    run_labels,
+    table_columns,
 )
-from gr_vl_verl.evaluation.tables import AVERAGE_ALL, AVERAGE_TEXT, TASK_TITLES, cell, run_labels, table_columns
 
 REPORT_VERSION = 1
 REPORT_FILES = ("report.json", "report.md", "report.csv", "f1_per_benchmark.png", "f1_vs_tokens.png")
@@ -95,10 +102,6 @@ def load_report(folder: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------
 # Tables
 # --------------------------------------------------------------------------------------------------
-def _fmt(value: float | None, digits: int = 2) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
-
-
 def other_mode_line(report: dict[str, Any]) -> str | None:
     """One line with the other parse mode's averages (Average (All), then Text, per task), so the gap between
     the paper's ``compat`` reading and ``strict`` shows in every report; None for a report without them."""
@@ -106,16 +109,11 @@ def other_mode_line(report: dict[str, Any]) -> str | None:
     if not other:
         return None
     tasks = ", ".join(
-        f"{task} {_fmt(other[task]['average_all'])} (text {_fmt(other[task].get('average_text'))})"
+        f"{task} {fmt(other[task]['average_all'])} (text {fmt(other[task].get('average_text'))})"
         for task in TASKS
         if other[task].get("average_all") is not None
     )
     return f"In `{other['mode']}` mode: Average (All) {tasks or '–'}; unparsed outputs {other.get('unparsed', '–')}."
-
-
-def _md_table(header: list[str], rows: list[list[str]], align: str) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(":--" if a == "l" else "--:" for a in align) + "|"]
-    return lines + ["| " + " | ".join(r) + " |" for r in rows]
 
 
 def markdown(runs: list[dict[str, Any]]) -> str:
@@ -136,20 +134,20 @@ def markdown(runs: list[dict[str, Any]]) -> str:
         columns = table_columns(task, runs)
         if not columns:
             continue
-        rows = [[label, *(_fmt(cell(run, task, c)) for c in columns)] for label, run in zip(labels, runs, strict=True)]
-        out += ["", f"## {TASK_TITLES[task]}", "", *_md_table(["Run", *columns], rows, "l" + "r" * len(columns))]
+        rows = [[label, *(fmt(cell(run, task, c)) for c in columns)] for label, run in zip(labels, runs, strict=True)]
+        out += ["", f"## {TASK_TITLES[task]}", "", *md_table(["Run", *columns], rows, "l" + "r" * len(columns))]
     rows = [
         [
             label,
             str(run.get("mode", "–")),
-            _fmt(run.get("average_f1")),
-            _fmt(run["tokens"].get("mean_output_tokens")),
+            fmt(run.get("average_f1")),
+            fmt(run["tokens"].get("mean_output_tokens")),
             str((run.get("unparsed") or {}).get("total", "–")),
         ]
         for label, run in zip(labels, runs, strict=True)
     ]
     out += ["", "## Efficiency", "", "Average F1 is the mean of the two tasks' Average (All), as in the paper.", ""]
-    out += _md_table(["Run", "Mode", "Average F1", "Mean output tokens", "Unparsed outputs"], rows, "llrrr")
+    out += md_table(["Run", "Mode", "Average F1", "Mean output tokens", "Unparsed outputs"], rows, "llrrr")
     out += ["", f"## Details: {labels[0]}", ""]
     header = ["Task", "Benchmark", "Modality", "n", "F1", "Precision", "Recall", "Accuracy", "Unparsed", "Tokens"]
     tokens = main["tokens"].get("per_benchmark", {})
@@ -159,17 +157,17 @@ def markdown(runs: list[dict[str, Any]]) -> str:
             bench,
             s["modality"],
             str(s["n"]),
-            _fmt(s["f1"]),
-            _fmt(s["precision"]),
-            _fmt(s["recall"]),
-            _fmt(s["accuracy"]),
+            fmt(s["f1"]),
+            fmt(s["precision"]),
+            fmt(s["recall"]),
+            fmt(s["accuracy"]),
             str(s["unparsed"]),
-            _fmt(tokens.get(bench), 1),
+            fmt(tokens.get(bench), 1),
         ]
         for task in TASKS
         for bench, s in main[task]["per_benchmark"].items()
     ]
-    out += _md_table(header, rows, "lllrrrrrrr")
+    out += md_table(header, rows, "lllrrrrrrr")
     out += markdown_section(runs, labels)
     return "\n".join(out) + "\n"
 
@@ -204,7 +202,7 @@ def csv_text(runs: list[dict[str, Any]]) -> str:
 def write_report(out: Path, report: dict[str, Any], compare: Sequence[dict[str, Any]] = ()) -> list[Path]:
     """Write the five files of :data:`REPORT_FILES` into ``out`` (and :data:`PROB_FILES` when a run has harm
     probabilities); ``compare`` runs join the tables and charts."""
-    from gr_vl_verl.evaluation import charts  # matplotlib only here: loading a report does not need it
+    from gr_vl_verl import charts  # matplotlib only here: loading a report does not need it
 
     out = Path(out)
     runs = [report, *compare]
@@ -214,14 +212,8 @@ def write_report(out: Path, report: dict[str, Any], compare: Sequence[dict[str, 
         "report.json": (json.dumps(report, indent=2, ensure_ascii=False) + "\n").encode(),
         "report.md": markdown(runs).encode(),
         "report.csv": csv_text(runs).encode(),
-        "f1_per_benchmark.png": charts.f1_per_benchmark(runs, labels),
-        "f1_vs_tokens.png": charts.f1_vs_tokens(runs, labels),
+        **charts.report_figures(runs, labels, probabilities=any(has_probabilities(run) for run in runs)),
     }
-    if any(has_probabilities(run) for run in runs):
-        from gr_vl_verl.evaluation import prob_charts
-
-        contents["pr_curves.png"] = prob_charts.pr_curves(runs, labels)
-        contents["reliability.png"] = prob_charts.reliability_diagram(runs, labels)
     out.mkdir(parents=True, exist_ok=True)
     for name in contents:
         atomic_write(out / name, [contents[name]])

@@ -1,35 +1,18 @@
-"""The score folder's charts, drawn with matplotlib's non-interactive Agg backend and returned as PNG bytes.
+"""The score folder's F1 charts.
 
 * F1 per benchmark: one panel per task, one bar group per benchmark (and per average), one bar per run.
 * Average F1 against mean output tokens: one point per run, the paper's efficiency comparison of
   GuardReasoner-VL with its Eco variant.
-
-PNG metadata is emptied (matplotlib writes its version as ``Software``), so the same numbers give the same
-bytes on the same installation.
 """
 
 from __future__ import annotations
 
-import io
 import math
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-from matplotlib.figure import Figure  # noqa: E402  (after choosing the backend)
-
-from gr_vl_verl.evaluation.predictions import TASKS  # noqa: E402
-from gr_vl_verl.evaluation.tables import AVERAGE_ALL, AVERAGE_TEXT, TASK_TITLES, cell, table_columns  # noqa: E402
-
-DPI = 100
-
-
-def _png(fig: Figure) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
-    return buf.getvalue()
+from gr_vl_verl.charts import Figure, png
+from gr_vl_verl.evaluation.predictions import TASKS
+from gr_vl_verl.evaluation.tables import AVERAGE_ALL, AVERAGE_TEXT, TASK_TITLES, cell, table_columns
 
 
 def f1_per_benchmark(runs: list[dict[str, Any]], labels: list[str]) -> bytes:
@@ -62,7 +45,7 @@ def f1_per_benchmark(runs: list[dict[str, Any]], labels: list[str]) -> bytes:
             ax.text(0.5, 0.5, "no scores", ha="center", va="center", transform=ax.transAxes)
     axes[0].legend(fontsize=8, loc="upper right", ncols=min(len(runs), 4))
     fig.tight_layout()
-    return _png(fig)
+    return png(fig)
 
 
 def f1_vs_tokens(runs: list[dict[str, Any]], labels: list[str]) -> bytes:
@@ -85,4 +68,4 @@ def f1_vs_tokens(runs: list[dict[str, Any]], labels: list[str]) -> bytes:
     ax.grid(alpha=0.3)
     ax.margins(x=0.2, y=0.2)
     fig.tight_layout()
-    return _png(fig)
+    return png(fig)

@@ -1,4 +1,4 @@
-"""The score folder's harm-probability charts (matplotlib Agg, PNG bytes without metadata, as ``charts``).
+"""The score folder's harm-probability charts.
 
 * ``pr_curves.png``: one panel per task and run (runs side by side with ``--compare``), one precision-recall
   curve per benchmark, labelled with its AUPRC.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gr_vl_verl.evaluation.charts import Figure, _png
+from gr_vl_verl.charts import Figure, png
 from gr_vl_verl.evaluation.predictions import TASKS
 from gr_vl_verl.evaluation.tables import TASK_TITLES
 
@@ -47,7 +47,7 @@ def pr_curves(runs: list[dict[str, Any]], labels: list[str]) -> bytes:
             ax.set_title(f"{label}: {TASK_TITLES[task]}", fontsize=9)
             ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _png(fig)
+    return png(fig)
 
 
 def _pooled(run: dict[str, Any], task: str) -> tuple[list[float], list[float]]:
@@ -86,4 +86,4 @@ def reliability_diagram(runs: list[dict[str, Any]], labels: list[str]) -> bytes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
-    return _png(fig)
+    return png(fig)
