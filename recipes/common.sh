@@ -65,6 +65,17 @@ _gr_vl_run() {  # name of the command array, name of the overrides array, extra 
     exec "${_gr_vl_cmd[@]}" "${_gr_vl_ovr[@]}" "$@"
 }
 
+# verl's `file` logger writes one JSON line per step to $VERL_FILE_LOGGER_PATH, opened with "wb": each launch gets
+# its own file beside the checkpoints (metrics_<UTC time>.jsonl), so a resumed run keeps the earlier steps and
+# `gr-vl curves $CKPT_DIR` draws them all.
+_gr_vl_metrics_file() {  # checkpoint folder
+    if [[ -z "${VERL_FILE_LOGGER_PATH:-}" ]]; then
+        export VERL_FILE_LOGGER_PATH="$1/metrics_$(date -u +%Y%m%dT%H%M%SZ).jsonl"
+        [[ "${GR_VL_DRY_RUN:-0}" == 1 ]] || mkdir -p "$1"
+    fi
+    [[ "${GR_VL_DRY_RUN:-0}" != 1 ]] || echo "metrics: $VERL_FILE_LOGGER_PATH" >&2
+}
+
 # GRPO (stage 5): python -m gr_vl_verl.trainer.main_ppo with gr_vl_trainer.yaml.
 #   Required: TRAIN_FILES, VAL_FILES (RL parquet from `gr-vl prep` / `gr-vl augment`), MODEL_PATH (the R-SFT model
 #   as a Hugging Face folder). Extra arguments: hydra overrides.
@@ -81,7 +92,7 @@ launch_grpo() {
     # Run bookkeeping
     local project=${PROJECT_NAME:-guardreasoner_vl} experiment=${EXPERIMENT_NAME:-gr_vl_grpo}
     local ckpt_dir=${CKPT_DIR:-checkpoints/$project/$experiment}
-    local logger=${LOGGER:-'["console","tensorboard"]'}
+    local logger=${LOGGER:-'["console","tensorboard","file"]'}
     local use_v1=${USE_V1:-True}
 
     local command=("${PYTHON:-python3}" -m gr_vl_verl.trainer.main_ppo)
@@ -108,6 +119,7 @@ launch_grpo() {
         "actor_rollout_ref.actor.checkpoint.save_contents=[model,optimizer,extra,hf_model]"
         trainer.test_freq=5
     )
+    _gr_vl_metrics_file "$ckpt_dir"
     _gr_vl_run command overrides "$@"
 }
 
@@ -125,7 +137,7 @@ launch_sft() {
     # Run bookkeeping
     local project=${PROJECT_NAME:-guardreasoner_vl} experiment=${EXPERIMENT_NAME:-gr_vl_r_sft}
     local ckpt_dir=${CKPT_DIR:-checkpoints/$project/$experiment}
-    local logger=${LOGGER:-'["console","tensorboard"]'}
+    local logger=${LOGGER:-'["console","tensorboard","file"]'}
 
     local val=null
     [[ -z "${VAL_FILES:-}" ]] || val=$(_gr_vl_hydra_list "$VAL_FILES")
@@ -152,6 +164,7 @@ launch_sft() {
         trainer.experiment_name="$experiment"
         "trainer.default_local_dir=$ckpt_dir"
     )
+    _gr_vl_metrics_file "$ckpt_dir"
     _gr_vl_run command overrides "$@"
 }
 

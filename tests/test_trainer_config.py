@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -344,3 +345,18 @@ def test_cli_prints_a_recipe_config_and_rejects_bad_gr_vl_keys_before_ray(recipe
     assert bad.returncode != 0
     assert "gr_vl_verl: unknown key(s) ['epsilon'] in gr_vl.clip" in bad.stderr
     assert "ray init kwargs" not in bad.stdout + bad.stderr
+
+
+def test_recipe_keeps_each_launchs_metrics_beside_its_checkpoints(recipe_env, tmp_path) -> None:
+    env = dict(recipe_env, CKPT_DIR=str(tmp_path / "ckpt"))
+    env.pop("VERL_FILE_LOGGER_PATH", None)
+    run = subprocess.run(["bash", str(RECIPES[0])], env=env, capture_output=True, text=True, check=True, timeout=120)
+    assert 'trainer.logger=["console","tensorboard","file"]' in run.stdout.splitlines()
+    metrics = [line.removeprefix("metrics: ") for line in run.stderr.splitlines() if line.startswith("metrics: ")]
+    assert len(metrics) == 1 and re.fullmatch(
+        re.escape(str(tmp_path / "ckpt")) + r"/metrics_\d{8}T\d{6}Z\.jsonl", metrics[0]
+    )
+    assert not (tmp_path / "ckpt").exists()  # a dry run creates nothing
+    mine = dict(env, VERL_FILE_LOGGER_PATH=str(tmp_path / "mine.jsonl"))
+    run = subprocess.run(["bash", str(RECIPES[0])], env=mine, capture_output=True, text=True, check=True, timeout=120)
+    assert f"metrics: {tmp_path / 'mine.jsonl'}" in run.stderr.splitlines()
