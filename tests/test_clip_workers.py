@@ -172,6 +172,8 @@ def test_the_engine_trains_with_the_function_object_the_trainer_pushed(actor_wor
     assert metrics["actor/pg_clipfrac"] == [pytest.approx(want_frac)]
     assert metrics["actor/pg_loss"] == [pytest.approx(want_loss, rel=1e-5, abs=1e-6)]
     assert metrics["actor/clip_eps_low"] == pytest.approx(eps)
+    # the range reported from inside the loss the engine ran, once per micro-batch
+    assert metrics["actor/loss_clip_low"] == metrics["actor/loss_clip_high"] == [pytest.approx(eps)]
     assert want_frac != hand_loss(0.2, 0.2)[1]  # the worker's own clip range would have given another loss
 
 
@@ -183,12 +185,15 @@ def test_each_step_replaces_the_workers_loss(actor_worker) -> None:
     group = OneRankGroup(worker)
     trainer = legacy_trainer(config, group, 1)
     trainer.total_training_steps = TOTAL
-    fracs = []
+    fracs, applied = [], []
     for step in (1, 3):
         trainer.global_steps = step
         engine.received.clear()
-        fracs.append(trainer._update_actor(batch).meta_info["metrics"]["actor/pg_clipfrac"][0])
+        metrics = trainer._update_actor(batch).meta_info["metrics"]
+        fracs.append(metrics["actor/pg_clipfrac"][0])
+        applied.append((metrics["actor/loss_clip_low"][0], metrics["actor/loss_clip_high"][0]))
         assert engine.received[-1] is group.pushed[-1]
     assert [fn.keywords["config"].clip_ratio_low for fn in group.pushed] == pytest.approx([0.15, 0.05])
+    assert applied == [pytest.approx((0.15, 0.15)), pytest.approx((0.05, 0.05))]  # 0.2 * (4 - step) / 4
     assert fracs == pytest.approx([hand_loss(0.15, 0.15)[1], hand_loss(0.05, 0.05)[1]])
     assert sum(RESPONSE_LENS) == int(batch.batch["response_mask"].sum())

@@ -37,7 +37,15 @@ from verl.workers.utils.losses import ppo_loss
 
 from gr_vl_verl.trainer import dynamic_clip
 from gr_vl_verl.trainer.clip_schedule import ClipSchedule
-from gr_vl_verl.trainer.dynamic_clip import METRIC_HIGH, METRIC_LOW, clip_warning, updates_per_step, with_clip
+from gr_vl_verl.trainer.dynamic_clip import (
+    METRIC_APPLIED_HIGH,
+    METRIC_APPLIED_LOW,
+    METRIC_HIGH,
+    METRIC_LOW,
+    clip_warning,
+    updates_per_step,
+    with_clip,
+)
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +145,8 @@ def test_pushed_loss_equals_the_one_verl_builds_from_static_keys(config) -> None
         ours = call_like_engine(wg.loss_fns[0], td, new_lp)
         theirs = call_like_engine(verl_fn, td, new_lp)
         assert ours[0] == theirs[0]
+        reported = {k: ours[1].pop(k) for k in (METRIC_APPLIED_LOW, METRIC_APPLIED_HIGH)}
+        assert reported == {METRIC_APPLIED_LOW: pytest.approx(low), METRIC_APPLIED_HIGH: pytest.approx(high)}
         assert {k: v.aggregate() for k, v in ours[1].items()} == {k: v.aggregate() for k, v in theirs[1].items()}
 
 

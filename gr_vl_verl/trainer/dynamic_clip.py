@@ -9,6 +9,10 @@ sends it with ``actor_rollout_wg.set_loss_fn`` (``Dispatch.ONE_TO_ALL``: every r
 is queued). ``step`` is the trainer's ``global_steps``, which verl restores from the checkpoint folder name on
 resume, so a resumed run continues the schedule where it stopped.
 
+The driver logs the range it pushed (``actor/clip_eps_low/high``); the pushed loss itself
+(:class:`ClipReportingLoss`) adds the range the worker's policy loss read to the metrics it returns
+(``actor/loss_clip_low/high``), so a push that never reached the workers' loss shows in the run's metrics.
+
 Both trainer paths are covered: :class:`GRRayPPOTrainer` (legacy, ``trainer.use_v1=false``) and
 :func:`v1_trainer_cls` (the V1 trainer of any ``trainer.v1.trainer_mode``). The V1 module needs
 ``transfer_queue``, so it is only imported when asked for.
@@ -41,6 +45,9 @@ logger = logging.getLogger(__name__)
 
 METRIC_LOW = "actor/clip_eps_low"
 METRIC_HIGH = "actor/clip_eps_high"
+#: The clip range the actor workers' policy loss read, reported by the loss itself (:class:`ClipReportingLoss`).
+METRIC_APPLIED_LOW = "actor/loss_clip_low"
+METRIC_APPLIED_HIGH = "actor/loss_clip_high"
 #: Seconds the push took (building the loss and ``set_loss_fn`` on every rank), beside verl's ``timing_s/*``.
 METRIC_PUSH_SECONDS = "timing_s/gr_vl_clip_push"
 
@@ -70,20 +77,46 @@ def with_clip(actor_config: Any, eps_low: float, eps_high: float) -> Any:
     )
 
 
+def applied_clip(actor_config: Any) -> tuple[float, float]:
+    """The clip range verl 0.9.1's clipped policy losses read from an ``ActorConfig``: ``clip_ratio_low`` and
+    ``clip_ratio_high``, each falling back to ``clip_ratio`` (``core_algos.compute_policy_loss_vanilla``)."""
+    low, high = actor_config.clip_ratio_low, actor_config.clip_ratio_high
+    fallback = actor_config.clip_ratio
+    return float(fallback if low is None else low), float(fallback if high is None else high)
+
+
+class ClipReportingLoss(partial):
+    """The worker's loss partial (``ppo_loss`` or the distillation loss, ``func``/``keywords`` as verl built
+    them) that also returns, among its metrics, the clip range of the ``config`` the policy loss was called
+    with. The figure is produced in the actor worker, per micro-batch, by the loss it trains with: if a push
+    never reached the engine, the run's metrics lack ``actor/loss_clip_*`` or show the worker's own range."""
+
+    def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
+        result = super().__call__(*args, **kwargs)
+        if not isinstance(result, tuple):  # the distillation loss's logit pass: a tensor, no metrics
+            return result
+        loss, metrics = result
+        low, high = applied_clip(self.keywords["config"])
+        metrics[METRIC_APPLIED_LOW] = low
+        metrics[METRIC_APPLIED_HIGH] = high
+        return loss, metrics
+
+
 def make_loss_fn(config: DictConfig, actor_config: Any) -> Callable[..., Any]:
-    """The partial the worker's ``init_model`` builds: ``ppo_loss``, or the distillation loss when enabled."""
+    """The partial the worker's ``init_model`` builds: ``ppo_loss``, or the distillation loss when enabled,
+    reporting the clip range it applied (:class:`ClipReportingLoss`)."""
     from verl.trainer.distillation import distillation_ppo_loss, is_distillation_enabled
     from verl.utils.config import omega_conf_to_dataclass
     from verl.workers.utils.losses import ppo_loss
 
     distillation = config.get("distillation")
     if is_distillation_enabled(distillation):
-        return partial(
+        return ClipReportingLoss(
             distillation_ppo_loss,
             config=actor_config,
             distillation_config=omega_conf_to_dataclass(distillation),
         )
-    return partial(ppo_loss, config=actor_config)
+    return ClipReportingLoss(ppo_loss, config=actor_config)
 
 
 # --------------------------------------------------------------------------------------------------
