@@ -147,10 +147,30 @@ def child(impl: str, data: Path, out: Path, ratio: float) -> None:
     )
 
 
+#: A measured child's time limit; it leads a process group (its worker pool included), killed whole on timeout.
+CHILD_TIMEOUT_S = 3600
+
+
+def run_child(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    from gr_vl_verl.trainer.launch import kill_group
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=CHILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        kill_group(proc.pid)
+        proc.communicate()
+        raise RuntimeError(f"{cmd[3]} ran past {CHILD_TIMEOUT_S} s") from None
+    finally:
+        kill_group(proc.pid)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def measure(impl: str, data: Path, out: Path, ratio: float) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, __file__, "--child", impl, "--data", str(data), "--out", str(out), "--ratio", str(ratio)]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    done = run_child(cmd, env)
     if done.returncode != 0:
         raise RuntimeError(f"{impl} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

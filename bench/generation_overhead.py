@@ -82,7 +82,7 @@ def cold_start(config: GenerationConfig) -> float:
         f"TransformersEngine(GenerationConfig(model={config.model!r}, backend='transformers'))\n"
         "print(time.perf_counter() - t)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=600).stdout
     return float(out.split()[-1])
 
 

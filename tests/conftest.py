@@ -1,7 +1,12 @@
-"""Test-wide settings: nothing leaves the machine, caches stay in a temp folder."""
+"""Test-wide settings: nothing leaves the machine, caches stay in a temp folder that is removed at the end, and
+the session fails if the pytest process started Ray or the work tree gained files."""
 
 import os
+import shutil
+import subprocess
+import sys
 import tempfile
+from pathlib import Path
 
 _cache = tempfile.mkdtemp(prefix="gr_vl_test_cache_")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -12,9 +17,70 @@ os.environ.setdefault("HF_DATASETS_CACHE", os.path.join(_cache, "datasets"))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_MODE", "disabled")
+# Hypothesis keeps its example database and caches in ./.hypothesis by default: here, in the temp folder.
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", os.path.join(_cache, "hypothesis"))
 
 
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+from hypothesis.database import DirectoryBasedExampleDatabase  # noqa: E402
+
+settings.register_profile(
+    "gr_vl", database=DirectoryBasedExampleDatabase(os.path.join(os.environ["HYPOTHESIS_STORAGE_DIRECTORY"], "db"))
+)
+settings.load_profile("gr_vl")
+
+ROOT = Path(__file__).resolve().parents[1]
+#: Folders tests may create in the work tree: caches of Python and of the tools themselves.
+_CACHES = (".venv", ".pytest_cache", ".ruff_cache", "__pycache__")
+
+
+def _is_cache(path: str) -> bool:
+    parts = path.rstrip("/").split("/")
+    return any(part in _CACHES or part.endswith(".egg-info") for part in parts)
+
+
+def untracked_paths(root: Path = ROOT) -> set[str] | None:
+    """Untracked and ignored files of the work tree, caches left out; None outside a git checkout."""
+    try:
+        done = subprocess.run(
+            ["git", "status", "--porcelain", "--ignored", "--untracked-files=all", "-z", "--", ".", ":!.venv"],
+            cwd=root,
+            capture_output=True,
+            timeout=120,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode != 0:
+        return None
+    entries = done.stdout.decode(errors="replace").split("\0")
+    return {e[3:] for e in entries if e[:2] in ("??", "!!") and not _is_cache(e[3:])}
+
+
+def _written_by_tests(path: str) -> bool:
+    """Whether a new path can be the suite's doing: an untracked source file (code or docs) that appears
+    meanwhile is someone editing the tree while the suite runs, not a test's output."""
+    return not path.endswith((".py", ".md"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _suite_leaves_nothing_behind():
+    """At the end of the session: Ray was never initialised in this process (drivers run in children,
+    ``ray_driver.py``), the work tree gained no files (Hydra's ``outputs/``, ``.hypothesis/``, a run's
+    folder), and the cache folder above is removed."""
+    before = untracked_paths()
+    yield
+    shutil.rmtree(_cache, ignore_errors=True)
+    problems = []
+    ray = sys.modules.get("ray")  # only a process that imported Ray can have initialised it
+    if ray is not None and ray.is_initialized():
+        problems.append("Ray was initialised in the pytest process; run its driver in a child (ray_driver.py)")
+    after = untracked_paths()
+    new = sorted(p for p in (after or set()) - (before or set()) if _written_by_tests(p))
+    if before is not None and after is not None and new:
+        problems.append(f"the tests wrote {len(new)} file(s) into the work tree {ROOT}: {new[:20]}")
+    if problems:
+        pytest.fail("; ".join(problems), pytrace=False)
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,9 @@ After ``ray.shutdown()`` a Ray 2.60 driver keeps its GCS-client and gRPC threads
 process they were still running while the interpreter tore down, and the process crashed at exit now and
 then (SIGSEGV after "N passed"). A driver here is a fresh interpreter that calls one function, prints its
 JSON result and leaves with ``os._exit`` once the result is out, so no Ray thread outlives anything it uses.
+
+Every child leads a process group of its own (:func:`run_in_group`): Ray's processes, vLLM's engine processes
+and torchrun's ranks are its grandchildren, and a timeout kills them all, not only the child.
 """
 
 from __future__ import annotations
@@ -13,8 +16,11 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
+
+from gr_vl_verl.trainer.launch import kill_group
 
 _MARK = "@@ray-driver-result@@"
 _CODE = f"""
@@ -28,17 +34,36 @@ os._exit(0)
 """
 
 
+def run_in_group(cmd: list[str], *, timeout: float, **kwargs: Any) -> subprocess.CompletedProcess:
+    """``subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)``, the child leading a
+    new process group: on a timeout the whole group is killed before ``TimeoutExpired`` is raised, and what of
+    the group outlives the child is killed once it exits.
+
+    Output goes to temporary files rather than pipes: a grandchild that inherited a pipe would keep it open
+    after the child exits, and reading to its end would wait for the grandchild."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, start_new_session=True, **kwargs)
+        try:
+            returncode = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            kill_group(proc.pid)
+            proc.wait()
+            raise subprocess.TimeoutExpired(cmd, timeout, output=_read(out), stderr=_read(err)) from None
+        finally:
+            kill_group(proc.pid)
+        return subprocess.CompletedProcess(cmd, returncode, _read(out), _read(err))
+
+
+def _read(file: Any) -> str:
+    file.seek(0)
+    return file.read().decode(errors="replace")
+
+
 def run_driver(target: str, *args: Any, timeout: int = 900) -> Any:
     """``module:function(*args)`` in a new Python process (``tests/`` importable); its JSON result."""
     tests = str(Path(__file__).resolve().parent)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])))
-    done = subprocess.run(
-        [sys.executable, "-c", _CODE, target, json.dumps(args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
+    done = run_in_group([sys.executable, "-c", _CODE, target, json.dumps(args)], timeout=timeout, env=env)
     lines = [line for line in done.stdout.splitlines() if line.startswith(_MARK)]
     if done.returncode != 0 or not lines:
         raise AssertionError(f"Ray driver {target} exited with {done.returncode}:\n{done.stderr[-4000:]}")
@@ -48,6 +73,4 @@ def run_driver(target: str, *args: Any, timeout: int = 900) -> Any:
 def run_cli(argv: list[str], timeout: int = 900) -> subprocess.CompletedProcess:
     """``gr-vl ARGV`` in a new Python process, for commands that may start Ray (generate, eval, mine --model):
     the Ray driver then lives and ends in that process, never in the pytest one."""
-    return subprocess.run(
-        [sys.executable, "-m", "gr_vl_verl", *argv], capture_output=True, text=True, timeout=timeout, env=os.environ
-    )
+    return run_in_group([sys.executable, "-m", "gr_vl_verl", *argv], timeout=timeout, env=os.environ)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -58,19 +59,20 @@ def sft_command(
     lr: float = 3e-3,
     batch_size: int = 1,
     max_length: int = 1024,
-    device: str = "cpu",
+    device: str | None = "cpu",
     extra: Sequence[str] = (),
 ) -> list[str]:
     """``torchrun -m verl.trainer.sft_trainer`` with the plugin's R-SFT config, one process.
 
     One row per step by default (toy size: a step is a fraction of a second on a CPU); a batch may mix text
-    and image rows (the plugin fixes verl 0.9.1's collate for that, :mod:`gr_vl_verl.verl_fixes`).
+    and image rows (the config's dataset class, :mod:`gr_vl_verl.trainer.sft_dataset`). ``device=None`` leaves
+    ``trainer.device`` to the config (``extra`` may name another one with ``--config-path``/``--config-name``).
     """
     return [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
         "-m", "verl.trainer.sft_trainer",
         "--config-path=pkg://gr_vl_verl.trainer.config", "--config-name=gr_vl_sft",
-        f"trainer.device={device}", f"model.path={model}",
+        *([f"trainer.device={device}"] if device else []), f"model.path={model}",
         f"data.train_files={train}", "data.val_files=null",
         f"data.train_batch_size={batch_size}", "data.micro_batch_size_per_gpu=1", f"data.max_length={max_length}",
         "data.num_workers=0", "model.enable_gradient_checkpointing=false", "engine.dtype=float32",
@@ -78,7 +80,7 @@ def sft_command(
         f"trainer.total_training_steps={steps}", "trainer.total_epochs=1000", f"trainer.save_freq={steps}",
         "trainer.test_freq=-1", "trainer.n_gpus_per_node=1", "trainer.logger=[console,file]",
         f"trainer.default_local_dir={out}", "trainer.project_name=gr_vl", "trainer.experiment_name=r_sft",
-        *extra,
+        *hydra_dir(out), *extra,
     ]  # fmt: skip
 
 
@@ -123,12 +125,30 @@ def grpo_command(
         "trainer.logger=[console,file]", f"trainer.test_freq={steps}", f"trainer.save_freq={steps}",
         "trainer.val_before_train=false", f"trainer.default_local_dir={out / 'checkpoints'}",
         "trainer.project_name=gr_vl", "trainer.experiment_name=grpo",
-        *extra,
+        *hydra_dir(out), *extra,
     ]  # fmt: skip
 
 
+def hydra_dir(out: Path) -> list[str]:
+    """Hydra's run folder inside the run's output: by default it is ``outputs/<date>/<time>`` under the
+    current directory, which would litter whatever folder the trainer was started from."""
+    return [f"hydra.run.dir={Path(out) / 'hydra'}"]
+
+
+def kill_group(pid: int) -> None:
+    """SIGKILL every process of the group ``pid`` leads (a run started with ``start_new_session``): torchrun's
+    ranks, Ray's processes and vLLM's engine are grandchildren that would outlive their parent."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def run(argv: Sequence[str], out: Path, name: str, timeout: float, env: dict[str, str] | None = None) -> RunResult:
-    """Run ``argv`` with its log in ``out/<name>.log`` and its metrics in ``out/<name>_metrics.jsonl``."""
+    """Run ``argv`` with its log in ``out/<name>.log`` and its metrics in ``out/<name>_metrics.jsonl``.
+
+    The run leads a process group of its own; on a timeout the whole group is killed, and whatever of it
+    outlives a normal exit too."""
     import time
 
     out.mkdir(parents=True, exist_ok=True)
@@ -145,12 +165,17 @@ def run(argv: Sequence[str], out: Path, name: str, timeout: float, env: dict[str
     }
     start = time.perf_counter()
     with log.open("wb") as fh:
+        proc = subprocess.Popen(list(argv), stdout=fh, stderr=subprocess.STDOUT, env=environ, start_new_session=True)
         try:
-            proc = subprocess.run(list(argv), stdout=fh, stderr=subprocess.STDOUT, env=environ, timeout=timeout)
+            returncode = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            kill_group(proc.pid)
+            proc.wait()
             raise TrainingRunError(f"{name} ran past {timeout:.0f} s; log {log}:\n{log_tail(log)}") from None
-    if proc.returncode != 0:
-        raise TrainingRunError(f"{name} exited {proc.returncode}; log {log}:\n{log_tail(log)}")
+        finally:
+            kill_group(proc.pid)
+    if returncode != 0:
+        raise TrainingRunError(f"{name} exited {returncode}; log {log}:\n{log_tail(log)}")
     return RunResult(log=log, metrics_file=metrics, seconds=time.perf_counter() - start)
 
 
