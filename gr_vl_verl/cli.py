@@ -2,7 +2,9 @@
 
 This module only dispatches: ``gr-vl NAME`` runs ``gr_vl_verl.commands.NAME`` (see that package for the
 contract every command follows) and turns its :class:`~gr_vl_verl.commands.CommandError` into one line on
-stderr and the error's exit code.
+stderr and the error's exit code. While a command runs, stdout carries its output only (``commands.emit``);
+everything else, logs of the libraries and of every child process included, goes to stderr
+(:mod:`gr_vl_verl.stdio`).
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ import os
 import pkgutil
 import sys
 from types import ModuleType
+from typing import NoReturn
 
 from gr_vl_verl import commands
 from gr_vl_verl.commands import CommandError
+from gr_vl_verl.stdio import results_stdout, stdout_to_stderr_for_good
 
 #: Help lists commands in pipeline order; any other command module follows, alphabetically.
 PIPELINE_ORDER = ("prep", "generate", "mine", "augment", "eval", "score", "classify", "serve", "demo", "check")
@@ -31,8 +35,17 @@ def command_module(name: str) -> ModuleType:
     return importlib.import_module(f"{commands.__name__}.{name.replace('-', '_')}")
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse whose errors are one line, as the commands' own are: the problem, then where the flags are
+    listed. (argparse prints the whole usage first, a dozen lines for ``gr-vl prep``, burying the problem.)
+    Sub-command parsers are of this class too: ``add_subparsers`` builds them with the parent's class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gr-vl", description=__doc__.splitlines()[0])
+    parser = OneLineErrorParser(prog="gr-vl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in command_names():
         module = command_module(name)
@@ -43,12 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)  # bad flags: argparse prints usage and exits 2
+    args = build_parser().parse_args(argv)  # bad flags: one line on stderr, SystemExit(2)
     try:
-        return int(command_module(args.command).run(args) or 0)
+        with results_stdout():
+            return int(command_module(args.command).run(args) or 0)
     except CommandError as e:
         print(f"gr-vl {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:  # the reader of stdout went away (`gr-vl classify ... | head -1`)
+        print(f"gr-vl {args.command}: error: stdout was closed before all output was written", file=sys.stderr)
+        return 1
 
 
 def entry() -> None:
@@ -59,6 +76,7 @@ def entry() -> None:
     output flushed, nothing is left for the teardown to do, so the process ends at once with the command's code.
     """
     code = main()
+    stdout_to_stderr_for_good()  # what interpreter exit sets off (atexit, a library's farewell) is not output
     if "ray" in sys.modules:
         import logging
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gr_vl_verl.commands import UsageError, WorkError, require_parquet
+from gr_vl_verl.commands import UsageError, WorkError, emit, require_parquet
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +58,6 @@ def run(args: argparse.Namespace) -> int:
         raise WorkError(str(e)) from None
     except (ValueError, OSError) as e:
         raise WorkError(f"{args.data}: {e}") from None
-    print(summary.format())
-    print(f"summary: {summary_path(Path(args.out))}")
+    emit(summary.format())
+    emit(f"summary: {summary_path(Path(args.out))}")
     return 0

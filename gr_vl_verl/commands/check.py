@@ -15,6 +15,8 @@ import sys
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from gr_vl_verl.commands import emit
+
 ENTRY_POINT_GROUP = "verl.plugins"
 ENTRY_POINT_NAME = "gr_vl_verl"
 IMPORTLIB_OVERRIDES = [
@@ -242,10 +244,10 @@ def run_checks(checks: list[tuple[str, Callable[[], str]]] | None = None) -> lis
 def run(args: argparse.Namespace) -> int:
     results = run_checks()
     if args.json:
-        print(json.dumps([r._asdict() for r in results], indent=2))
+        emit(json.dumps([r._asdict() for r in results], indent=2))
     else:
         for r in results:
-            print(f"[{'ok' if r.ok else 'FAIL'}] {r.name}: {r.detail}")
+            emit(f"[{'ok' if r.ok else 'FAIL'}] {r.name}: {r.detail}")
         failed = sum(not r.ok for r in results)
-        print(f"{len(results) - failed} passed, {failed} failed")
+        emit(f"{len(results) - failed} passed, {failed} failed")
     return 0 if all(r.ok for r in results) else 1

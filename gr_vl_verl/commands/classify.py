@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gr_vl_verl.commands import UsageError, WorkError
+from gr_vl_verl.commands import UsageError, WorkError, emit
 from gr_vl_verl.commands._generation import add_engine_kwargs
 
 
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     except GenerationError as e:
         raise WorkError(str(e)) from None
     for result in results:
-        print(json.dumps(result, ensure_ascii=False))
+        emit(json.dumps(result, ensure_ascii=False))
     return 0
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from gr_vl_verl.atomic import atomic_write
+from gr_vl_verl.commands import emit
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data"
 # The tiny processor's pixel bounds (gr_vl_verl.tiny): images of a few tokens. The demo's RL data, mining and
@@ -241,7 +242,7 @@ class Demo:
 
     def log_file(self, name: str, path: Path) -> None:
         self.summary.setdefault("logs", {})[name] = str(path)
-        print(f"      log: {path}", flush=True)
+        emit(f"      log: {path}", flush=True)
 
     def artifact(self, name: str, path: Path) -> None:
         self.summary["artifacts"][name] = str(path)
@@ -321,18 +322,18 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     stages = demo.stages()
     for i, (name, stage) in enumerate(stages, 1):
-        print(f"[{i}/{len(stages)}] {name}", flush=True)
+        emit(f"[{i}/{len(stages)}] {name}", flush=True)
         t0 = time.perf_counter()
         detail = stage()
         seconds = round(time.perf_counter() - t0, 1)
         demo.summary["stages"][name] = {"seconds": seconds, "detail": detail}
-        print(f"      {detail} ({seconds} s)", flush=True)
+        emit(f"      {detail} ({seconds} s)", flush=True)
     demo.summary["seconds"] = round(time.perf_counter() - start, 1)
     demo.artifact("this summary", demo.out / "demo_summary.json")
     text = json.dumps(demo.summary, indent=2, default=str) + "\n"  # stages in run order, not sorted
     atomic_write(demo.out / "demo_summary.json", [text.encode("utf-8")])
-    print(f"done in {demo.summary['seconds']} s. Artifacts:")
+    emit(f"done in {demo.summary['seconds']} s. Artifacts:")
     for name, path in demo.summary["artifacts"].items():
-        print(f"  {name:24} {path}")
-    print(DONE)
+        emit(f"  {name:24} {path}")
+    emit(DONE)
     return 0

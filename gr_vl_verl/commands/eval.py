@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from gr_vl_verl.commands import WorkError, require_parquet
+from gr_vl_verl.commands import WorkError, emit, require_parquet
 from gr_vl_verl.commands._generation import add_generation_arguments, generation_config, run_generation
 from gr_vl_verl.commands._scoring import add_scoring_arguments, headline, score_into, score_target
 
@@ -42,13 +42,13 @@ def run(args: argparse.Namespace) -> int:
     config = generation_config(args, n=1)
 
     summary = run_generation(data, out / GENERATIONS, config)
-    print(summary.format())
+    emit(summary.format())
     predictions = out / PREDICTIONS
     count = _write_predictions(data, out / GENERATIONS, predictions)
-    print(f"predictions: {count} line(s) in {predictions}")
+    emit(f"predictions: {count} line(s) in {predictions}")
     report = score_into(predictions, target)
-    print(headline(report))
-    print(f"report: {out / 'report.md'}")
+    emit(headline(report))
+    emit(f"report: {out / 'report.md'}")
     return 0
 
 

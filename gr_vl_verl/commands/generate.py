@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gr_vl_verl.commands import UsageError
+from gr_vl_verl.commands import UsageError, emit
 from gr_vl_verl.commands._generation import add_generation_arguments, generation_config, run_generation
 
 
@@ -27,6 +27,6 @@ def run(args: argparse.Namespace) -> int:
     if not args.data.is_file():
         raise UsageError(f"--data: file not found: {args.data}")
     summary = run_generation(args.data, args.out, generation_config(args))
-    print(summary.format())
-    print(f"summary: {Path(args.out) / 'generate_summary.json'}")
+    emit(summary.format())
+    emit(f"summary: {Path(args.out) / 'generate_summary.json'}")
     return 0

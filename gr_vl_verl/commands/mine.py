@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from gr_vl_verl.commands import UsageError, WorkError, require_out_folder, require_parquet
+from gr_vl_verl.commands import UsageError, WorkError, emit, require_out_folder, require_parquet
 from gr_vl_verl.commands._generation import add_generation_arguments, generation_config, run_generation
 
 #: Rejection sampling in the paper (appendix A.5.2) and the released rejection_sampling.py.
@@ -120,8 +120,8 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as e:  # unreadable parquet, wrong kind
         raise WorkError(f"{args.data}: {e}") from None
     totals = stats["totals"]
-    print(f"rows: {totals['rows']}, with {config.k} answers: {totals['with_k_answers']}, skipped: {totals['skipped']}")
-    print(f"right answers per row: {json.dumps(totals['histogram'])}")
-    print(f"kept: {totals['kept']}, selected: {totals['selected']} (train {totals['train']}, val {totals['val']})")
-    print(f"stats: {Path(args.out) / STATS_FILE}")
+    emit(f"rows: {totals['rows']}, with {config.k} answers: {totals['with_k_answers']}, skipped: {totals['skipped']}")
+    emit(f"right answers per row: {json.dumps(totals['histogram'])}")
+    emit(f"kept: {totals['kept']}, selected: {totals['selected']} (train {totals['train']}, val {totals['val']})")
+    emit(f"stats: {Path(args.out) / STATS_FILE}")
     return 0

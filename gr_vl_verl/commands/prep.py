@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gr_vl_verl.commands import UsageError, WorkError
+from gr_vl_verl.commands import UsageError, WorkError, emit
 from gr_vl_verl.data.readers import BENCHMARK_TASKS, VLTRAIN_SPLITS
 
 DEFAULT_FORMATS = {"vltrain": "sft,rl", "vltest": "eval", "table": "rl"}
@@ -214,6 +214,6 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     except (PrepError, ValueError, OSError) as e:
         raise WorkError(str(e)) from None
-    print(summary.format())
-    print(f"summary: {Path(args.out) / (args.input_kind + '_summary.json')}")
+    emit(summary.format())
+    emit(f"summary: {Path(args.out) / (args.input_kind + '_summary.json')}")
     return 0

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gr_vl_verl.commands import UsageError
+from gr_vl_verl.commands import UsageError, emit
 from gr_vl_verl.commands._scoring import add_scoring_arguments, headline, score_into, score_target
 
 
@@ -27,6 +27,6 @@ def run(args: argparse.Namespace) -> int:
     if not predictions.is_file():
         raise UsageError(f"--predictions {predictions}: no such file")
     report = score_into(predictions, score_target(args, out))
-    print(headline(report))
-    print(f"report: {out / 'report.md'}")
+    emit(headline(report))
+    emit(f"report: {out / 'report.md'}")
     return 0

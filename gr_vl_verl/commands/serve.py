@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gr_vl_verl.commands import UsageError, WorkError
+from gr_vl_verl.commands import UsageError, WorkError, emit
 from gr_vl_verl.commands._generation import add_engine_kwargs
 
 
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         name = server.wait_ready(args.ready_timeout, api_key=args.api_key)
-        print(f"serving {name!r} at {server.base_url}", flush=True)
+        emit(f"serving {name!r} at {server.base_url}", flush=True)
         code = server.proc.wait()
         raise WorkError(f"the server exited with {code}; its log ends:\n{server.log_tail()}")
     except ServerError as e:
