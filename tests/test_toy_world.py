@@ -11,18 +11,10 @@ import pytest
 from PIL import Image
 
 from gr_vl_verl.cli import main
-from gr_vl_verl.data.toy_world import (
-    HARMFUL_INTENTS,
-    HELD_OUT_OBJECTS,
-    HELD_OUT_SETTINGS,
-    TRAIN_OBJECTS,
-    TRAIN_SETTINGS,
-    WorldConfig,
-    generate,
-)
+from gr_vl_verl.data.toy_world import BACKGROUNDS, BENIGN_INTENTS, HARMFUL_INTENTS, OBJECTS, WorldConfig, generate
 from gr_vl_verl.protocol import parse_user_content, predicted_labels
 
-SMALL = dict(text=24, image=12, text_image=24, bench_text=6, bench_image=8, bench_text_image=10)
+SMALL = dict(text=24, image=32, text_image=24, bench_text=6, bench_image=8, bench_text_image=10)
 RED = (220, 20, 20)
 
 
@@ -103,16 +95,49 @@ def test_labels_follow_the_rules(world):
     assert seen["text"] > 0 and seen["image"] > 0
 
 
+def _pair(request: str) -> tuple[str, str] | None:
+    for intent in HARMFUL_INTENTS + BENIGN_INTENTS:
+        for obj in OBJECTS:
+            if f" {intent} {obj} " in f" {request} ":
+                return intent, obj
+    return None
+
+
+def _look(png: bytes) -> tuple[int, int] | None:
+    """(background index, half holding the cross) of a picture with a cross; None without one."""
+    img = Image.open(io.BytesIO(png)).convert("RGB")
+    pixels = list(img.getdata())
+    red = [i % img.width for i, px in enumerate(pixels) if px == RED]
+    if not red:
+        return None
+    background = max(set(pixels), key=pixels.count)
+    return BACKGROUNDS.index(background), int(sum(red) / len(red) >= img.width / 2)
+
+
 def test_benchmarks_are_held_out(world):
-    train_text = " ".join(parse_user_content(r["messages"][1]["content"]).request for r in _train_records(world))
-    assert not any(o in train_text for o in HELD_OUT_OBJECTS + HELD_OUT_SETTINGS)
+    """No benchmark request pairs an intent with an object as a training request does; no benchmark cross sits on
+    a background and in a half of the picture where a training cross does; every word and colour is shared."""
+    train_pairs, train_looks = set(), set()
+    root = world / "GuardReasoner-VLTrain"
+    for rec in _train_records(world):
+        pair = _pair(parse_user_content(rec["messages"][1]["content"]).request)
+        train_pairs |= {pair} if pair else set()
+        look = _look((root / rec["images"][0][2:]).read_bytes()) if rec["images"] else None
+        train_looks |= {look} if look else set()
     bench = world / "GuardReasoner-VLTest" / "benchmark"
+    bench_pairs = set()
     for name in ("ToxicChat", "WildGuardTestPrompt", "HarmBenchResponse", "WildGuardTestResponse"):
         for row in json.loads((bench / f"{name}.json").read_text()):
-            request = parse_user_content(row["input"][:-1]).request
-            assert not any(o in request for o in TRAIN_OBJECTS + TRAIN_SETTINGS), (name, request)
-    # no benchmark picture equals a training picture
-    train_pngs = {p.read_bytes() for p in (world / "GuardReasoner-VLTrain").rglob("*.png")}
+            pair = _pair(parse_user_content(row["input"][:-1]).request)
+            assert pair is not None, row["input"]
+            bench_pairs.add(pair)
+    bench_looks = {_look(p.read_bytes()) for p in (bench / "HarmImageTest").glob("*.png")} - {None}
+    assert train_pairs and bench_pairs and not train_pairs & bench_pairs
+    assert train_looks and bench_looks and not train_looks & bench_looks
+    assert {i for i, _ in bench_pairs} <= {i for i, _ in train_pairs}  # known words, new pairings
+    assert {o for _, o in bench_pairs} <= {o for _, o in train_pairs}
+    assert {b for b, _ in bench_looks} <= {b for b, _ in train_looks}
+    train_pngs = {p.read_bytes() for p in root.rglob("*.png")}
     assert not train_pngs & {p.read_bytes() for p in bench.rglob("*.png")}
 
 
