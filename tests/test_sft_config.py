@@ -8,6 +8,7 @@ parquet is loaded with the composed data config. The launch command itself is ru
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -169,3 +170,82 @@ def test_validation_files_are_optional_but_must_exist(sft_env) -> None:
         ["bash", str(RECIPES[0])], env=dict(sft_env, VAL_FILES="/nope.parquet"), capture_output=True, timeout=120
     )
     assert run.returncode == 2 and b"VAL_FILES: '/nope.parquet' does not exist" in run.stderr
+
+
+# -- on a CPU: the settings in the yaml, the platform from the run's own config file ------------------------------
+@pytest.mark.parametrize(
+    ("device", "remove_padding", "attn"),
+    [("cpu", False, "sdpa"), ("cuda", True, "flash_attention_2"), ("npu", True, "flash_attention_2")],
+)
+def test_device_settings_and_dataset_class_are_configuration(device, remove_padding, attn) -> None:
+    """The SFT settings a CPU needs are in gr_vl_sft.yaml (no code writes them), by trainer.device; the mixed-batch
+    dataset is verl's ``data.custom_cls``."""
+    from verl.utils.config import omega_conf_to_dataclass
+    from verl.utils.import_utils import load_extern_object
+
+    from gr_vl_verl.trainer.sft_dataset import GuardSFTDataset
+
+    cfg = compose_sft([f"trainer.device={device}", "model.path=/nonexistent"])
+    assert cfg.model.use_remove_padding is remove_padding
+    assert cfg.model.override_config.attn_implementation == attn
+    assert load_extern_object(cfg.data.custom_cls.path, cfg.data.custom_cls.name) is GuardSFTDataset
+    engine = omega_conf_to_dataclass(cfg.engine)
+    assert engine.strategy == "fsdp2"
+
+
+_PROBE_DATASET = '''
+import json, os, sys
+
+
+class Probe:
+    """In place of the dataset: report what this SFT process runs on, then end it (nothing is trained)."""
+
+    def __init__(self, parquet_files, tokenizer, config, processor=None, max_samples=-1):
+        import torch
+        import verl.workers.engine.fsdp.transformer_impl as impl
+        from verl.plugin.platform import get_platform
+
+        out = {"platform": type(get_platform()).__name__, "engine_device": impl.device_name,
+               "backend": torch.distributed.get_backend(), "env": os.environ.get("VERL_PLATFORM")}
+        print("PROBE " + json.dumps(out), flush=True)
+        os._exit(0)
+'''
+
+
+def test_sft_launch_takes_the_cpu_platform_from_a_config_file(tmp_path, tiny_model_dir) -> None:
+    """``trainer.device: cpu`` in the run's yaml, not on the command line: verl's SFT trainer, launched as the
+    project launches it (torchrun), runs on the CPU platform, its engine module and process group included.
+    A probe dataset ends the run once the process group is up and the model config is built."""
+    from test_cpu_platform import config_file
+
+    from gr_vl_verl.trainer.launch import sft_command
+
+    config_file(tmp_path / "my_sft.yaml", "gr_vl_sft", "trainer.device", "cpu")
+    (tmp_path / "probe.py").write_text(_PROBE_DATASET)
+    argv = sft_command(tiny_model_dir, tmp_path / "unused.parquet", tmp_path / "out", 1, device=None, extra=[
+        f"--config-path={tmp_path}", "--config-name=my_sft", f"data.custom_cls.path={tmp_path / 'probe.py'}",
+        "data.custom_cls.name=Probe", f"hydra.run.dir={tmp_path / 'hydra'}"])  # fmt: skip
+    assert not any(a.startswith("trainer.device=") for a in argv)
+    env = {k: v for k, v in os.environ.items() if k != "VERL_PLATFORM"}
+    run = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    probes = [line for line in run.stdout.splitlines() if line.startswith("PROBE ")]
+    assert run.returncode == 0 and probes, run.stdout[-2000:] + run.stderr[-4000:]
+    out = json.loads(probes[-1][len("PROBE ") :])
+    assert out == {"platform": "CPUPlatform", "engine_device": "cpu", "backend": "gloo", "env": "cpu"}
+    assert "trainer.device=cpu comes from the run's config" in run.stderr
+
+
+def test_sft_refuses_a_leftover_verl_platform_beside_cuda(tmp_path) -> None:
+    """``VERL_PLATFORM=cpu`` left in the environment, trainer.device=cuda: verl's SFT entry point stops with one
+    line at ``auto_set_device``, before any process group or model (no torchrun needed to see it)."""
+    env = dict(os.environ, VERL_PLATFORM="cpu")
+    run = subprocess.run(
+        [sys.executable, "-m", "verl.trainer.sft_trainer", "--config-path=pkg://gr_vl_verl.trainer.config",
+         "--config-name=gr_vl_sft", "trainer.device=cuda", "model.path=/nonexistent", f"hydra.run.dir={tmp_path}"],
+        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines()[-1] == (
+        "gr_vl_verl: VERL_PLATFORM=cpu is set in the environment but the run says trainer.device=cuda; "
+        "unset VERL_PLATFORM to run on cuda, or set trainer.device=cpu to run on the CPU"
+    ), run.stderr[-3000:]

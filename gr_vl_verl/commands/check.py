@@ -189,31 +189,23 @@ def vllm_for_verl() -> str:
 
 
 def cpu_platform() -> str:
-    """The ``cpu`` platform is in verl's registry, and every verl line its adapters replace is still there."""
-    import importlib.util
-
+    """The ``cpu`` platform is in verl's registry, and every line of the pin table
+    (:mod:`gr_vl_verl.cpu.pins`: the CPU adapters, the verl fix, the SFT selection, the ``vllm`` alias) is
+    in the installed verl/vLLM."""
     from verl.plugin.platform import PlatformRegistry
 
-    from gr_vl_verl import import_hooks, verl_fixes
-    from gr_vl_verl.cpu import adapters
+    from gr_vl_verl.cpu import pins
 
     if "cpu" not in PlatformRegistry.registered_names():
         raise RuntimeError("the plugin's cpu platform is not in verl's platform registry")
-    guards = {
-        "verl.utils.distributed": adapters.VERL_BACKEND_LINE,
-        adapters.FSDP_ENGINE_MODULE: adapters.VERL_ENGINE_LINE,
-        "verl.workers.rollout.vllm_rollout.vllm_async_server": adapters.VERL_ACCELERATOR_IDS_LINE,
-        "verl.single_controller.ray.base": adapters.VERL_RESOURCE_CHECK_LINE,
-        "verl.trainer.sft_trainer": adapters.VERL_SFT_LINE,
-        verl_fixes.MODULE: verl_fixes.VERL_TEXT_ONLY_LINE,
-        verl_fixes.COLLATE_MODULE: verl_fixes.VERL_COLLATE_LINE,
-    }
-    if importlib.util.find_spec("vllm") is not None:
-        guards["vllm.model_executor.layers.utils"] = adapters.VLLM_GEMM_LINE
-    for module, line in guards.items():
-        if line not in (import_hooks.module_source(module) or ""):
-            raise RuntimeError(f"{module} no longer has the line an adapter replaces: {line!r}")
-    return f"registered; {len(guards)} adapted lines found in the installed verl/vLLM; selected by trainer.device=cpu"
+    problems = pins.problems()
+    if problems:
+        raise RuntimeError("; ".join(problems))
+    checked = [p for p in pins.all_pins() if pins.installed(p)]
+    return (
+        f"registered; {len(checked)} pinned lines found in the installed verl/vLLM "
+        f"({', '.join(sorted({p.adapter for p in checked}))}); selected by trainer.device=cpu"
+    )
 
 
 CHECKS: list[tuple[str, Callable[[], str]]] = [

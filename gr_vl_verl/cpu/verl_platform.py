@@ -7,7 +7,7 @@ means a CUDA ordinal), a device module with the memory and RNG calls verl makes 
 (verl then syncs weights to vLLM through shared memory), and a Ray resource of its own for worker placement.
 
 It is never auto-detected: ``is_platform_available`` is False, so only ``VERL_PLATFORM=cpu`` selects it, which
-the plugin sets when the command line says ``trainer.device=cpu`` (:func:`gr_vl_verl.cpu.select.requested`).
+the plugin sets when the run says ``trainer.device=cpu`` (:func:`gr_vl_verl.cpu.selection.choose`).
 """
 
 from __future__ import annotations
