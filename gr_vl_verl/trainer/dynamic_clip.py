@@ -32,13 +32,14 @@ from collections.abc import Callable
 from functools import cache, partial
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from verl import DataProto
 from verl.trainer.ppo.ray_trainer import RayPPOTrainer
 
 from gr_vl_verl.settings import section
 from gr_vl_verl.trainer.clip_schedule import ClipSchedule
 from gr_vl_verl.trainer.reward_metrics import columns_to_rows, term_means
+from gr_vl_verl.trainer.run_length import planned_steps
 from gr_vl_verl.trainer.val_f1 import f1_metrics
 
 logger = logging.getLogger(__name__)
@@ -259,6 +260,21 @@ class DynamicClipMixin:
         metrics.update(f1_metrics(data_sources, reward_extra_infos_dict))
         return metrics
 
+    def cap_total_steps(self, batches_per_epoch: int, optim_steps_per_step: int = 1) -> None:
+        """Cap verl's ``total_training_steps`` at what the data gives (:mod:`.run_length`), in the trainer and in
+        the optimiser config verl just wrote it to; warn when the configured count was more."""
+        configured = self.config.trainer.get("total_training_steps")
+        steps, warning = planned_steps(configured, batches_per_epoch, int(self.config.trainer.total_epochs))
+        if warning is None:
+            return
+        logger.warning(warning)
+        print(f"gr_vl_verl: warning: {warning}", flush=True)  # verl's own start-up lines are prints
+        self.total_training_steps = steps
+        with open_dict(self.config):
+            for optim in ("actor_rollout_ref.actor.optim", "critic.optim"):
+                if OmegaConf.select(self.config, optim) is not None:
+                    OmegaConf.select(self.config, optim).total_training_steps = steps * optim_steps_per_step
+
     def push_clip_eps(self) -> dict[str, float]:
         """Send this step's loss to every actor rank; return the metrics to log (none if the loss ignores
         the clip range: then nothing is pushed and the workers keep their own loss)."""
@@ -273,6 +289,10 @@ class DynamicClipMixin:
 
 class GRRayPPOTrainer(DynamicClipMixin, RayPPOTrainer):
     """verl's legacy ``RayPPOTrainer`` with the dynamic clip (``trainer.use_v1=false``)."""
+
+    def _create_dataloader(self, *args: Any, **kwargs: Any) -> None:
+        super()._create_dataloader(*args, **kwargs)
+        self.cap_total_steps(len(self.train_dataloader))
 
     def init_workers(self) -> None:
         super().init_workers()
@@ -299,6 +319,11 @@ class DynamicClipV1Mixin(DynamicClipMixin):
     def init(self) -> None:
         super().init()  # type: ignore[misc]
         self.remember_worker_config()
+
+    def _init_dataloader(self) -> None:
+        super()._init_dataloader()  # type: ignore[misc]
+        # V1 steps the LR scheduler once per local update, parameter_sync_step of them per global step
+        self.cap_total_steps(int(self.steps_per_epoch), int(getattr(self, "parameter_sync_step", 1)))
 
     def _update_actor(self, batch: Any, metrics: dict) -> Any:
         metrics.update(self.push_clip_eps())
