@@ -46,3 +46,15 @@ def test_the_trainers_cap_total_steps_in_the_trainer_and_the_optimiser_config(ca
     assert [schedule.eps(s, trainer.total_training_steps)[0] for s in (1, 2)] == pytest.approx([0.1, 0.0])
     trainer.cap_total_steps(batches_per_epoch=5)  # enough data: nothing changes
     assert trainer.total_training_steps == 2
+
+
+def test_later_stages_take_the_last_checkpoint_the_run_wrote(tmp_path):
+    from gr_vl_verl.trainer.launch import TrainingRunError, last_step
+
+    with pytest.raises(TrainingRunError, match="wrote no checkpoint"):
+        last_step(tmp_path)
+    for step in (2, 10, 4):
+        (tmp_path / f"global_step_{step}").mkdir()
+    assert last_step(tmp_path) == 10
+    (tmp_path / "latest_checkpointed_iteration.txt").write_text("4")  # verl's marker wins over folder names
+    assert last_step(tmp_path) == 4

@@ -10,7 +10,6 @@ the method's settings come from the yaml configs, as for a cluster run.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -19,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from gr_vl_verl.trainer.metrics_file import read_metrics
 
 #: How much of a failed run's log an error shows.
 LOG_TAIL_LINES = 60
@@ -37,17 +38,6 @@ class RunResult:
     def metrics(self) -> dict[int, dict[str, Any]]:
         """Metrics per step, from verl's file logger (later lines for a step update earlier ones)."""
         return read_metrics(self.metrics_file)
-
-
-def read_metrics(path: Path) -> dict[int, dict[str, Any]]:
-    steps: dict[int, dict[str, Any]] = {}
-    if not path.exists():
-        return steps
-    for line in path.read_text().splitlines():
-        if line.strip():
-            record = json.loads(line)
-            steps.setdefault(int(record["step"]), {}).update(record["data"])
-    return steps
 
 
 def sft_command(
@@ -144,8 +134,16 @@ def kill_group(pid: int) -> None:
         pass
 
 
-def run(argv: Sequence[str], out: Path, name: str, timeout: float, env: dict[str, str] | None = None) -> RunResult:
-    """Run ``argv`` with its log in ``out/<name>.log`` and its metrics in ``out/<name>_metrics.jsonl``.
+def run(
+    argv: Sequence[str],
+    out: Path,
+    name: str,
+    timeout: float,
+    env: dict[str, str] | None = None,
+    metrics: Path | None = None,
+) -> RunResult:
+    """Run ``argv`` with its log in ``out/<name>.log`` and its metrics in ``metrics`` (by default
+    ``out/<name>_metrics.jsonl``; the demo keeps them beside the run's checkpoints, for ``gr-vl curves``).
 
     The run leads a process group of its own; on a timeout the whole group is killed, and whatever of it
     outlives a normal exit too."""
@@ -153,7 +151,8 @@ def run(argv: Sequence[str], out: Path, name: str, timeout: float, env: dict[str
 
     out.mkdir(parents=True, exist_ok=True)
     log = out / f"{name}.log"
-    metrics = out / f"{name}_metrics.jsonl"
+    metrics = Path(metrics) if metrics is not None else out / f"{name}_metrics.jsonl"
+    metrics.parent.mkdir(parents=True, exist_ok=True)
     environ = {
         **os.environ,
         "VERL_FILE_LOGGER_PATH": str(metrics),
@@ -182,6 +181,20 @@ def run(argv: Sequence[str], out: Path, name: str, timeout: float, env: dict[str
 def log_tail(log: Path, lines: int = LOG_TAIL_LINES) -> str:
     text = log.read_text(errors="replace").splitlines() if log.exists() else []
     return "\n".join(text[-lines:])
+
+
+def last_step(checkpoints: Path) -> int:
+    """The step of the last checkpoint a run wrote: verl's ``latest_checkpointed_iteration.txt`` where it wrote
+    one, else the highest ``global_step_<N>`` folder. A run can end before its configured step count (the data
+    ran out), so later stages look here rather than at the step they asked for."""
+    marker = Path(checkpoints) / "latest_checkpointed_iteration.txt"
+    if marker.is_file() and marker.read_text().strip().isdigit():
+        return int(marker.read_text().strip())
+    steps = [int(p.name.removeprefix("global_step_")) for p in Path(checkpoints).glob("global_step_*")
+             if p.name.removeprefix("global_step_").isdigit()]  # fmt: skip
+    if not steps:
+        raise TrainingRunError(f"{checkpoints}: the run wrote no checkpoint")
+    return max(steps)
 
 
 def hf_folder(checkpoints: Path, step: int, actor: bool) -> Path:
