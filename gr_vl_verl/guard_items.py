@@ -1,18 +1,21 @@
 """What a guard is asked and what it answers, shared by the in-process guard (:mod:`gr_vl_verl.guard`) and the
 client of a served one (:mod:`gr_vl_verl.serving.client`), so both check items and read answers identically:
 the item checks (text fields, images through ``gr-vl prep``'s checks and bounds), the guard's chat messages, and
-the result dict built from an answer (labels in the parse mode, reasoning, harm probability, threshold).
+the result dict built from an answer (labels in the parse mode, reasoning, harm probability, threshold), and the
+answers written as JSON lines that a rerun continues (``write_answers``, behind ``gr-vl classify --out``).
 
 No torch, transformers or vLLM here.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterable, Mapping
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from PIL import Image
 
@@ -139,3 +142,92 @@ def _result(item: GuardInput, completion: Any, mode: ParseMode, threshold: float
         "p_harmful": p,
         "label_source": source,
     }
+
+
+# --------------------------------------------------------------------------------------------------
+# Answers to a file, resumable
+# --------------------------------------------------------------------------------------------------
+def resume_point(out: Path, items: int) -> int:
+    """How many of ``items`` items ``out`` already answers: its complete JSON lines, each a result dict.
+
+    A last line without its newline (the run was killed while writing it) is cut off, so its item is asked again.
+    A line that is not a result, or more lines than items, raise ``GuardInputError``: the file is not this
+    input's answers, and appending to it would mix them up."""
+    if not out.exists():
+        return 0
+    if not out.is_file():
+        raise GuardInputError(f"--out {out}: not a file")
+    data = out.read_bytes()
+    if data and not data.endswith(b"\n"):
+        cut = data.rfind(b"\n") + 1
+        with open(out, "r+b") as f:
+            f.truncate(cut)
+        data = data[:cut]
+    lines = data.splitlines()
+    for lineno, line in enumerate(lines, start=1):
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            obj = None
+        if not isinstance(obj, dict) or set(obj) != set(RESULT_KEYS):
+            raise GuardInputError(
+                f"--out {out} line {lineno}: not a verdict of `gr-vl classify`; --out continues its own earlier "
+                "answers only: give a new file"
+            )
+    if len(lines) > items:
+        raise GuardInputError(
+            f"--out {out} holds {len(lines)} answers but the input has {items} items: not this input's answers"
+        )
+    return len(lines)
+
+
+def write_answers(
+    load: Callable[[], Any],
+    items: Sequence[object],
+    out: Path | None = None,
+    *,
+    threshold: float | None = None,
+    chunk: int = 64,
+    stream: IO[str] | None = None,
+) -> dict[str, Any]:
+    """Classify ``items`` and write one JSON line per item, in order, each as soon as it and those before it
+    are answered: appended to ``out`` (flushed per line) or written to ``stream`` (stdout).
+
+    With ``out``, the answers already in it (:func:`resume_point`) are kept and the call continues with the first
+    unanswered item; ``load()`` (which builds the guard) is not called when none is left. A guard with
+    ``classify_iter`` (a served one) streams its answers; another is called ``chunk`` items at a time. A failure
+    re-raises its error with the count written and, with ``out``, how to continue. Returns ``items``,
+    ``already`` (answers found in ``out``), ``answered`` (this call) and the served guard's ``retries``."""
+    done = resume_point(out, len(items)) if out is not None else 0
+    summary: dict[str, Any] = {"items": len(items), "already": done, "answered": 0, "retries": None}
+    rest = list(items[done:])
+    if not rest:
+        return summary
+    guard = load()
+    sink = open(out, "a", encoding="utf-8") if out is not None else (stream or sys.stdout)  # noqa: SIM115
+    try:
+        if hasattr(guard, "classify_iter"):
+            answers: Iterable[dict[str, Any]] = guard.classify_iter(rest, threshold=threshold)
+        else:
+            answers = (
+                r for i in range(0, len(rest), chunk) for r in guard.classify(rest[i : i + chunk], threshold=threshold)
+            )
+        for result in answers:
+            sink.write(json.dumps(result, ensure_ascii=False) + "\n")
+            sink.flush()
+            summary["answered"] += 1
+    except Exception as e:
+        written = done + summary["answered"]
+        if out is None:
+            note = f"{written} of {len(items)} answers written before it; --out FILE keeps them and a rerun continues"
+        else:
+            note = (f"{written} of {len(items)} items answered in {out}; the same command again continues with item "
+                    f"{written + 1}")  # fmt: skip
+        e.args = (f"{e} [{note}]", *e.args[1:])
+        raise
+    finally:
+        if out is not None:
+            sink.close()
+        stats = getattr(guard, "last_call", None)
+        summary["retries"] = getattr(stats, "retries", None)
+    return summary

@@ -9,7 +9,10 @@ flags mirror ``generation.engines.vllm_engine_kwargs`` and the guard's decoding:
   ``generation_config.json`` (Qwen2.5-VL's has ``repetition_penalty``, ``top_k`` and ``temperature``) would
   otherwise become the server's default sampling; the guard's is plain greedy;
 - ``--chat-template-content-format openai``: images stay where the guard's prompt puts them (after
-  ``Human user:``); vLLM's ``string`` format would move every image placeholder to the start of the turn.
+  ``Human user:``); vLLM's ``string`` format would move every image placeholder to the start of the turn;
+- ``--middleware gr_vl_verl.serving.server.RequestCheck``: a malformed request gets a 4xx and an answer
+  (vLLM 0.24 drops the connection on some, e.g. an image data URL that is not an image);
+- ``--disable-uvicorn-access-log``: no log line per request on a server that answers hundreds a second.
 
 This module imports neither torch nor vLLM: the server runs in its own interpreter.
 """
@@ -32,7 +35,12 @@ from gr_vl_verl.generation.engines import CPU_KVCACHE_GIB, DEFAULT_IMAGE_LIMIT
 
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 #: Flags the guard's answers depend on; --engine-kwargs may not replace them.
-FIXED_FLAGS = ("model", "host", "port", "served_model_name", "generation_config", "chat_template_content_format")
+FIXED_FLAGS = ("model", "host", "port", "served_model_name", "generation_config", "chat_template_content_format",
+               "middleware")  # fmt: skip
+#: The ASGI middleware the server runs in front of vLLM's routes (below).
+REQUEST_CHECK = "gr_vl_verl.serving.server.RequestCheck"
+#: The largest request body the server reads (an image over the pixel bound is refused long before).
+MAX_BODY_BYTES = 64 * 1024 * 1024
 
 
 class ServerError(RuntimeError):
@@ -68,7 +76,7 @@ def server_argv(
         options[key] = value
     argv = [sys.executable, "-m", SERVER_MODULE, "--model", model, "--host", host, "--port", str(port)]
     argv += ["--served-model-name", served_model_name or model, "--generation-config", "vllm"]
-    argv += ["--chat-template-content-format", "openai"]
+    argv += ["--chat-template-content-format", "openai", "--middleware", REQUEST_CHECK, "--disable-uvicorn-access-log"]
     for key, value in options.items():
         argv += _flag(key, value)
     if api_key:
@@ -165,3 +173,110 @@ def start_server(
     argv = server_argv(model, host=host, port=port, **options)
     url_host = f"[{host}]" if ":" in host else host
     return ServerProcess(argv, f"http://{url_host}:{port}/v1", server_env(), echo=echo)
+
+
+# --------------------------------------------------------------------------------------------------
+# In the server's process
+# --------------------------------------------------------------------------------------------------
+class RequestCheck:
+    """ASGI middleware in front of vLLM's routes (``--middleware``): a malformed chat request gets a JSON 4xx.
+
+    vLLM 0.24 answers most malformed requests with a 400, but a data URL that decodes to no image raises out of
+    its route and the connection is dropped without an answer (a client then cannot tell a bad request from a
+    server that went away). So a chat request's body is read here first (at most ``MAX_BODY_BYTES``: 413), each
+    ``data:`` image is decoded and its size read from its header (a corrupt one: 400; one over the guard's
+    ``max_source_pixels``: 413, before vLLM decodes its pixels), and an exception that still escapes a route
+    before it answered becomes a 400 naming it. Other routes pass untouched."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.max_pixels = ImagePolicy.evaluation().max_source_pixels
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].endswith("/chat/completions"):
+            await self.app(scope, receive, send)
+            return
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > MAX_BODY_BYTES:
+                await _answer(send, 413, f"the request body is over {MAX_BODY_BYTES} bytes")
+                return
+        body = b"".join(chunks)
+        problem = self._check(body)
+        if problem is not None:
+            await _answer(send, *problem)
+            return
+        replayed = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        started = False
+
+        async def watch(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, replay, watch)
+        except Exception as e:
+            if started:
+                raise
+            await _answer(send, 400, f"the request could not be served: {type(e).__name__}: {e}")
+
+    def _check(self, body: bytes) -> tuple[int, str] | None:
+        """(status, message) for a body vLLM would fail on; None lets vLLM judge the rest (missing fields...)."""
+        import base64
+        import binascii
+        import io
+
+        from PIL import Image
+
+        try:
+            request = json.loads(body)
+        except ValueError:
+            return None  # vLLM's own 400 names the JSON error
+        messages = request.get("messages") if isinstance(request, dict) else None
+        for m, message in enumerate(messages if isinstance(messages, list) else []):
+            content = message.get("content") if isinstance(message, dict) else None
+            for k, part in enumerate(content if isinstance(content, list) else []):
+                url = part.get("image_url") if isinstance(part, dict) else None
+                url = url.get("url") if isinstance(url, dict) else None
+                if not isinstance(url, str) or not url.startswith("data:"):
+                    continue
+                where = f"messages[{m}].content[{k}]"
+                head, sep, data = url.partition(",")
+                if not sep or not head.endswith(";base64"):
+                    return 400, f"{where}: an image data URL is data:image/...;base64,<data>"
+                try:
+                    with Image.open(io.BytesIO(base64.b64decode(data, validate=True))) as image:
+                        w, h = image.size
+                except (binascii.Error, ValueError):
+                    return 400, f"{where}: the image data URL is not base64"
+                except Image.DecompressionBombError as e:
+                    return 413, f"{where}: {e}"
+                except OSError as e:
+                    return 400, f"{where}: not a readable image ({type(e).__name__}: {e})"
+                if w * h > self.max_pixels:
+                    return 413, f"{where}: image {w}x{h} = {w * h} pixels > {self.max_pixels}"
+        return None
+
+
+async def _answer(send: Any, status: int, message: str) -> None:
+    """An error in the form of vLLM's own (``{"error": {"message", "type", "code"}}``)."""
+    kind = "BadRequestError" if status == 400 else "RequestTooLarge" if status == 413 else "Error"
+    body = json.dumps({"error": {"message": message, "type": kind, "param": None, "code": status}}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
