@@ -10,6 +10,7 @@ verl's ``hf_tokenizer``/``hf_processor`` load the folder like a real checkpoint.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from gr_vl_verl.protocol import INSTRUCTION, format_answer, format_user_content
@@ -72,8 +73,12 @@ def _training_corpus() -> list[str]:
     return texts
 
 
-def build_tokenizer(vocab_size: int = 1024):
-    """A byte-level BPE tokenizer with Qwen's special tokens and chat template (deterministic)."""
+def build_tokenizer(vocab_size: int = 1024, extra_texts: Sequence[str] = ()):
+    """A byte-level BPE tokenizer with Qwen's special tokens and chat template (deterministic).
+
+    ``extra_texts`` (e.g. a corpus's training rows) join the guard's own vocabulary, so a model trained on them
+    sees whole words as few tokens, as a real tokenizer would.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -86,7 +91,7 @@ def build_tokenizer(vocab_size: int = 1024):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_training_corpus() * 4, trainer=trainer)
+    tok.train_from_iterator(_training_corpus() * 4 + list(extra_texts), trainer=trainer)
     hf = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
@@ -116,8 +121,16 @@ def build_processor(tokenizer):
     )
 
 
-def build_model(tokenizer, seed: int = 0):
-    """A random Qwen2.5-VL small enough for CPU forward/backward/generate in milliseconds."""
+def build_model(tokenizer, seed: int = 0, hidden_size: int = 64, layers: int = 2):
+    """A random Qwen2.5-VL small enough for CPU forward/backward/generate in milliseconds.
+
+    ``hidden_size`` is a multiple of 32: the heads stay 32 wide, the smallest vLLM's CPU attention accepts.
+    """
+    if hidden_size % 32 or hidden_size <= 0:
+        raise ValueError(f"hidden_size must be a positive multiple of 32 (head size 32), got {hidden_size}")
+    heads = hidden_size // 32
+    # M-RoPE sections (temporal, height, width) sum to half the head size
+    mrope = [4, 6, 6]
     import torch
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
@@ -125,14 +138,14 @@ def build_model(tokenizer, seed: int = 0):
     config = Qwen2_5_VLConfig(
         text_config={
             "vocab_size": len(tokenizer),
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
+            "hidden_size": hidden_size,
+            "intermediate_size": 2 * hidden_size,
+            "num_hidden_layers": layers,
             # head size 32: the smallest vLLM's CPU attention accepts (32, 64, 80, ... 512)
-            "num_attention_heads": 2,
-            "num_key_value_heads": 2,
+            "num_attention_heads": heads,
+            "num_key_value_heads": heads,
             "max_position_embeddings": 4096,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]},
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope},
             "bos_token_id": ids["<|endoftext|>"],
             "eos_token_id": ids["<|im_end|>"],
             "pad_token_id": ids["<|endoftext|>"],
@@ -146,7 +159,7 @@ def build_model(tokenizer, seed: int = 0):
             "spatial_merge_size": 2,
             "temporal_patch_size": 2,
             "window_size": 56,
-            "out_hidden_size": 64,
+            "out_hidden_size": hidden_size,
             "fullatt_block_indexes": [1],
         },
         image_token_id=ids["<|image_pad|>"],
@@ -161,15 +174,27 @@ def build_model(tokenizer, seed: int = 0):
     return model
 
 
-def build_tiny_qwen2_5_vl(out_dir: str | Path, with_model: bool = True, seed: int = 0) -> Path:
-    """Write tokenizer + processor (+ random model) to ``out_dir``; loadable with ``from_pretrained``."""
+def build_tiny_qwen2_5_vl(
+    out_dir: str | Path,
+    with_model: bool = True,
+    seed: int = 0,
+    *,
+    hidden_size: int = 64,
+    layers: int = 2,
+    corpus: Sequence[str] = (),
+) -> Path:
+    """Write tokenizer + processor (+ random model) to ``out_dir``; loadable with ``from_pretrained``.
+
+    ``corpus``: training texts the tokenizer also learns from (the demo passes its training rows).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(extra_texts=corpus)
     processor = build_processor(tokenizer)
     processor.save_pretrained(out)
     tokenizer.save_pretrained(out)
     if with_model:
-        build_model(tokenizer, seed=seed).save_pretrained(out)
-    (out / "gr_vl_tiny.json").write_text(json.dumps({"built_by": "gr_vl_verl.tiny", "seed": seed}) + "\n")
+        build_model(tokenizer, seed=seed, hidden_size=hidden_size, layers=layers).save_pretrained(out)
+    info = {"built_by": "gr_vl_verl.tiny", "seed": seed, "hidden_size": hidden_size, "layers": layers}
+    (out / "gr_vl_tiny.json").write_text(json.dumps(info) + "\n")
     return out

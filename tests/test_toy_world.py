@@ -153,3 +153,18 @@ def test_generator_is_pure():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_a_tiny_tokenizer_learned_on_the_world_reads_its_words_whole(world):
+    """The demo's tokenizer learns on the world's training turns: its answers take fewer tokens than with the
+    default tiny tokenizer, and every training word of a request is one token."""
+    from gr_vl_verl.commands.demo import training_texts
+    from gr_vl_verl.tiny import build_tokenizer
+
+    texts = training_texts(world / "GuardReasoner-VLTrain")
+    assert len(texts) == 2 * (SMALL["text"] + SMALL["image"] + SMALL["text_image"])
+    plain, learned = build_tokenizer(), build_tokenizer(extra_texts=texts)
+    answers = texts[1::2]
+    assert sum(len(learned(t)["input_ids"]) for t in answers) < 0.85 * sum(len(plain(t)["input_ids"]) for t in answers)
+    for word in ("poison", "greenhouse", "vandalise"):
+        assert len(learned.tokenize(" " + word)) == 1, word
