@@ -158,7 +158,7 @@ def test_generator_is_pure():
 def test_a_tiny_tokenizer_learned_on_the_world_reads_its_words_whole(world):
     """The demo's tokenizer learns on the world's training turns: its answers take fewer tokens than with the
     default tiny tokenizer, and every training word of a request is one token."""
-    from gr_vl_verl.commands.demo import training_texts
+    from gr_vl_verl.data.toy_world import training_texts
     from gr_vl_verl.tiny import build_tokenizer
 
     texts = training_texts(world / "GuardReasoner-VLTrain")

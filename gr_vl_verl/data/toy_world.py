@@ -360,6 +360,17 @@ def _write_image_dataset(path: Path, rows: dict[str, list[Row]]) -> None:
     state.write_text(json.dumps(data, indent=2, sort_keys=True))
 
 
+def training_texts(root: Path) -> list[str]:
+    """The user and assistant turns of a GuardReasoner-VLTrain folder's JSON Lines files: the text a tiny
+    tokenizer learns its vocabulary from (``gr_vl_verl.tiny.build_tokenizer(extra_texts=...)``)."""
+    texts = []
+    for path in sorted(Path(root).glob("GuardReasoner-VLTrain*.json")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                texts += [m["content"] for m in json.loads(line)["messages"] if m["role"] != "system"]
+    return texts
+
+
 def _harmful_share(rows: dict[str, list[Row]]) -> float:
     flat = [r.request.harmful for v in rows.values() for r in v]
     return round(sum(flat) / len(flat), 3)
