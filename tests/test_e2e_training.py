@@ -1,31 +1,50 @@
 """verl's own trainers with the plugin, for real, on this CPU: R-SFT through ``verl.trainer.sft_trainer`` with
 ``gr_vl_sft.yaml``, then GRPO through ``python -m gr_vl_verl.trainer.main_ppo trainer.device=cpu`` (verl's V1
-trainer, FSDP2 on gloo, a vLLM CPU rollout server, the plugin's reward manager and clip push), then a resumed run.
+trainer, FSDP2 on gloo, a vLLM CPU rollout server, the plugin's reward manager and clip push), then a run
+resumed from its checkpoint on verl's legacy trainer (``trainer.use_v1=false``), so both trainer paths push the
+schedule to real workers.
 
 The GRPO model is the SFT'd tiny model with a response limit some answers finish within, so the answers of a
-group get different rewards and the update is real (non-zero advantages and ``actor/pg_loss``). Every figure
-asserted comes from the runs' own metrics (verl's file logger) and files. About 7 minutes on two cores.
+group get different rewards and the update is real (non-zero advantages and ``actor/pg_loss``). Validation
+uses rows held out of the training file. Every figure asserted comes from the runs' own metrics (verl's file
+logger), files and validation dumps, against values computed here by hand. About 8 minutes on two cores.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from data_helpers import VLTEST, VLTRAIN
+from ray_driver import run_cli
 
+from gr_vl_verl.protocol import predicted_labels
 from gr_vl_verl.trainer import launch
-from gr_vl_verl.trainer.clip_schedule import ClipSchedule
 
+# The runs below have time limits of their own (SFT_LIMIT + GRPO_LIMIT + RESUMED_LIMIT + EVAL_LIMIT = 2300 s),
+# all inside the module fixture or the first test, so they fit this ceiling.
 pytestmark = pytest.mark.timeout(2400)
+SFT_LIMIT, GRPO_LIMIT, RESUMED_LIMIT, EVAL_LIMIT = 400, 900, 700, 300
 
 SMALL = ["--min-pixels", "784", "--max-pixels", "12544", "--no-progress"]
 SFT_STEPS = 60
 STEPS = 3
 N = 4
-# The clip decays over 8 steps, so the runs' 4 steps all have a distinct, non-zero range to check.
+VAL_ROWS = 4
+# The clip decays linearly from 0.2 over 8 steps (gr_vl_trainer.yaml: kind linear, eps 0.2, floor 0), so the
+# runs' 4 steps all have a distinct, non-zero range to check: eps(s) = 0.2 * (8 - s) / 8, written out.
 HORIZON = ["gr_vl.clip.total_steps=8"]
-SCHEDULE = ClipSchedule(total_steps=8)
+EPS = {1: 0.175, 2: 0.15, 3: 0.125, 4: 0.1}
+LEGACY = ["trainer.use_v1=false"]
+
+
+def _held_out_split(rl: Path, train: Path, val: Path) -> None:
+    """The last VAL_ROWS rows of ``rl`` to ``val``, the others to ``train`` (schema and metadata kept)."""
+    table = pq.read_table(rl)
+    pq.write_table(table.slice(0, table.num_rows - VAL_ROWS), train)
+    pq.write_table(table.slice(table.num_rows - VAL_ROWS), val)
 
 
 @pytest.fixture(scope="module")
@@ -40,58 +59,130 @@ def runs(tmp_path_factory, tiny_model_dir) -> dict[str, object]:
                  str(VLTEST / "images"), "--out", str(data), *SMALL]) == 0  # fmt: skip
     sft_out = root / "sft"
     sft = launch.run(
-        launch.sft_command(tiny_model_dir, data / "sft_train.parquet", sft_out, SFT_STEPS), root, "sft", timeout=900
+        launch.sft_command(tiny_model_dir, data / "sft_train.parquet", sft_out, SFT_STEPS), root, "sft", SFT_LIMIT
     )
     sft_model = launch.hf_folder(sft_out, SFT_STEPS, actor=False)
     grpo_out = root / "grpo"
-    train, val = data / "rl_train.parquet", data / "rl_train.parquet"
-    first = launch.grpo_command(sft_model, train, val, grpo_out, STEPS, n=N, extra=HORIZON)
-    grpo = launch.run(first, root, "grpo", timeout=1200)
-    again = launch.grpo_command(sft_model, train, val, grpo_out, STEPS + 1, n=N, extra=HORIZON)
-    resumed = launch.run(again, root, "grpo_resumed", timeout=1200)
-    return {"data": data, "sft": sft, "sft_model": sft_model, "grpo": grpo, "grpo_out": grpo_out, "resumed": resumed}
+    train, val = data / "rl_train_part.parquet", data / "rl_val.parquet"
+    _held_out_split(data / "rl_train.parquet", train, val)
+    dumps = {"grpo": root / "val_grpo", "resumed": root / "val_resumed"}
+    first = launch.grpo_command(sft_model, train, val, grpo_out, STEPS, n=N, val_samples=VAL_ROWS,
+                                extra=[*HORIZON, f"trainer.validation_data_dir={dumps['grpo']}"])  # fmt: skip
+    grpo = launch.run(first, root, "grpo", timeout=GRPO_LIMIT)
+    legacy = [*HORIZON, *LEGACY, f"trainer.validation_data_dir={dumps['resumed']}"]
+    again = launch.grpo_command(sft_model, train, val, grpo_out, STEPS + 1, n=N, val_samples=VAL_ROWS, extra=legacy)
+    resumed = launch.run(again, root, "grpo_resumed", timeout=RESUMED_LIMIT)
+    return {"data": data, "train": train, "val": val, "sft": sft, "sft_model": sft_model, "grpo": grpo,
+            "grpo_out": grpo_out, "resumed": resumed, "dumps": dumps, "tiny": tiny_model_dir}  # fmt: skip
+
+
+def _state(folder: Path) -> dict:
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(str(folder), dtype=torch.float32)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def test_sft_loss_falls_and_the_saved_model_loads_in_eval(runs, tmp_path):
-    from gr_vl_verl.cli import main
+    import torch
 
     steps = runs["sft"].metrics()
     losses = [steps[s]["train/loss"] for s in sorted(steps) if "train/loss" in steps[s]]
     assert len(losses) == SFT_STEPS
     assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10, losses
+    # the saved folder is the trained model: every weight of the tiny model is there, and training changed them
+    trained, initial = _state(runs["sft_model"]), _state(runs["tiny"])
+    assert trained.keys() == initial.keys()
+    assert all(trained[k].shape == initial[k].shape for k in initial)
+    changed = [k for k in initial if not torch.equal(trained[k], initial[k])]
+    assert len(changed) > len(initial) // 2, f"only {len(changed)} of {len(initial)} tensors changed"
+    # and `gr-vl eval` (Ray: in a child process) generates with it on every benchmark row
     out = tmp_path / "eval"
     argv = ["eval", "--data", str(runs["data"] / "eval.parquet"), "--model", str(runs["sft_model"]), "--out",
             str(out), "--backend", "transformers", "--max-tokens", "8", "--no-progress"]  # fmt: skip
-    assert main(argv) == 0
+    done = run_cli(argv, timeout=EVAL_LIMIT)
+    assert done.returncode == 0, done.stderr[-3000:]
     predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
-    assert predictions and all(isinstance(p["output"], str) for p in predictions)
+    rows = pq.read_metadata(runs["data"] / "eval.parquet").num_rows
+    assert len({p["id"] for p in predictions}) == rows
+    assert all(isinstance(p["output"], str) for p in predictions) and any(p["output"].strip() for p in predictions)
+
+
+def test_validation_rows_are_held_out_of_training(runs):
+    train = pq.read_table(runs["train"]).column("extra_info").to_pylist()
+    val = pq.read_table(runs["val"]).column("extra_info").to_pylist()
+    assert len(val) == VAL_ROWS and train
+    assert not {v["id"] for v in val} & {t["id"] for t in train}
+    assert len(train) + len(val) == pq.read_metadata(runs["data"] / "rl_train.parquet").num_rows
+
+
+def _hand_f1(rows: list[dict], task: str) -> float | None:
+    """F1 x100, harmful positive, written out: a label counts only in a well-formed answer (the paper's reward,
+    ``strict``), a missing one is the wrong one, and a row without a gold label has no term."""
+    tp = fp = fn = 0
+    for row in rows:
+        gold = row["gts"][f"{task}_label"]
+        if gold is None:
+            continue
+        said = predicted_labels(row["output"], "strict")[0 if task == "prompt" else 1]
+        harmful = gold == "harmful"
+        said_harmful = (not harmful) if said is None else said == "harmful"
+        tp += harmful and said_harmful
+        fp += (not harmful) and said_harmful
+        fn += harmful and not said_harmful
+    return None if tp + fp + fn == 0 else 100.0 * 2 * tp / (2 * tp + fp + fn)
+
+
+def _check_val_f1(metrics: dict, dump: Path, val: Path) -> None:
+    """``val/f1_*`` against the F1 of the answers verl dumped for the held-out rows (overall and, the rows
+    being of one data source, that source's)."""
+    rows = [json.loads(line) for line in dump.read_text().splitlines()]
+    assert len(rows) == VAL_ROWS, "every held-out row validated once"
+    (source,) = set(pq.read_table(val).column("data_source").to_pylist())
+    for task in ("prompt", "response"):
+        expected = _hand_f1(rows, task)
+        for key in (f"val/f1_{task}", f"val/f1_{task}/{source}"):
+            if expected is None:
+                assert key not in metrics
+            else:
+                assert metrics[key] == pytest.approx(expected), (key, [r["output"] for r in rows])
+    assert "val/f1_prompt" in metrics  # every row has a prompt label
+
+
+def _check_clip(step: int, m: dict) -> None:
+    eps = EPS[step]
+    # the driver's push and, from inside the workers' loss, the range the policy loss read
+    assert (m["actor/clip_eps_low"], m["actor/clip_eps_high"]) == pytest.approx((eps, eps)), step
+    assert (m["actor/loss_clip_low"], m["actor/loss_clip_high"]) == pytest.approx((eps, eps)), step
 
 
 def test_grpo_steps_push_the_schedule_and_log_every_reward_term(runs):
     steps = runs["grpo"].metrics()
     assert sorted(steps) == list(range(1, STEPS + 1))
-    for step, m in steps.items():  # the paper's linear decay from 0.2 (gr_vl_trainer.yaml), over 8 steps
-        assert (m["actor/clip_eps_low"], m["actor/clip_eps_high"]) == pytest.approx(SCHEDULE.eps(step, STEPS))
+    for step, m in steps.items():
+        _check_clip(step, m)
         for term in ("score", "format", "r_safety", "length", "truncated", "prompt_acc"):
             assert f"reward/{term}/mean" in m, (step, sorted(k for k in m if k.startswith("reward/")))
     # the update is real: answers in a group got different rewards
     assert any(m["critic/advantages/max"] > 0 and m["actor/pg_loss"] != 0 for m in steps.values())
     assert any(0 < m["reward/truncated/mean"] < 1 for m in steps.values())
     final = steps[STEPS]
-    assert "val/f1_prompt" in final and any(k.startswith("val-core/") for k in final)
+    assert any(k.startswith("val-core/") for k in final)
+    _check_val_f1(final, runs["dumps"]["grpo"] / f"{STEPS}.jsonl", runs["val"])
 
 
-def test_checkpoint_is_written_and_a_resumed_run_continues_the_schedule(runs):
+def test_checkpoint_is_written_and_a_resumed_legacy_run_continues_the_schedule(runs):
     checkpoints = runs["grpo_out"] / "checkpoints"
     assert (checkpoints / f"global_step_{STEPS}" / "actor").is_dir()
     hf = launch.hf_folder(checkpoints, STEPS, actor=True)
     assert any(hf.glob("*.safetensors")), sorted(p.name for p in hf.iterdir())
+    assert "legacy RayPPOTrainer" in runs["resumed"].log.read_text(errors="replace")
     resumed = runs["resumed"].metrics()
     assert sorted(resumed) == [STEPS + 1], "a resumed run starts after the saved step"
     m = resumed[STEPS + 1]
-    expected = SCHEDULE.eps(STEPS + 1, STEPS + 1)
-    assert expected[0] > 0 and expected != SCHEDULE.eps(1, STEPS)
-    assert (m["actor/clip_eps_low"], m["actor/clip_eps_high"]) == pytest.approx(expected)
+    _check_clip(STEPS + 1, m)  # the legacy trainer's push reached its workers' loss too
+    _check_val_f1(m, runs["dumps"]["resumed"] / f"{STEPS + 1}.jsonl", runs["val"])
     assert (checkpoints / f"global_step_{STEPS + 1}").is_dir()
 
 
