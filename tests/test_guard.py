@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import struct
-import subprocess
 import sys
 import zlib
 
@@ -18,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from data_helpers import VLTRAIN, png
 from PIL import Image
+from ray_driver import run_in_group
 
 from gr_vl_verl.cli import main as cli_main
 from gr_vl_verl.data.images import EVAL_MAX_PIXELS, EVAL_MIN_PIXELS, ImagePolicy, normalize_image
@@ -26,7 +26,7 @@ from gr_vl_verl.generation import GenerationConfig
 from gr_vl_verl.generation.engines import TransformersEngine
 from gr_vl_verl.generation.prompts import build_request
 from gr_vl_verl.guard import RESULT_KEYS, Guard, GuardInputError, load_guard, prepare_item, prepare_items
-from gr_vl_verl.protocol import INSTRUCTION, LABELS, build_messages, format_answer
+from gr_vl_verl.protocol import INSTRUCTION, LABELS, build_messages, format_answer, parse_answer, predicted_labels
 
 MAX_TOKENS = 6
 IMAGE = VLTRAIN / "image" / "img_000.png"
@@ -64,7 +64,7 @@ def test_load_guard_is_importable_from_the_package_without_the_heavy_stack():
         "assert load_guard is gr_vl_verl.guard.load_guard and 'load_guard' in dir(gr_vl_verl)\n"
         "print(sorted(m for m in ('torch', 'transformers', 'verl', 'ray', 'vllm') if m in sys.modules))"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    done = run_in_group([sys.executable, "-c", code], timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
     import gr_vl_verl
@@ -86,8 +86,13 @@ def test_classify_gives_one_result_per_item_in_order(guard):
         assert result["response"] in (*LABELS, None)
         if "response" not in item:
             assert result["response"] is None  # nothing to judge
-        assert result["reasoning"] is None or isinstance(result["reasoning"], str)
-        assert isinstance(result["output"], str)
+        # the labels and the reasoning are the protocol's reading of the output (strict, the default mode)
+        labels = predicted_labels(result["output"], "strict")
+        assert result["request"] == labels.prompt_label
+        assert result["response"] == (labels.response_label if "response" in item else None)
+        think = parse_answer(result["output"]).think
+        assert result["reasoning"] == (think.strip() if think is not None else None)
+        assert isinstance(result["output"], str) and result["output"]
         assert type(result["output_tokens"]) is int and 1 <= result["output_tokens"] <= MAX_TOKENS
     # a result depends on its item only, not on the batch around it
     assert [guard.classify([item])[0] for item in items()] == results
@@ -158,7 +163,9 @@ def test_guard_answers_benchmark_rows_as_the_eval_pipeline_does(guard, eval_parq
 
 def test_max_tokens_applies_to_one_call(guard):
     item = [items()[0]]
-    assert guard.classify(item, max_tokens=2)[0]["output_tokens"] <= 2
+    full, short = guard.classify(item)[0], guard.classify(item, max_tokens=2)[0]
+    assert full["output_tokens"] > 2, "the answer runs past 2 tokens, so the limit cuts it"
+    assert short["output_tokens"] == 2 and full["output"].startswith(short["output"])  # greedy: the same start
     assert guard.classify(item)[0]["output_tokens"] == guard.classify(item, max_tokens=MAX_TOKENS)[0]["output_tokens"]
     with pytest.raises(ValueError, match="max_tokens must be >= 1"):
         guard.classify(item, max_tokens=0)
