@@ -25,7 +25,10 @@ _ENGINES = {"language_model": "FSDPEngineWithLMHead", "value_model": "FSDPEngine
 
 
 def _gloo_initialisers(module: types.ModuleType) -> None:
-    """``initialize_global_process_group[_ray]`` with ``gloo`` as the default backend."""
+    """``initialize_global_process_group[_ray]`` with ``gloo`` as the default backend.
+
+    A patch: verl builds the backend string in code from the platform's names; no config key reaches it.
+    """
     import torch.distributed as dist
 
     def ray_version(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -54,7 +57,10 @@ def _gloo_initialisers(module: types.ModuleType) -> None:
 
 
 def _cpu_engines(module: types.ModuleType) -> None:
-    """verl's FSDP engines, also registered for device ``cpu``."""
+    """verl's FSDP engines, also registered for device ``cpu``.
+
+    A registration, through verl's own ``EngineRegistry.register``; verl's decorator lists the devices in code.
+    """
     from verl.workers.engine.base import EngineRegistry
 
     for model_type, name in _ENGINES.items():
@@ -67,7 +73,11 @@ def _cpu_engines(module: types.ModuleType) -> None:
 
 
 def _accelerator_ids(module: types.ModuleType) -> None:
-    """Ray's ``get_accelerator_ids`` also answers for the CPU platform's resource."""
+    """Ray's ``get_accelerator_ids`` also answers for the CPU platform's resource.
+
+    A patch: verl indexes Ray's answer by the platform's resource name in code, and Ray only reports ids of its
+    own accelerator types; no config of verl or Ray adds one.
+    """
     from gr_vl_verl.cpu.verl_platform import RAY_RESOURCE
 
     def build(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -82,7 +92,10 @@ def _accelerator_ids(module: types.ModuleType) -> None:
 
 
 def _resource_check(module: types.ModuleType) -> None:
-    """``ResourcePoolManager._check_resource_available`` counting the CPU platform's Ray resource."""
+    """``ResourcePoolManager._check_resource_available`` counting the CPU platform's Ray resource.
+
+    A patch: verl counts ``GPU``/``NPU`` in code, not the platform's ``ray_resource_name()``; no config reaches it.
+    """
     import ray
 
     from gr_vl_verl.cpu.verl_platform import RAY_RESOURCE
@@ -102,7 +115,11 @@ def _resource_check(module: types.ModuleType) -> None:
 
 
 def _live_weight_gemm(module: types.ModuleType) -> None:
-    """vLLM's CPU linear layers read their weight at call time, so verl's weight sync reaches them."""
+    """vLLM's CPU linear layers read their weight at call time, so verl's weight sync reaches them.
+
+    A patch: vLLM chooses the oneDNN path whenever its build supports it (``ops._supports_onednn``) and always
+    empties the weight then; no engine argument or environment variable turns that off.
+    """
     import torch
 
     def build(original: Callable[..., Any]) -> Callable[..., Any]:
