@@ -345,3 +345,16 @@ def test_presets():
     assert PRESETS["original"] == RewardConfig(math.inf, "chars", 3072, "compat")
     assert PRESETS["original-eco"] == RewardConfig(500 / 3072, "chars", 3072, "compat")
     assert RewardConfig.from_kwargs(preset="gr-vl", beta=0.5, max_length=100) == RewardConfig(0.5, max_length=100)
+
+
+def test_without_the_length_term_the_score_is_r_safety_minus_one():
+    """The paper's "w/o Len. Reward" ablation: length no longer moves the score of a wrong answer."""
+    half = out("harmful", "harmful")  # request right, response wrong: r_safety 0.5
+    for n in (10, 300):
+        result = compute_score(None, half, GT, tokens(n), length_term=False, max_length=512)
+        assert result["score"] == -0.5 and result["length_scale"] == 1.0 and result["r_safety"] == 0.5
+    with_length = [compute_score(None, half, GT, tokens(n), max_length=512)["score"] for n in (10, 300)]
+    assert with_length[0] == pytest.approx(-0.5 / (10 / 512) ** 2) and with_length[1] > with_length[0]
+    assert compute_score(None, out("harmful", "unharmful"), GT, tokens(10), length_term=False)["score"] == 0.0
+    with pytest.raises(ValueError, match="length_term must be true or false"):
+        compute_score(None, half, GT, tokens(10), length_term="no")

@@ -79,6 +79,8 @@ class RewardConfig:
     length_unit: LengthUnit = "tokens"
     max_length: int = 3072
     format_mode: FormatMode = "paper"
+    #: False drops eq. 10's length factor (score = r_safety - 1): the paper's "w/o Len. Reward" ablation.
+    length_term: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.beta, bool) or not isinstance(self.beta, int | float) or not self.beta > 0:
@@ -89,6 +91,8 @@ class RewardConfig:
             raise ValueError(f"max_length must be an integer >= 1, got {self.max_length!r}")
         if self.format_mode not in ("paper", "compat"):
             raise ValueError(f"format_mode must be 'paper' or 'compat', got {self.format_mode!r}")
+        if not isinstance(self.length_term, bool):
+            raise ValueError(f"length_term must be true or false, got {self.length_term!r}")
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> RewardConfig:
@@ -97,7 +101,8 @@ class RewardConfig:
         unknown = set(kwargs) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(
-                f"unknown reward kwargs {sorted(unknown)}; expected preset, beta, length_unit, max_length, format_mode"
+                f"unknown reward kwargs {sorted(unknown)}; expected preset, beta, length_unit, max_length, "
+                "format_mode, length_term"
             )
         if preset is not None and preset not in PRESETS:
             raise ValueError(f"unknown reward preset {preset!r}; expected one of {sorted(PRESETS)}")
@@ -265,10 +270,10 @@ def score_response(solution_str: str, truth: Labels, length: int, config: Reward
     parsed = parse_answer(solution_str, original=config.format_mode == "compat")
     r_safe, fmt, p_acc, r_acc = r_safety(parsed, truth, config.format_mode)
     l_norm = length_norm(length, config.max_length)
-    scale = min(l_norm, config.beta) ** 2
+    scale = min(l_norm, config.beta) ** 2 if config.length_term else 1.0
     p_tp, p_fp, p_fn, r_tp, r_fp, r_fn = f1_terms(parsed, truth, fmt)
     return {
-        "score": length_aware_reward(r_safe, l_norm, config.beta),
+        "score": length_aware_reward(r_safe, l_norm, config.beta) if config.length_term else r_safe - 1.0,
         "format": fmt,
         "think_ok": 1.0 if parsed.think is not None else 0.0,
         "result_ok": 1.0 if parsed.result is not None else 0.0,
@@ -332,8 +337,8 @@ def compute_score(
     """verl custom-reward entry point: ``score`` plus every term (:data:`SCORE_KEYS`).
 
     ``reward_kwargs``: ``preset`` (``gr-vl``, ``gr-vl-eco``, ``original``, ``original-eco``), ``beta``,
-    ``length_unit``, ``max_length``, ``format_mode``. verl passes extra keys when a reward model is enabled
-    (``reward_router_address``, ``reward_model_tokenizer``); they are ignored. Bad input raises
+    ``length_unit``, ``max_length``, ``format_mode``, ``length_term``. verl passes extra keys when a reward model
+    is enabled (``reward_router_address``, ``reward_model_tokenizer``); they are ignored. Bad input raises
     ``ValueError`` naming the field, never a silent zero.
     """
     if reward_kwargs:
