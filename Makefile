@@ -26,8 +26,8 @@ test: $(STAMP)
 	PYTHONFAULTHANDLER=1 $(PY) -m pytest -q tests
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check gr_vl_verl tests bench data_prep
-	$(VENV)/bin/ruff format --check gr_vl_verl tests bench data_prep
+	$(VENV)/bin/ruff check gr_vl_verl tests bench data_prep experiments
+	$(VENV)/bin/ruff format --check gr_vl_verl tests bench data_prep experiments
 
 demo: $(STAMP)
 	$(VENV)/bin/gr-vl demo
