@@ -35,17 +35,22 @@ class StderrStandIn:
     ``sys.stdout`` at import) keeps writing to stderr after the command, never to a closed or restored stream.
     """
 
+    @staticmethod
+    def _stderr() -> Any:
+        # sys.stderr set to sys.stdout (`redirect_stderr(sys.stdout)`) would point this at itself
+        return sys.stderr if not isinstance(sys.stderr, StderrStandIn) else sys.__stderr__
+
     def write(self, text: str) -> int:
-        return sys.stderr.write(text)
+        return self._stderr().write(text)
 
     def writelines(self, lines: Any) -> None:
-        sys.stderr.writelines(lines)
+        self._stderr().writelines(lines)
 
     def flush(self) -> None:
-        sys.stderr.flush()
+        self._stderr().flush()
 
     def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding, buffer, ...: stderr's
-        return getattr(sys.stderr, name)
+        return getattr(self._stderr(), name)
 
 
 _STAND_IN = StderrStandIn()
