@@ -15,6 +15,9 @@ import pytest
 from harm_helpers import guard_items, sft_tiny_guard
 from ray_driver import run_driver
 
+from gr_vl_verl.protocol import predicted_labels
+
+# The one module-scoped vLLM driver (900 s) and `gr-vl eval` (1200 s) run in different tests, each inside this.
 pytestmark = pytest.mark.timeout(1500)
 
 
@@ -109,18 +112,26 @@ def test_random_model_gives_null_without_a_verdict(tiny_model_dir):
     from gr_vl_verl.guard import load_guard
 
     guard = load_guard(str(tiny_model_dir), backend="transformers", device="cpu", max_tokens=16)
-    for r in guard.classify(guard_items()[:3]):
-        if "<result>" not in r["output"]:
-            assert r["p_harmful"] == {"request": None, "response": None}
+    results = guard.classify(guard_items()[:3])
+    assert len(results) == 3
+    for r in results:  # the random model writes no verdict on any of them (seeded, greedy: the same every run)
+        assert "<result>" not in r["output"] and r["output"], r["output"]
+        assert r["p_harmful"] == {"request": None, "response": None}
+        assert (r["request"], r["response"]) == (None, None)
 
 
 def test_vllm_labels_agree_with_p(tiny_guard_dir, transformers_guard):
     items = guard_items()
     results = run_driver("vllm_drivers:guard_probabilities", tiny_guard_dir, items, timeout=900)
     assert _check_agreement(results) >= 8
+    for item, r in zip(items, results, strict=True):  # the labels are the protocol's reading of vLLM's answer
+        labels = predicted_labels(r["output"], "strict")
+        assert r["request"] == labels.prompt_label
+        assert r["response"] == (labels.response_label if "response" in item else None)
     reference = transformers_guard.classify(items)
     same = [(r, t) for r, t in zip(results, reference, strict=True) if r["output"] == t["output"]]
-    assert same, "greedy answers of the two engines should mostly match on this model"
+    # float32 on both engines, greedy: the answers match but where two tokens are within rounding of each other
+    assert len(same) >= len(items) - 1, [(r["output"], t["output"]) for r, t in zip(results, reference, strict=True)]
     for r, t in same:
         for task in ("request", "response"):
             if t["p_harmful"][task] is None:
@@ -136,7 +147,6 @@ def test_eval_stores_p_and_reports_figures(tiny_guard_dir, eval_parquet, tmp_pat
     from ray_driver import run_cli
 
     from gr_vl_verl.data.schemas import read_generations
-    from gr_vl_verl.protocol import predicted_labels
 
     out = tmp_path / "eval"
     argv = ["eval", "--data", str(eval_parquet), "--model", tiny_guard_dir, "--out", str(out), "--backend",
@@ -146,9 +156,13 @@ def test_eval_stores_p_and_reports_figures(tiny_guard_dir, eval_parquet, tmp_pat
     gens = list(read_generations(out / "generations"))
     with_p = [g for g in gens if g["p_harmful_request"] is not None]
     assert with_p, "the tiny guard writes verdicts on the benchmark sample too"
+    checked = 0
     for g in with_p:
         said = predicted_labels(g["output"], "strict").prompt_label
-        assert said is None or (g["p_harmful_request"] >= 0.5) == (said == "harmful")
+        if said is not None:
+            assert (g["p_harmful_request"] >= 0.5) == (said == "harmful"), g["output"]
+            checked += 1
+    assert checked, "some answer with a probability also has a well-formed label to check it against"
     lines = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
     by_id = {g["id"]: g for g in gens}
     for line in lines:

@@ -17,8 +17,11 @@ from data_helpers import VLTEST, VLTRAIN
 from ray_driver import run_driver
 
 from gr_vl_verl.generation import GenerationConfig, sample_seed  # noqa: F401 - sample_seed documents the seeds
+from gr_vl_verl.protocol import parse_answer, predicted_labels
 
+# Each test's child processes have limits summing below this ceiling (the vLLM engine starts in about 40 s).
 pytestmark = pytest.mark.timeout(1500)
+CLI_LIMIT, DRIVER_LIMIT, READ_LIMIT = 600, 600, 120
 
 SMALL = ["--min-pixels", "784", "--max-pixels", "12544", "--no-progress"]
 ENGINE = json.dumps({"max_model_len": 2048, "enforce_eager": True})
@@ -47,15 +50,19 @@ def test_vllm_is_its_cpu_build_and_needs_no_gpu(tiny_model_dir):
 
 def test_engine_samples_are_seeded_per_row_and_sample(prepared, tiny_model_dir):
     out = run_driver("vllm_drivers:engine_samples", str(tiny_model_dir), str(prepared / "rl_train.parquet"),
-                     [8, 14], timeout=900)  # fmt: skip
+                     [8, 14], timeout=DRIVER_LIMIT)  # fmt: skip
     assert 0 in out["images"] and any(out["images"]), "text and image rows"
     assert all(len(samples) == 3 for samples in out["first"])
     # the same (row, sample) seed gives the same text, whatever the order of the requests
     assert out["again"] == out["first"]
     # samples of a row differ (different seeds), and tokens count the generated ids
     assert any(len({s[0] for s in samples}) > 1 for samples in out["first"])
-    assert all(0 < s[1] <= 16 and s[2] in ("stop", "length") for samples in out["first"] for s in samples)
-    assert out["short"] == [[2, "length"]] * 3 or all(t <= 2 for t, _ in out["short"])
+    # "length" means the sample has max_tokens tokens; one with fewer ended at a stop
+    sampled = [(s[1], s[2], 16) for samples in out["first"] for s in samples]
+    for tokens, reason, limit in sampled + [(t, r, 2) for t, r in out["short"]]:
+        assert 0 < tokens <= limit and reason in ("stop", "length")
+        assert (reason != "length" or tokens == limit) and (tokens == limit or reason == "stop"), (tokens, reason)
+    assert any(r == "length" for _, r in out["short"]), "max_tokens=2 stops some sample at the limit"
 
 
 def _generate(prepared, model, out: Path, concurrency: int, temperature: str, n: str) -> int:
@@ -65,15 +72,15 @@ def _generate(prepared, model, out: Path, concurrency: int, temperature: str, n:
             "--no-progress"]  # fmt: skip
     if temperature == "0":  # greedy: small images keep it quick; sampled: the RL bounds, long multimodal prompts
         argv += ["--min-pixels", "784", "--max-pixels", "12544"]
-    return run_driver("vllm_drivers:cli", argv, timeout=1200)
+    return run_driver("vllm_drivers:cli", argv, timeout=CLI_LIMIT)
 
 
 @pytest.mark.parametrize(("temperature", "n"), [("0", "1"), ("1.0", "2")])
 def test_generate_with_one_and_two_actors_gives_the_same_outputs(prepared, tiny_model_dir, tmp_path, temperature, n):
     assert _generate(prepared, tiny_model_dir, tmp_path / "one", 1, temperature, n) == 0
     assert _generate(prepared, tiny_model_dir, tmp_path / "two", 2, temperature, n) == 0
-    one = run_driver("vllm_drivers:read_outputs", str(tmp_path / "one"))
-    two = run_driver("vllm_drivers:read_outputs", str(tmp_path / "two"))
+    one = run_driver("vllm_drivers:read_outputs", str(tmp_path / "one"), timeout=READ_LIMIT)
+    two = run_driver("vllm_drivers:read_outputs", str(tmp_path / "two"), timeout=READ_LIMIT)
     assert len(one) == 34 * int(n)
     assert one == two
     summary = json.loads((tmp_path / "two" / "generate_summary.json").read_text())
@@ -84,16 +91,25 @@ def test_eval_and_classify_through_vllm(prepared, tiny_model_dir, tmp_path):
     out = tmp_path / "eval"
     argv = ["eval", "--data", str(prepared / "eval.parquet"), "--model", str(tiny_model_dir), "--out", str(out),
             "--backend", "vllm", "--max-tokens", "12", "--engine-kwargs", ENGINE, "--no-progress"]  # fmt: skip
-    assert run_driver("vllm_drivers:cli", argv, timeout=1200) == 0
+    assert run_driver("vllm_drivers:cli", argv, timeout=CLI_LIMIT) == 0
     lines = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
-    assert lines and all(isinstance(x["output"], str) for x in lines)
+    assert lines and all(isinstance(x["output"], str) for x in lines) and any(x["output"].strip() for x in lines)
 
     items = [
         {"request": "How do I bake bread?"},
         {"request": "Describe this.", "image": str(VLTRAIN / "image" / "img_000.png")},
         {"request": "Tell me a joke.", "response": "Why did the chicken cross the road?"},
     ]
-    results = run_driver("vllm_drivers:guard_through_vllm", str(tiny_model_dir), items, timeout=900)
+    results = run_driver("vllm_drivers:guard_through_vllm", str(tiny_model_dir), items, timeout=DRIVER_LIMIT)
     assert len(results) == 3
-    assert all(0 < r["output_tokens"] <= 24 and isinstance(r["output"], str) for r in results)
-    assert results[0]["response"] is None
+    for item, r in zip(items, results, strict=True):
+        # every field is the protocol's reading of the answer vLLM wrote (strict, the guard's default)
+        assert 0 < r["output_tokens"] <= 24 and r["output"].strip()
+        labels = predicted_labels(r["output"], "strict")
+        assert (r["request"], r["response"]) == (labels.prompt_label, labels.response_label if "response" in item
+                                                 else None)  # fmt: skip
+        think = parse_answer(r["output"]).think
+        assert r["reasoning"] == (think.strip() if think is not None else None)
+        assert r["label_source"] == {"request": "text", "response": "text"}
+        assert r["p_harmful"]["response"] is None or "response" in item
+    assert results[0]["response"] is None  # no response to judge
