@@ -1,17 +1,23 @@
-"""The guard over HTTP (``gr-vl serve`` + ``load_guard(URL)``) against the in-process vLLM guard, on this machine.
+"""The guard over HTTP (``gr-vl serve`` + ``load_guard(URL)``) against the in-process vLLM guard, on this machine,
+at 1, 8 and 32 items in flight, and where the served guard's time goes.
 
 Baseline, measured in the same run on the same items (text / image / text+image+response in equal parts, the
 tiny Qwen2.5-VL, greedy, the same max_tokens): ``load_guard(model, backend="vllm")`` in a process of its own,
-``classify`` called with 8 items at a time (``batch_size=8``), so 8 items are in flight as on the server side.
+``classify`` called with C items at a time (``batch_size=C``), so C items are in flight as on the server side.
 An item's latency there is its batch's time.
 
-Ours: ``gr-vl serve`` on the same model (a child process on 127.0.0.1), and ``load_guard(URL,
-max_concurrency=8).classify(items)``: items/s of the whole call, latency of each HTTP request (the client's
+Ours: ``gr-vl serve``'s server on the same model (a child process on 127.0.0.1) and ``load_guard(URL,
+max_concurrency=C).classify(items)``: items/s of the whole call, latency of each HTTP request (the client's
 image resize and encoding excluded; they are timed in the whole call). Both sides warm up on the items first
-and start their engines outside the timing. The goal: items/s through the server >= 0.9x the baseline's.
+and start their engines outside the timing.
 
-Not a timed test: ``python bench/serve_throughput.py [--items N] [--max-tokens T]``; ``--quick`` runs a few items
-(``make test`` runs it so a broken bench fails CI).
+Where the time goes (the served side at each C): CPU seconds of the client process, of vLLM's API server process
+(HTTP, JSON, chat rendering, image decoding and processing) and of its engine process(es), from ``psutil``; the
+client's request building (image resize, PNG, base64) timed alone; and the same run at C=8 without keep-alive
+(a new TCP connection per request) to show what reusing connections saves.
+
+Not a timed test: ``python bench/serve_throughput.py [--items N] [--max-tokens T]``; ``--quick`` runs a few items.
+Every child has a time limit and is killed with its process group.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -31,23 +38,33 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 ENGINE_KWARGS = {"enforce_eager": True, "max_model_len": 2048}
-CONCURRENCY = 8
+CONCURRENCY = (1, 8, 32)
+LOCAL_TIMEOUT_S = 900
 # The same items as the in-process guard bench (guard_overhead.py, beside this file), numbered below.
 from guard_overhead import IMAGES, REQUESTS, RESPONSE  # noqa: E402
 
 _LOCAL = r"""
-import json, sys, time
+import json, sys, time, psutil
 from gr_vl_verl.guard import load_guard
 model, items, engine = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[5])
-max_tokens, size = int(sys.argv[3]), int(sys.argv[4])
-guard = load_guard(model, backend="vllm", max_tokens=max_tokens, batch_size=size, engine_kwargs=engine)
+max_tokens, sizes = int(sys.argv[3]), json.loads(sys.argv[4])
+guard = load_guard(model, backend="vllm", max_tokens=max_tokens, batch_size=max(sizes), engine_kwargs=engine)
 guard.classify(items)  # warm-up
-latencies, start = [], time.perf_counter()
-for i in range(0, len(items), size):
-    t = time.perf_counter()
-    guard.classify(items[i : i + size])
-    latencies += [time.perf_counter() - t] * len(items[i : i + size])
-print("@@" + json.dumps({"seconds": time.perf_counter() - start, "latencies": latencies}), flush=True)
+me = psutil.Process()
+out = {}
+for size in sizes:
+    cpu = {p.pid: sum(p.cpu_times()[:2]) for p in [me, *me.children(recursive=True)]}
+    latencies, start = [], time.perf_counter()
+    for i in range(0, len(items), size):
+        t = time.perf_counter()
+        guard.classify(items[i : i + size])
+        latencies += [time.perf_counter() - t] * len(items[i : i + size])
+    seconds = time.perf_counter() - start
+    after = {p.pid: sum(p.cpu_times()[:2]) for p in [me, *me.children(recursive=True)]}
+    used = {"guard process": after[me.pid] - cpu[me.pid],
+            "engine": sum(v - cpu.get(k, 0.0) for k, v in after.items() if k != me.pid)}
+    out[size] = {"seconds": seconds, "latencies": latencies, "cpu": used}
+print("@@" + json.dumps(out), flush=True)
 """
 
 
@@ -63,26 +80,35 @@ def make_items(n: int) -> list[dict]:
     return items
 
 
-def local(model: Path, items: list[dict], max_tokens: int) -> dict:
-    argv = [sys.executable, "-c", _LOCAL, str(model), json.dumps(items), str(max_tokens), str(CONCURRENCY),
+def local(model: Path, items: list[dict], max_tokens: int) -> dict[int, dict]:
+    argv = [sys.executable, "-c", _LOCAL, str(model), json.dumps(items), str(max_tokens), json.dumps(CONCURRENCY),
             json.dumps(ENGINE_KWARGS)]  # fmt: skip
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=800)
-    lines = [x for x in done.stdout.splitlines() if x.startswith("@@")]
-    if done.returncode != 0 or not lines:
-        raise SystemExit(f"the in-process guard failed:\n{done.stderr[-3000:]}")
-    return json.loads(lines[-1][2:])
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=LOCAL_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:  # the engine's processes are in its group
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    lines = [x for x in out.splitlines() if x.startswith("@@")]
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"the in-process guard failed:\n{err[-3000:]}")
+    return {int(k): v for k, v in json.loads(lines[-1][2:]).items()}
 
 
-def served(model: Path, items: list[dict], max_tokens: int) -> dict:
+def served(model: Path, items: list[dict], max_tokens: int) -> dict[object, dict]:
+    import psutil
+
+    from gr_vl_verl.guard_items import prepare_items
     from gr_vl_verl.serving.client import RemoteGuard
     from gr_vl_verl.serving.server import start_server
 
     class TimedGuard(RemoteGuard):
         latencies: list[float] = []
 
-        def _ask(self, http, model, body, where):  # type: ignore[no-untyped-def]
+        def _send(self, http, method, path, body, where, stop, stats):  # type: ignore[no-untyped-def]
             t = time.perf_counter()
-            answer = super()._ask(http, model, body, where)
+            answer = super()._send(http, method, path, body, where, stop, stats)
             self.latencies.append(time.perf_counter() - t)
             return answer
 
@@ -90,16 +116,49 @@ def served(model: Path, items: list[dict], max_tokens: int) -> dict:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = start_server(str(model), port=port, max_tokens=max_tokens, engine_kwargs=ENGINE_KWARGS)
-    try:
-        server.wait_ready(600)
-        guard = TimedGuard(server.base_url, max_tokens=max_tokens, max_concurrency=CONCURRENCY)
-        guard.classify(items)  # warm-up
+    me = psutil.Process()
+
+    def cpu() -> dict[str, float]:
+        api = psutil.Process(server.proc.pid)
+        return {
+            "client": sum(me.cpu_times()[:2]),
+            "API server": sum(api.cpu_times()[:2]),
+            "engine": sum(sum(p.cpu_times()[:2]) for p in api.children(recursive=True)),
+        }
+
+    def timed(guard: TimedGuard) -> dict:
         guard.latencies.clear()
+        before = cpu()
         start = time.perf_counter()
         results = guard.classify(items)
         seconds = time.perf_counter() - start
-        assert len(results) == len(items)
-        return {"seconds": seconds, "latencies": list(guard.latencies)}
+        after = cpu()
+        assert len(results) == len(items) and guard.last_call.retries == 0
+        used = {k: after[k] - before[k] for k in before}
+        return {"seconds": seconds, "latencies": list(guard.latencies), "cpu": used}
+
+    out: dict[object, dict] = {}
+    try:
+        server.wait_ready(600)
+        prepared = prepare_items(items)
+        with TimedGuard(server.base_url, max_tokens=max_tokens, max_concurrency=8) as warm:
+            warm.classify(items)  # warm-up
+            start = time.perf_counter()
+            for item in prepared:
+                warm._body(item, max_tokens)
+            out["encode"] = {"seconds": time.perf_counter() - start}
+        for c in CONCURRENCY:
+            with TimedGuard(server.base_url, max_tokens=max_tokens, max_concurrency=c) as guard:
+                guard.classify(items[: 2 * c])  # its connections open outside the timing
+                out[c] = timed(guard)
+        # A new connection per request: the client's pool keeps none alive.
+        with TimedGuard(server.base_url, max_tokens=max_tokens, max_concurrency=8) as guard:
+            import httpx
+
+            limits = httpx.Limits(max_connections=8, max_keepalive_connections=0)
+            guard._http = httpx.Client(timeout=guard.timeout, limits=limits)
+            out["no keep-alive, 8"] = timed(guard)
+        return out
     finally:
         server.stop()
 
@@ -107,6 +166,10 @@ def served(model: Path, items: list[dict], max_tokens: int) -> dict:
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def _cpu_line(used: dict[str, float], n: int) -> str:
+    return ", ".join(f"{k} {1000 * v / n:.1f}" for k, v in used.items())
 
 
 def main() -> None:
@@ -126,16 +189,19 @@ def main() -> None:
         ours = served(model, items, args.max_tokens)
     n = len(items)
     print(f"{n} items (text / image / text+image+response), max_tokens={args.max_tokens}, tiny model, "
-          f"{CONCURRENCY} in flight, vLLM {'CPU' if _cpu() else 'GPU'} build")  # fmt: skip
-    rows = [("in-process vLLM guard (baseline)", base), ("gr-vl serve + load_guard(URL)", ours)]
-    for name, m in rows:
-        lat = m["latencies"]
-        print(f"{name:34s} {n / m['seconds']:7.2f} items/s  p50 {1000 * _pct(lat, 0.5):7.1f} ms  "
-              f"p95 {1000 * _pct(lat, 0.95):7.1f} ms")  # fmt: skip
-    ratio = base["seconds"] / ours["seconds"]
-    p50 = _pct(ours["latencies"], 0.5) / _pct(base["latencies"], 0.5)
-    p95 = _pct(ours["latencies"], 0.95) / _pct(base["latencies"], 0.95)
-    print(f"served vs baseline: {ratio:.2f}x items/s (goal >= 0.90x), {p50:.2f}x p50, {p95:.2f}x p95 latency")
+          f"vLLM {'CPU' if _cpu() else 'GPU'} build, {os.cpu_count()} CPUs")  # fmt: skip
+    print(
+        f"client request building (resize, PNG, base64), one thread: {1000 * ours['encode']['seconds'] / n:.2f} ms/item"
+    )
+    for c in CONCURRENCY:
+        b, o = base[c], ours[c]
+        for name, m in ((f"in-process vLLM guard, batch {c}", b), (f"gr-vl serve + load_guard(URL), {c} in flight", o)):
+            lat = m["latencies"]
+            print(f"  {name:44s} {n / m['seconds']:7.2f} items/s  p50 {1000 * _pct(lat, 0.5):7.1f} ms  "
+                  f"p95 {1000 * _pct(lat, 0.95):7.1f} ms  CPU ms/item: {_cpu_line(m['cpu'], n)}")  # fmt: skip
+        print(f"concurrency {c:2d}: served vs in-process {b['seconds'] / o['seconds']:.2f}x items/s")
+    k = ours["no keep-alive, 8"]
+    print(f"  without keep-alive, 8 in flight: {n / k['seconds']:7.2f} items/s, CPU ms/item: {_cpu_line(k['cpu'], n)}")
 
 
 def _cpu() -> bool:
