@@ -1,15 +1,19 @@
 """`gr-vl serve` and the guard over HTTP (``load_guard(URL)``, ``gr-vl classify --server``).
 
 One real server for the module: ``python -m gr_vl_verl serve`` on the tiny model, in a child process on a free
-port of 127.0.0.1, stopped with SIGTERM by the last test (which checks that stop) or by the fixture. The local
-guard it is compared with runs in a child process too (``vllm_drivers.guard_results``).
+port of 127.0.0.1, started once by the module's fixture and stopped by it. The restart test stops it with SIGTERM
+and starts it again on the same port, so every test finds it serving whatever the order (``-k`` alone too). The
+local guard it is compared with runs in a child process (``vllm_drivers.guard_results``). Counts and times are
+bounded: 1,000 short text items, every wait has a timeout, and child processes are killed with their group.
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -25,10 +29,11 @@ from PIL import Image
 from ray_driver import run_cli, run_driver
 
 from gr_vl_verl.guard import GuardInputError, load_guard
+from gr_vl_verl.guard_items import RESULT_KEYS, resume_point
 from gr_vl_verl.serving.client import GuardServerError, chat_messages
-from gr_vl_verl.serving.server import ServerError, ServerProcess, server_argv
+from gr_vl_verl.serving.server import REQUEST_CHECK, ServerError, ServerProcess, server_argv
 
-pytestmark = pytest.mark.timeout(1500)
+pytestmark = pytest.mark.timeout(1500)  # above the sum of the inner limits below
 
 ENGINE = {"max_model_len": 2048, "enforce_eager": True}
 MAX_TOKENS = 24
@@ -64,6 +69,7 @@ def test_server_argv_carries_the_guards_settings():
     assert json.loads(argv[argv.index("--override-generation-config") + 1]) == {"temperature": 0.0, "max_new_tokens": 7}
     assert argv[argv.index("--generation-config") + 1] == "vllm"
     assert argv[argv.index("--chat-template-content-format") + 1] == "openai"
+    assert argv[argv.index("--middleware") + 1] == REQUEST_CHECK and "--disable-uvicorn-access-log" in argv
     assert argv[argv.index("--max-model-len") + 1] == "64" and "--enforce-eager" in argv
     assert argv[argv.index("--api-key") + 1] == "k"
     with pytest.raises(ValueError, match="'port' is set by the serve command"):
@@ -94,6 +100,39 @@ def test_a_bad_item_is_rejected_before_any_request(tmp_path):
         load_guard("http://127.0.0.1:1/v1", temperature=0.7)
 
 
+def test_an_unreachable_server_is_given_up_after_the_retry_window():
+    """Nothing listens on the port: the call retries for its window, then names what it waited for."""
+    guard = load_guard(f"http://127.0.0.1:{_free_port()}/v1", retry_window=1.5, backoff=0.1)
+    with pytest.raises(GuardServerError, match=r"no answer from .* within the retry window of 1.5 s") as caught:
+        guard.classify([{"request": "hello"}])
+    assert "ConnectError" in str(caught.value) and caught.value.answered == []
+    assert guard.last_call.retries >= 3 and guard.last_call.answered == 0
+    with pytest.raises(ValueError, match="retry_window"):
+        load_guard("http://127.0.0.1:1/v1", retry_window=-1)
+
+
+def _verdict(i: int) -> dict:
+    none, text = {"request": None, "response": None}, {"request": "text", "response": "text"}
+    return {"request": "safe", "response": None, "reasoning": None, "output": f"a{i}", "output_tokens": i,
+            "p_harmful": none, "label_source": text}  # fmt: skip
+
+
+def test_resume_point_counts_whole_verdicts_and_refuses_other_files(tmp_path):
+    out = tmp_path / "v.jsonl"
+    assert resume_point(out, 5) == 0  # no file yet
+    lines = [json.dumps(_verdict(i)) + "\n" for i in range(3)]
+    out.write_text("".join(lines) + lines[0][:20])  # the run was killed while writing the fourth
+    assert set(_verdict(0)) == set(RESULT_KEYS)
+    assert resume_point(out, 5) == 3
+    assert out.read_text() == "".join(lines)  # the cut line is gone: its item is asked again
+    with pytest.raises(GuardInputError, match="holds 3 answers but the input has 2 items"):
+        resume_point(out, 2)
+    other = tmp_path / "items.jsonl"
+    other.write_text('{"request": "hi"}\n')
+    with pytest.raises(GuardInputError, match="line 1: not a verdict"):
+        resume_point(other, 5)
+
+
 def test_chat_messages_put_the_resized_image_where_the_prompt_has_it(tmp_path):
     from gr_vl_verl.guard import prepare_item
 
@@ -115,16 +154,24 @@ def test_chat_messages_put_the_resized_image_where_the_prompt_has_it(tmp_path):
 # A real server
 # --------------------------------------------------------------------------------------------------
 class Served:
+    """`gr-vl serve` in a process group of its own on a fixed port of 127.0.0.1; ``start`` again after ``stop``."""
+
     def __init__(self, model: Path) -> None:
+        self.model = model
         self.port = _free_port()
-        argv = [sys.executable, "-m", "gr_vl_verl", "serve", "--model", str(model), "--port", str(self.port),
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.start()
+
+    def start(self) -> None:
+        argv = [sys.executable, "-m", "gr_vl_verl", "serve", "--model", str(self.model), "--port", str(self.port),
                 "--max-tokens", str(MAX_TOKENS), "--engine-kwargs", json.dumps(ENGINE)]  # fmt: skip
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
         self.stdout: list[str] = []
         self.stderr: list[str] = []
         for stream, sink in ((self.proc.stdout, self.stdout), (self.proc.stderr, self.stderr)):
             threading.Thread(target=lambda s=stream, k=sink: k.extend(s), daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.port}/v1"
 
     def wait(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -140,7 +187,7 @@ class Served:
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                os.killpg(self.proc.pid, signal.SIGKILL)  # the vLLM server and its engine with it
                 self.proc.wait(timeout=30)
         return self.proc.returncode
 
@@ -188,9 +235,47 @@ def test_sixteen_concurrent_items_are_all_answered_in_order(served):
     ]
     guard = load_guard(served.url, max_tokens=8, max_concurrency=16)
     together = guard.classify(items)
-    one_by_one = load_guard(served.url, max_tokens=8, max_concurrency=1).classify(items[:4])
-    assert len(together) == 16 and all(r["output_tokens"] > 0 for r in together)
-    assert together[:4] == one_by_one
+    with load_guard(served.url, max_tokens=8, max_concurrency=1) as single:
+        one_by_one = [single.classify([item])[0] for item in items]  # one connection, reused by every call
+    assert len({r["output"] for r in one_by_one}) > 1, "the items must differ in their answers to show an order"
+    assert together == one_by_one  # all 16, each at its place
+    assert guard.last_call.requests == 17 and guard.last_call.retries == 0  # the items and the model list
+
+
+def _png_data_url(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def test_malformed_requests_get_a_4xx_and_the_server_keeps_serving(served):
+    """Raw HTTP, as any client could send it: each gets an error answer (no dropped connection), then a good
+    item is still answered."""
+    name = httpx.get(f"{served.url}/models", timeout=30).json()["data"][0]["id"]
+
+    def image_part(url: str) -> dict:
+        return {"model": name, "max_tokens": 4, "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": url}}]}]}  # fmt: skip
+
+    huge = Image.new("1", (9000, 9000))  # 81 M pixels > the guard's 8192² source bound, a small PNG
+    bad = {
+        "bad data URL": (image_part("data:image/png;base64,@@not base64@@"), 400, "not base64"),
+        "not an image": (image_part("data:image/png;base64," + base64.b64encode(b"hello").decode()), 400, "image"),
+        "oversized image": (image_part(_png_data_url(huge)), 413, "9000x9000"),
+        "no messages": ({"model": name, "max_tokens": 4}, 400, "messages"),
+        "a message without a role": ({"model": name, "messages": [{"content": "hi"}]}, 400, "role"),
+    }
+    with httpx.Client(timeout=120) as http:
+        for what, (body, status, words) in bad.items():
+            r = http.post(f"{served.url}/chat/completions", json=body)
+            assert (r.status_code, what) == (status, what), r.text[:500]
+            assert words in r.json()["error"]["message"], (what, r.text[:500])
+        r = http.post(
+            f"{served.url}/chat/completions", content=b"{not json", headers={"content-type": "application/json"}
+        )
+        assert r.status_code == 400
+    answered = load_guard(served.url, max_tokens=4).classify([{"request": "Still there?"}])
+    assert answered[0]["output_tokens"] > 0
 
 
 def test_classify_command_through_the_server(served, tmp_path):
@@ -205,15 +290,84 @@ def test_classify_command_through_the_server(served, tmp_path):
     assert one.returncode == 0 and json.loads(one.stdout)["output_tokens"] <= 4
 
 
-def test_a_stopped_server_gives_a_clear_error_after_the_retries(served):
-    """Last, as it stops the module's server: SIGTERM stops `gr-vl serve` cleanly, then the client gives up."""
-    guard = load_guard(served.url, max_tokens=4, retries=2, backoff=0.2, timeout=10)
-    assert len(guard.classify([{"request": "hi"}])) == 1
-    assert served.stop() == 0
-    assert "stopping the server" in "".join(served.stderr)
-    with pytest.raises(httpx.ConnectError):  # the vLLM child is gone with it
-        httpx.get(f"{served.url}/models", timeout=5)
-    start = time.monotonic()
-    with pytest.raises(GuardServerError, match=r"items\[[01]\]: no answer from .* after 3 attempts"):
-        guard.classify([{"request": "hello"}, {"request": "again"}])
-    assert time.monotonic() - start < 30
+def _spawn(argv: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "gr_vl_verl", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def _wait_for_lines(path: Path, n: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while len(_lines(path)) < n:
+        assert proc.poll() is None, f"classify ended early ({proc.returncode}): {proc.stderr.read()[-2000:]}"
+        assert time.monotonic() < deadline, f"{path.name}: fewer than {n} answers after {timeout} s"
+        time.sleep(0.2)
+
+
+def _finish(proc: subprocess.Popen, timeout: float) -> tuple[int, str]:
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    return proc.returncode, err
+
+
+def test_a_restart_mid_run_loses_no_item_and_a_rerun_continues(served, tmp_path):
+    """1,000 items at 32 in flight, `gr-vl serve` stopped (SIGTERM) and started again mid-run. Client A (the
+    default retry window) waits for it: every item answered once, in order, its retries reported. Client B (a
+    5 s window) gives up during the outage, keeps its answers, and its rerun continues from the first missing.
+    While the server is down, the API gives up too after its window. The server is serving again at the end."""
+    keys = [f"Item {k}: how do I {w}?" for k, w in enumerate(["cook", "lie", "swim", "steal", "read", "hack"] * 5)]
+    with load_guard(served.url, max_tokens=8, max_concurrency=8) as guard:
+        reference = guard.classify([{"request": k} for k in keys])
+    assert len({r["output"] for r in reference}) > 3, "the keys must differ in their answers to show an order"
+    order = [(7 * i) % len(keys) for i in range(1000)]  # neighbours differ
+    expected = [reference[k] for k in order]
+    items = tmp_path / "items.jsonl"
+    items.write_text("".join(json.dumps({"request": keys[k]}) + "\n" for k in order))
+    a_out, b_out = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    argv = ["classify", "--server", served.url, "--input", str(items), "--max-tokens", "8", "--max-concurrency", "32"]
+    a = _spawn([*argv, "--out", str(a_out)])
+    b = _spawn([*argv, "--out", str(b_out), "--retry-window", "5"])
+    try:
+        _wait_for_lines(a_out, 100, a)
+        _wait_for_lines(b_out, 100, b)
+        down = time.monotonic()
+        assert served.stop() == 0 and "stopping the server" in "".join(served.stderr)
+        with pytest.raises(httpx.ConnectError):  # the vLLM server went with it
+            httpx.get(f"{served.url}/models", timeout=5)
+        with pytest.raises(GuardServerError, match=r"no answer from .* within the retry window of 1 s"):
+            load_guard(served.url, max_tokens=4, retry_window=1).classify([{"request": "hello"}])
+
+        code, err = _finish(b, timeout=120)
+        kept = _lines(b_out)
+        assert code == 1 and "within the retry window of 5 s" in err, err[-2000:]
+        assert 100 <= len(kept) < 1000 and kept == expected[: len(kept)]
+        assert f"the same command again continues with item {len(kept) + 1}" in err
+
+        served.start()
+        served.wait(600)
+        print(f"gr-vl serve was down and back in {time.monotonic() - down:.0f} s")
+        code, err = _finish(a, timeout=600)
+        assert code == 0, err[-3000:]
+        assert _lines(a_out) == expected  # every item once, in input order
+        retried = int(re.search(r"(\d+) requests retried", err).group(1))
+        assert retried >= 1 and "1000 answered, 0 already in --out, of 1000 items" in err
+
+        rerun = run_cli([*argv, "--out", str(b_out)], timeout=300)
+        assert rerun.returncode == 0, rerun.stderr[-2000:]
+        assert f"{1000 - len(kept)} answered, {len(kept)} already in --out" in rerun.stderr
+        assert _lines(b_out) == expected
+    finally:
+        for proc in (a, b):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+        if served.proc.poll() is not None:  # leave the module's server serving for the tests after this one
+            served.start()
+            served.wait(600)
