@@ -33,7 +33,7 @@ from gr_vl_verl.guard_items import RESULT_KEYS, resume_point
 from gr_vl_verl.serving.client import GuardServerError, chat_messages
 from gr_vl_verl.serving.server import REQUEST_CHECK, ServerError, ServerProcess, server_argv
 
-pytestmark = pytest.mark.timeout(1500)  # above the sum of the inner limits below
+pytestmark = pytest.mark.timeout(1800)  # above the sum of the inner limits of any test with its fixture
 
 ENGINE = {"max_model_len": 2048, "enforce_eager": True}
 MAX_TOKENS = 24
@@ -196,7 +196,7 @@ class Served:
 def served(tiny_model_dir):
     server = Served(tiny_model_dir)
     try:
-        server.wait(600)
+        server.wait(400)
         yield server
     finally:
         server.stop()
@@ -299,7 +299,7 @@ def _lines(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 
-def _wait_for_lines(path: Path, n: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+def _wait_for_lines(path: Path, n: int, proc: subprocess.Popen, timeout: float = 100) -> None:
     deadline = time.monotonic() + timeout
     while len(_lines(path)) < n:
         assert proc.poll() is None, f"classify ended early ({proc.returncode}): {proc.stderr.read()[-2000:]}"
@@ -344,22 +344,22 @@ def test_a_restart_mid_run_loses_no_item_and_a_rerun_continues(served, tmp_path)
         with pytest.raises(GuardServerError, match=r"no answer from .* within the retry window of 1 s"):
             load_guard(served.url, max_tokens=4, retry_window=1).classify([{"request": "hello"}])
 
-        code, err = _finish(b, timeout=120)
+        code, err = _finish(b, timeout=60)
         kept = _lines(b_out)
         assert code == 1 and "within the retry window of 5 s" in err, err[-2000:]
         assert 100 <= len(kept) < 1000 and kept == expected[: len(kept)]
         assert f"the same command again continues with item {len(kept) + 1}" in err
 
         served.start()
-        served.wait(600)
+        served.wait(400)
         print(f"gr-vl serve was down and back in {time.monotonic() - down:.0f} s")
-        code, err = _finish(a, timeout=600)
+        code, err = _finish(a, timeout=240)
         assert code == 0, err[-3000:]
         assert _lines(a_out) == expected  # every item once, in input order
         retried = int(re.search(r"(\d+) requests retried", err).group(1))
         assert retried >= 1 and "1000 answered, 0 already in --out, of 1000 items" in err
 
-        rerun = run_cli([*argv, "--out", str(b_out)], timeout=300)
+        rerun = run_cli([*argv, "--out", str(b_out)], timeout=200)
         assert rerun.returncode == 0, rerun.stderr[-2000:]
         assert f"{1000 - len(kept)} answered, {len(kept)} already in --out" in rerun.stderr
         assert _lines(b_out) == expected
@@ -370,4 +370,4 @@ def test_a_restart_mid_run_loses_no_item_and_a_rerun_continues(served, tmp_path)
                 proc.wait(timeout=30)
         if served.proc.poll() is not None:  # leave the module's server serving for the tests after this one
             served.start()
-            served.wait(600)
+            served.wait(400)
