@@ -222,9 +222,10 @@ def test_sft_launch_takes_the_cpu_platform_from_a_config_file(tmp_path, tiny_mod
 
     config_file(tmp_path / "my_sft.yaml", "gr_vl_sft", "trainer.device", "cpu")
     (tmp_path / "probe.py").write_text(_PROBE_DATASET)
+    # hydra's own flags after every override: its argument parser takes the overrides in one run
     argv = sft_command(tiny_model_dir, tmp_path / "unused.parquet", tmp_path / "out", 1, device=None, extra=[
-        f"--config-path={tmp_path}", "--config-name=my_sft", f"data.custom_cls.path={tmp_path / 'probe.py'}",
-        "data.custom_cls.name=Probe", f"hydra.run.dir={tmp_path / 'hydra'}"])  # fmt: skip
+        f"data.custom_cls.path={tmp_path / 'probe.py'}", "data.custom_cls.name=Probe",
+        f"--config-path={tmp_path}", "--config-name=my_sft"])  # fmt: skip
     assert not any(a.startswith("trainer.device=") for a in argv)
     env = {k: v for k, v in os.environ.items() if k != "VERL_PLATFORM"}
     run = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
