@@ -4,6 +4,7 @@
     gr-vl classify --model ckpt/gr_vl_3b --image meme.png --request "Explain the joke." --response "It mocks..."
     gr-vl classify --model ckpt/gr_vl_3b --input items.jsonl > verdicts.jsonl
     gr-vl classify --server http://127.0.0.1:8000/v1 --input items.jsonl      # a `gr-vl serve` server
+    gr-vl classify --server URL --input items.jsonl --out verdicts.jsonl      # again: continues where it stopped
 
 Prints ``{"request", "response", "reasoning", "output", "output_tokens", "p_harmful", "label_source"}`` for the
 item, or one such line per
@@ -16,10 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
-from gr_vl_verl.commands import UsageError, WorkError, emit
+from gr_vl_verl.commands import UsageError, WorkError, results_stream
 from gr_vl_verl.commands._generation import add_engine_kwargs
 
 
@@ -53,21 +55,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     one.add_argument("--image", type=Path, default=None, help="the user's image file")
     one.add_argument("--response", default=None, help="the AI response to judge (default: none)")
     p.add_argument("--input", type=Path, default=None, help="JSON lines with request / image / response per item")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="append the answers to this file instead of stdout; run again with the same file to continue after "
+        "the last answer it holds",
+    )
+    p.add_argument("--max-concurrency", type=int, default=8, help="--server: requests in flight (default 8)")
+    p.add_argument(
+        "--retry-window",
+        type=float,
+        default=300.0,
+        help="--server: seconds to wait for a server that cannot be reached, e.g. restarting (default 300)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise UsageError(f"--threshold must be in [0, 1], got {args.threshold}")
     items = _input_items(args) if args.input is not None else [_single_item(args)]
-    guard = _load(args)
     from gr_vl_verl.generation import GenerationError
+    from gr_vl_verl.guard_items import GuardInputError, write_answers
 
-    try:
-        results = guard.classify(items, threshold=args.threshold)
+    try:  # answers as they come, in order; with --out, after those the file already holds
+        done = write_answers(
+            lambda: _load(args),
+            items,
+            args.out,
+            threshold=args.threshold,
+            chunk=args.batch_size,
+            stream=results_stream(),
+        )
+    except GuardInputError as e:
+        raise UsageError(str(e)) from None
     except GenerationError as e:
         raise WorkError(str(e)) from None
-    for result in results:
-        emit(json.dumps(result, ensure_ascii=False))
+    if args.out is not None or args.server is not None:
+        retried = "" if done["retries"] is None else f", {done['retries']} requests retried"
+        print(f"classify: {done['answered']} answered, {done['already']} already in --out, "
+              f"of {done['items']} items{retried}", file=sys.stderr)  # fmt: skip
     return 0
 
 
@@ -125,7 +152,8 @@ def _load(args: argparse.Namespace) -> Any:
         if not is_server_url(args.server):
             raise UsageError(f"--server {args.server}: not an http(s) URL")
         try:
-            return load_guard(args.server, max_tokens=args.max_tokens, mode=args.mode, api_key=args.api_key)
+            return load_guard(args.server, max_tokens=args.max_tokens, mode=args.mode, api_key=args.api_key,
+                              max_concurrency=args.max_concurrency, retry_window=args.retry_window)  # fmt: skip
         except ValueError as e:
             raise UsageError(str(e)) from None
     try:
