@@ -38,15 +38,17 @@ def drive_pipeline(prepared_dir: str, model: str, work: str) -> dict:
     import ray
 
     from gr_vl_verl.generation import FolderMismatch, GenerationError, generate
-    from gr_vl_verl.generation.pipeline import _root_message
 
     data, work_dir = Path(prepared_dir), Path(work)
     seen: dict = {}
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
         two = work_dir / "two"
-        s = generate(data / "rl_train.parquet", two, config(model, concurrency=2, batch_size=3))
-        seen["two"] = [s.rows, s.samples, s.shards_written, s.shards_skipped]
+        rc, printed, _ = _cli(["generate", "--data", str(data / "rl_train.parquet"), "--model", model, "--out",
+                               str(two), "--backend", "transformers", "--n", "2", "--temperature", "1.0",
+                               "--max-tokens", str(MAX_TOKENS), "--seed", "1", "--shard-size", str(SHARD),
+                               "--concurrency", "2", "--batch-size", "3", "--no-progress"])  # fmt: skip
+        seen["two"] = {"rc": rc, "printed": printed}
 
         # What an interrupted run leaves: a finished shard, missing ones, a temp file of the write in flight.
         out = work_dir / "resumed"
@@ -86,19 +88,14 @@ def drive_pipeline(prepared_dir: str, model: str, work: str) -> dict:
                            "--no-progress"])  # fmt: skip
         seen["broken"] = {"rc": rc, "err": err, "row": bad, "id": rows[bad]["extra_info"]["id"]}
 
-        class FailsToStart:  # local, so Ray pickles it by value
-            def __init__(self):
-                raise ValueError("engine cannot start: no weights in /ckpt")
-
-            def __call__(self, batch):
-                return batch
-
-        ds = ray.data.from_items([{"x": 1}]).map_batches(FailsToStart, compute=ray.data.ActorPoolStrategy(size=1))
+        # The pipeline's own engine actors, whose engine cannot start: from_pretrained refuses the attention
+        # implementation in each actor's constructor.
         try:
-            ds.take_all()
+            generate(data / "rl_train.parquet", work_dir / "failed", config(model, concurrency=2,
+                     engine_kwargs={"attn_implementation": "no_such_attention"}))  # fmt: skip
             seen["failed_actor"] = None
-        except Exception as e:  # Ray wraps it
-            seen["failed_actor"] = _root_message(e)
+        except GenerationError as e:
+            seen["failed_actor"] = {"message": str(e), "type": type(e).__name__}
 
         seen["unplaceable"] = []
         for name, cfg in (("cpu", config(model, concurrency=8)), ("gpu", config(model, num_gpus=1))):
@@ -130,7 +127,9 @@ def _files(out: Path) -> dict[str, bytes]:
 def test_two_actors_write_every_row_and_sample_in_input_order(prepared, ray_results):
     work, seen = ray_results
     two = work / "two"
-    assert seen["two"] == [34, 68, 3, 0]
+    assert seen["two"]["rc"] == 0
+    assert "shards: 3 written, 0 already done, of 3" in seen["two"]["printed"]
+    assert "rows: 34 generated (34 in the input), samples: 68" in seen["two"]["printed"]
     names = [p.name for p in sorted(two.glob("shard-*.parquet"))]
     assert names == ["shard-00000.parquet", "shard-00001.parquet", "shard-00002.parquet"]
     assert all(pq.read_schema(two / n) == GENERATIONS_SCHEMA for n in names)
@@ -142,6 +141,12 @@ def test_two_actors_write_every_row_and_sample_in_input_order(prepared, ray_resu
     saved = json.loads((two / sh.SUMMARY).read_text())
     assert (saved["rows"], saved["samples"], saved["shards_written"]) == (34, 68, 3)
     assert saved["output_tokens"] == sum(g["output_tokens"] for g in got) and saved["rows_per_s"] > 0
+    # both engines did work, and between them every row once: the actors named by Ray, not the flag echoed
+    actors = saved["actors"]
+    assert len(actors) == 2 and len({a["actor"] for a in actors}) == 2
+    assert all(a["rows"] > 0 for a in actors) and sum(a["rows"] for a in actors) == 34
+    assert all(len(a["node"]) == 56 for a in actors)  # Ray node ids (hex); one local node here
+    assert "actors: 2, rows each: " in seen["two"]["printed"]
     manifest = json.loads((two / sh.MANIFEST).read_text())
     assert '"min_pixels": 262144' in json.dumps(manifest)  # an RL parquet: the RL config's processor bounds
 
@@ -171,9 +176,15 @@ def test_a_row_that_does_not_decode_stops_the_run_naming_it(ray_results):
     assert not list((work / "o").glob("shard-*")) and not (work / "o" / sh.SUMMARY).exists()
 
 
-def test_a_failed_actor_is_reported_in_one_line(ray_results):
-    """Ray carries a worker's exception as traceback text; the command shows its last line, not Ray's wrapper."""
-    assert ray_results[1]["failed_actor"] == "ValueError: engine cannot start: no weights in /ckpt"
+def test_a_failed_engine_actor_stops_the_run_in_one_line(ray_results):
+    """The pipeline's engine actors fail in their constructor: the run stops (Ray does not restart an actor whose
+    constructor raised) with one line naming the cause, not Ray's wrapper, and leaves no shard or summary."""
+    work, seen = ray_results
+    failed = seen["failed_actor"]
+    assert failed is not None and failed["type"] == "GenerationError"
+    assert failed["message"].startswith("generation failed: ValueError: Specified `attn_implementation=")
+    assert "no_such_attention" in failed["message"] and len(failed["message"].splitlines()) == 1
+    assert not list((work / "failed").glob("shard-*")) and not (work / "failed" / sh.SUMMARY).exists()
 
 
 def test_a_pool_this_ray_cannot_place_is_refused_before_it_starts(ray_results):

@@ -50,6 +50,8 @@ class GenerationSummary:
     samples: int = 0
     output_tokens: int = 0
     finish_reasons: Counter = field(default_factory=Counter)
+    # rows generated per (Ray actor id, Ray node id): which engines did the work
+    served: Counter = field(default_factory=Counter)
     seconds: float = 0.0
     config: dict[str, Any] = field(default_factory=dict)
 
@@ -66,6 +68,9 @@ class GenerationSummary:
             "samples": self.samples,
             "output_tokens": self.output_tokens,
             "finish_reasons": dict(sorted(self.finish_reasons.items())),
+            "actors": [
+                {"actor": actor, "node": node, "rows": rows} for (actor, node), rows in sorted(self.served.items())
+            ],
             "seconds": round(self.seconds, 3),
             "rows_per_s": round(self.rows / secs, 3) if self.rows else 0.0,
             "output_tokens_per_s": round(self.output_tokens / secs, 3) if self.rows else 0.0,
@@ -79,6 +84,8 @@ class GenerationSummary:
                 f"shards: {d['shards_written']} written, {d['shards_skipped']} already done, of {d['shards_total']}",
                 f"rows: {d['rows']} generated ({d['rows_total']} in the input), samples: {d['samples']}",
                 f"output tokens: {d['output_tokens']}  finish: {d['finish_reasons']}",
+                f"actors: {len(d['actors'])}, rows each: "
+                + (", ".join(f"{a['rows']} (actor {a['actor'][:8]} node {a['node'][:8]})" for a in d["actors"]) or "-"),
                 f"seconds: {d['seconds']}  rows/s: {d['rows_per_s']}  output tokens/s: {d['output_tokens_per_s']}",
             ]
         )
@@ -100,9 +107,13 @@ class GenerateBatch:
     """
 
     def __init__(self, config: GenerationConfig) -> None:
+        import ray
+
         from gr_vl_verl.generation.engines import make_engine
 
         self.config = config
+        context = ray.get_runtime_context()
+        self.where = {sh.ACTOR: context.get_actor_id() or f"pid {os.getpid()}", sh.NODE: context.get_node_id()}
         self.engine = make_engine(config)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -114,7 +125,8 @@ class GenerateBatch:
             try:
                 requests.append(build_request(row, self.engine.processor))
             except RowError as e:
-                return _result([{sh.SHARD: row[sh.SHARD], sh.ROW: row[sh.ROW], "id": row["id"], sh.ERROR: str(e)}])
+                failed = {sh.SHARD: row[sh.SHARD], sh.ROW: row[sh.ROW], "id": row["id"], sh.ERROR: str(e)}
+                return _result([{**failed, **self.where}])
         out = []
         for row, completions in zip(rows, self.engine.generate(requests), strict=True):
             for j, c in enumerate(completions):
@@ -129,6 +141,7 @@ class GenerateBatch:
                         "finish_reason": c.finish_reason,
                         "p_harmful_request": c.p_harmful_request,
                         "p_harmful_response": c.p_harmful_response,
+                        **self.where,
                     }
                 )
         return _result(out)
@@ -207,17 +220,27 @@ def _pool_args(config: GenerationConfig) -> dict[str, Any]:
     return args
 
 
+#: How long a local run waits for its whole pool of engines to start before the rows go out.
+LOCAL_POOL_START_S = 3600
+
+
 @contextmanager
-def _data_context() -> Iterator[None]:
+def _data_context(config: GenerationConfig) -> Iterator[None]:
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
-    saved = ctx.enable_progress_bars
+    saved = ctx.enable_progress_bars, ctx.wait_for_min_actors_s
     ctx.enable_progress_bars = False  # ours counts rows; Ray's per-operator bars would interleave with it
+    if not (config.ray_address or os.environ.get("RAY_ADDRESS")):
+        # Ray Data hands blocks to whichever actor is ready first; the first engine to load would take the
+        # first blocks (two in flight per actor) while the others still load. A local pool is known to fit
+        # (_check_resources), so start every engine before any row goes out; an engine that fails to start
+        # still fails the run at once. On a cluster that may scale up, do not wait for the autoscaler.
+        ctx.wait_for_min_actors_s = LOCAL_POOL_START_S
     try:
         yield
     finally:
-        ctx.enable_progress_bars = saved
+        ctx.enable_progress_bars, ctx.wait_for_min_actors_s = saved
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -277,7 +300,10 @@ def _run(plan: sh.ShardPlan, todo: list[int], out_dir: Path, config: GenerationC
                     summary.samples += written.num_rows
                     summary.output_tokens += pc.sum(written.column("output_tokens")).as_py() or 0
                     summary.finish_reasons.update(written.column("finish_reason").to_pylist())
-            bar.update(pc.sum(pc.equal(table.column("sample"), 0)).as_py() or 0)
+            firsts = table.filter(pc.equal(table.column("sample"), 0))  # one per input row
+            where = zip(firsts.column(sh.ACTOR).to_pylist(), firsts.column(sh.NODE).to_pylist(), strict=True)
+            summary.served.update(where)
+            bar.update(firsts.num_rows)
     finally:
         batches.close()  # a generator: closing it shuts the streaming executor down when we leave early
         bar.close()
@@ -313,7 +339,7 @@ def generate(data_path: str | Path, out_dir: str | Path, config: GenerationConfi
         if config.backend == "vllm" and not vllm_available():
             raise GenerationError(VLLM_MISSING)
         start = time.perf_counter()
-        with ray_session(config.ray_address), _data_context():
+        with ray_session(config.ray_address), _data_context(config):
             _check_resources(config)
             try:
                 _run(plan, todo, out_dir, config, summary)

@@ -34,8 +34,9 @@ SUMMARY = "generate_summary.json"
 MANIFEST_FORMAT = 1
 #: Input kinds generation reads: RL rows (``extra_info.id``) and evaluation rows (``id``).
 INPUT_KINDS = ("rl", "eval")
-#: Columns the pipeline carries beside GENERATIONS_SCHEMA: input shard and row index, a row's error.
-SHARD, ROW, ERROR = "_shard", "_row", "_error"
+#: Columns the pipeline carries beside GENERATIONS_SCHEMA: input shard and row index, a row's error, and the Ray
+#: actor and node that generated the row (the run's summary counts rows per actor from them).
+SHARD, ROW, ERROR, ACTOR, NODE = "_shard", "_row", "_error", "_actor", "_node"
 REQUEST_SCHEMA = pa.schema(
     [
         (SHARD, pa.int64()),
@@ -45,7 +46,16 @@ REQUEST_SCHEMA = pa.schema(
         ("images", pa.list_(pa.field("element", pa.struct([("bytes", pa.binary())])))),
     ]
 )
-RESULT_SCHEMA = pa.schema([(SHARD, pa.int64()), (ROW, pa.int64()), *GENERATIONS_SCHEMA, (ERROR, pa.string())])
+RESULT_SCHEMA = pa.schema(
+    [
+        (SHARD, pa.int64()),
+        (ROW, pa.int64()),
+        *GENERATIONS_SCHEMA,
+        (ERROR, pa.string()),
+        (ACTOR, pa.string()),
+        (NODE, pa.string()),
+    ]
+)
 
 
 class FolderMismatch(ValueError):
