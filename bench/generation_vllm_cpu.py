@@ -11,9 +11,16 @@ Qwen2.5-VL and the same sampling settings (n samples at temperature 1, per-sampl
 
 For each: engine start (seconds until the first request can go), rows/s and tokens/s of the generation itself.
 The pipeline's generation time is its run time less its engine start (measured as the bare engine's, in a
-process of its own). Ratios are printed against bare vLLM (goal: the pipeline keeps >= 0.9x its tokens/s).
+process of its own).
 
-Not a timed test: ``python bench/generation_vllm_cpu.py [--rows N] [--n K] [--max-tokens T]``;
+A single size mixes fixed start-up with decoding, so bare vLLM and the pipeline also run on ``--rows-large``
+rows (default 4x ``--rows``), and the bench prints their **marginal** tokens/s: the extra tokens of the larger
+run over its extra seconds, in which start-up cancels. Bare vLLM's seconds are its generation call (its start
+excluded, as measured inside its process); the pipeline's are its whole run (Ray, the actor and its engine
+start included in both sizes, so their difference is what the extra rows cost). Goal: the pipeline keeps >= 0.9x
+bare vLLM's marginal tokens/s. docs/generation.md records what was measured and where the time goes.
+
+Not a timed test: ``python bench/generation_vllm_cpu.py [--rows N] [--rows-large M] [--n K] [--max-tokens T]``;
 ``--quick`` runs a few rows (``make test`` runs it so a broken bench fails CI).
 """
 
@@ -45,6 +52,7 @@ from gr_vl_verl.generation import GenerationConfig
 from gr_vl_verl.generation.config import sample_seeds
 from gr_vl_verl.generation.engines import CPU_KVCACHE_GIB, vllm_engine_kwargs, vllm_prompt, vllm_sampling_kwargs
 from gr_vl_verl.generation.prompts import build_request
+from gr_vl_verl.harm_prob import label_tokens, wanted_ids
 if vllm_is_cpu_build():
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_GIB)
 model, parquet, n, max_tokens, engine = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
@@ -61,10 +69,21 @@ for r in rows:
     for seed in sample_seeds(config, r["id"]):
         prompts.append(vllm_prompt(request))
         params.append(vllm.SamplingParams(**vllm_sampling_kwargs(config, seed)))
+built = time.perf_counter()
 outs = llm.generate(prompts, sampling_params=params, use_tqdm=False)
 done = time.perf_counter()
 tokens = sum(len(o.outputs[0].token_ids) for o in outs)
-print("BARE " + json.dumps({"start": ready - t0, "gen": done - ready, "rows": len(rows), "tokens": tokens}))
+# The same requests asking, as the pipeline does, for the label tokens' log-probabilities at every position
+# (the harm probabilities): what that costs vLLM itself. Same seeds, so the same tokens are drawn; the prompts
+# are in vLLM's prefix cache by now, which makes this call's prefill cheaper than the first one's.
+ids = wanted_ids(label_tokens(lambda text: processor.tokenizer.encode(text, add_special_tokens=False)))
+params = [vllm.SamplingParams(**{**vllm_sampling_kwargs(config, p.seed), "logprob_token_ids": ids}) for p in params]
+again = time.perf_counter()
+outs = llm.generate(prompts, sampling_params=params, use_tqdm=False)
+labels = time.perf_counter() - again
+print("BARE " + json.dumps({"start": ready - t0, "gen": done - ready, "rows": len(rows), "tokens": tokens,
+                            "gen_labels": (built - ready) + labels,  # prompts built once, counted in both
+                            "tokens_labels": sum(len(o.outputs[0].token_ids) for o in outs)}))
 sys.stdout.flush()
 llm.llm_engine.engine_core.shutdown()  # vLLM's engine process is a child of its own
 """
@@ -86,12 +105,14 @@ def prepare(work: Path, rows: int) -> tuple[Path, Path]:
     from gr_vl_verl.data.schemas import RL_SCHEMA
     from gr_vl_verl.tiny import build_tiny_qwen2_5_vl
 
-    model = build_tiny_qwen2_5_vl(work / "model")
-    vltrain = Path(gr_vl_verl.__file__).parent / "sample_data" / "GuardReasoner-VLTrain"
-    prep = work / "prep"
-    argv = ["prep", "vltrain", "--data-root", str(vltrain), "--out", str(prep), "--formats", "rl", "--no-progress",
-            "--min-pixels", "784", "--max-pixels", "12544"]  # fmt: skip
-    assert cli_main(argv) == 0
+    model, prep = work / "model", work / "prep"
+    if not (model / "config.json").exists():  # a second size reuses the model and the prepared sample
+        build_tiny_qwen2_5_vl(model)
+    if not (prep / "rl_train.parquet").exists():
+        vltrain = Path(gr_vl_verl.__file__).parent / "sample_data" / "GuardReasoner-VLTrain"
+        argv = ["prep", "vltrain", "--data-root", str(vltrain), "--out", str(prep), "--formats", "rl",
+                "--no-progress", "--min-pixels", "784", "--max-pixels", "12544"]  # fmt: skip
+        assert cli_main(argv) == 0
     base = pq.read_table(prep / "rl_train.parquet")
     out = []
     for i in range(rows):
@@ -126,21 +147,34 @@ def pipeline(model: Path, data: Path, out: Path, backend: str, n: int, max_token
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=136)
+    parser.add_argument("--rows-large", type=int, default=None, help="the larger size of the marginal (default 4x)")
     parser.add_argument("--n", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--quick", action="store_true", help="8 rows x 2 samples x 8 tokens")
     args = parser.parse_args()
     if args.quick:
-        args.rows, args.n, args.max_tokens = 8, 2, 8
+        args.rows, args.rows_large, args.n, args.max_tokens = 8, 16, 2, 8
+    large = args.rows_large or 4 * args.rows
+    if large <= args.rows:
+        parser.error("--rows-large must be more than --rows")
     with tempfile.TemporaryDirectory(prefix="gr_vl_bench_") as tmp:
         work = Path(tmp)
         model, data = prepare(work, args.rows)
+        _, data_large = prepare(work, large)
         b = bare(model, data, args.n, args.max_tokens)
         p = pipeline(model, data, work / "pipe", "vllm", args.n, args.max_tokens)
+        b_large = bare(model, data_large, args.n, args.max_tokens)
+        p_large = pipeline(model, data_large, work / "pipe_large", "vllm", args.n, args.max_tokens)
         t = pipeline(model, data, work / "hf", "transformers", args.n, args.max_tokens)
     gen_p = max(p["total"] - b["start"], 1e-9)
     rows = [
         ("bare vLLM (baseline)", b["start"], b["rows"] / b["gen"], b["tokens"] / b["gen"]),
+        (
+            "bare vLLM, label log-probabilities",
+            b["start"],
+            b["rows"] / b["gen_labels"],
+            b["tokens_labels"] / b["gen_labels"],
+        ),
         ("pipeline (vLLM)", p["total"] - gen_p, p["rows"] / gen_p, p["tokens"] / gen_p),
         ("pipeline (transformers), end to end", float("nan"), t["rows"] / t["total"], t["tokens"] / t["total"]),
     ]
@@ -152,6 +186,17 @@ def main() -> None:
         print(f"{name:38} {start:8.1f} {rps:8.2f} {tps:9.1f} {tps / (b['tokens'] / b['gen']):13.2f}")
     print(f"pipeline end to end: {p['total']:.1f} s (engine start counted as bare vLLM's: {b['start']:.1f} s); "
           f"transformers end to end: {t['total']:.1f} s")  # fmt: skip
+    bare_m = marginal(b["tokens"], b["gen"], b_large["tokens"], b_large["gen"])
+    labels_m = marginal(b["tokens_labels"], b["gen_labels"], b_large["tokens_labels"], b_large["gen_labels"])
+    pipe_m = marginal(p["tokens"], p["total"], p_large["tokens"], p_large["total"])
+    print(f"marginal tokens/s, {args.rows} -> {large} rows: bare vLLM {bare_m:.0f} (generation call), bare vLLM "
+          f"with label log-probabilities {labels_m:.0f} ({labels_m / bare_m:.2f}x), pipeline {pipe_m:.0f} (whole "
+          f"run): {pipe_m / bare_m:.2f}x bare, {pipe_m / labels_m:.2f}x bare with label log-probabilities")  # fmt: skip
+
+
+def marginal(tokens: int, seconds: float, tokens_large: int, seconds_large: float) -> float:
+    """Tokens/s of what the larger run did beyond the smaller one; start-up, paid by both, cancels."""
+    return (tokens_large - tokens) / max(seconds_large - seconds, 1e-9)
 
 
 if __name__ == "__main__":
