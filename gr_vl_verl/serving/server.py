@@ -186,7 +186,9 @@ class RequestCheck:
     server that went away). So a chat request's body is read here first (at most ``MAX_BODY_BYTES``: 413), each
     ``data:`` image is decoded and its size read from its header (a corrupt one: 400; one over the guard's
     ``max_source_pixels``: 413, before vLLM decodes its pixels), and an exception that still escapes a route
-    before it answered becomes a 400 naming it. Other routes pass untouched."""
+    before it answered gets an answer naming it: 400 for what a malformed request raises (ValueError, TypeError,
+    KeyError, OSError), 503 for the rest (vLLM shutting down raises RuntimeError), which clients retry.
+    Other routes pass untouched."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -233,7 +235,10 @@ class RequestCheck:
         except Exception as e:
             if started:
                 raise
-            await _answer(send, 400, f"the request could not be served: {type(e).__name__}: {e}")
+            if isinstance(e, ValueError | TypeError | KeyError | OSError):  # what a malformed request raises
+                await _answer(send, 400, f"the request could not be read: {type(e).__name__}: {e}")
+            else:  # the server's state, e.g. a RuntimeError from vLLM's executors while it shuts down: try again
+                await _answer(send, 503, f"the server cannot serve it now: {type(e).__name__}: {e}")
 
     def _check(self, body: bytes) -> tuple[int, str] | None:
         """(status, message) for a body vLLM would fail on; None lets vLLM judge the rest (missing fields...)."""
@@ -275,7 +280,7 @@ class RequestCheck:
 
 async def _answer(send: Any, status: int, message: str) -> None:
     """An error in the form of vLLM's own (``{"error": {"message", "type", "code"}}``)."""
-    kind = "BadRequestError" if status == 400 else "RequestTooLarge" if status == 413 else "Error"
+    kind = {400: "BadRequestError", 413: "RequestTooLarge", 503: "ServiceUnavailable"}.get(status, "Error")
     body = json.dumps({"error": {"message": message, "type": kind, "param": None, "code": status}}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
