@@ -1,10 +1,12 @@
-"""`gr-vl demo`, the README's main job: every stage on the bundled sample through verl and vLLM, reduced to stay
-quick (about 6 minutes on two cores).
+"""`gr-vl demo`, the README's main job: every stage on a toy guard world through verl and vLLM, reduced to stay
+quick (a small world, a short SFT and three GRPO steps).
 
 It runs as the README runs it, a `gr-vl` process of its own (verl's trainers, Ray and vLLM run in its children),
-and the assertions are ones a broken stage would fail: verl's SFT loss falls, mining and concatenation produce the
-counts their rules give, verl's GRPO steps carry the linear clip schedule and the reward terms (eq. 8 and 10),
-and the report's averages are an independent recomputation (scikit-learn) of the predictions file.
+and the assertions are ones a broken stage would fail: the world is the seeded generator's, verl's SFT loss
+falls, mining and concatenation produce the counts their rules give, verl's GRPO steps carry the linear clip
+schedule over the steps the data gives (pushed by the driver and read by the workers' loss) and the reward terms
+(eq. 8 and 10), the report's averages are an independent recomputation (scikit-learn) of the predictions file, and
+the closing line compares the two models' own reports.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import pytest
 import sklearn_scores
 from ray_driver import run_in_group
 
-STEPS, MAX_TOKENS = 2, 64
+STEPS, PROMPTS, EPOCHS, MAX_TOKENS, SCALE, SEED = 3, 4, 2, 104, 0.15, 7
 # The demo's process (and its trainers, Ray and vLLM, killed with it) has DEMO_LIMIT, inside this ceiling.
 DEMO_LIMIT = 1500
 pytestmark = pytest.mark.timeout(DEMO_LIMIT + 200)
@@ -29,8 +31,10 @@ pytestmark = pytest.mark.timeout(DEMO_LIMIT + 200)
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> tuple[Path, dict, str, float]:
     out = tmp_path_factory.mktemp("demo") / "out"
-    argv = ["demo", "--out", str(out), "--sft-steps", "60", "--k", "2", "--steps", str(STEPS), "--prompts", "2",
-            "--n", "4", "--max-new-tokens", str(MAX_TOKENS), "--gen-max-tokens", "48"]  # fmt: skip
+    argv = ["demo", "--out", str(out), "--seed", str(SEED), "--world-scale", str(SCALE), "--sft-steps", "40",
+            "--sft-batch", "4", "--k", "2", "--steps", str(STEPS), "--prompts", str(PROMPTS), "--n", "4",
+            "--epochs", str(EPOCHS), "--max-new-tokens", str(MAX_TOKENS),
+            "--gen-max-tokens", str(MAX_TOKENS)]  # fmt: skip
     env = dict(os.environ, RAY_AUTH_MODE="disabled", TOKENIZERS_PARALLELISM="false")
     start = time.perf_counter()
     done = run_in_group([sys.executable, "-m", "gr_vl_verl", *argv], timeout=DEMO_LIMIT, env=env)
@@ -41,8 +45,9 @@ def demo(tmp_path_factory) -> tuple[Path, dict, str, float]:
 
 def test_every_stage_runs_and_every_artifact_exists(demo):
     out, summary, stdout, elapsed = demo
-    assert list(summary["stages"]) == ["tiny Qwen2.5-VL", "gr-vl prep", "reasoning SFT (verl)", "gr-vl mine",
-                                       "gr-vl augment", "GRPO (verl + vLLM)", "gr-vl eval", "gr-vl score"]  # fmt: skip
+    assert list(summary["stages"]) == ["toy world", "tiny Qwen2.5-VL", "gr-vl prep", "reasoning SFT (verl)",
+                                       "gr-vl mine", "gr-vl augment", "GRPO (verl + vLLM)", "gr-vl eval",
+                                       "gr-vl score"]  # fmt: skip
     # the reported times are the demo's own clock, stage by stage: they add up to at most its total (each is
     # rounded to 0.1 s), which is at most what this process saw the demo take (a consistency check, no bound)
     stages = [stage["seconds"] for stage in summary["stages"].values()]
@@ -50,13 +55,13 @@ def test_every_stage_runs_and_every_artifact_exists(demo):
     assert sum(stages) <= summary["seconds"] + 0.05 * len(stages) and summary["seconds"] <= elapsed + 0.05
     for name, path in summary["artifacts"].items():
         assert Path(path).exists(), name
-    assert "[8/8] gr-vl score" in stdout and "Artifacts:" in stdout and "ran through verl and vLLM" in stdout
+    assert "[9/9] gr-vl score" in stdout and "Artifacts:" in stdout and "ran through verl and vLLM" in stdout
     for model in ("R-SFT model", "GRPO model"):  # Hugging Face folders verl saved, which the next stage loads
         folder = Path(summary["artifacts"][model])
         assert (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
     # verl's and vLLM's own output went to log files, named on the console
     logs = summary["logs"]
-    assert set(logs) == {"prep", "sft", "mine", "augment", "grpo", "eval_sft", "eval_grpo", "score"}
+    assert set(logs) == {"prep", "sft", "mine", "augment", "grpo", "eval_sft", "eval_grpo", "score", "curves"}
     assert all(Path(p).stat().st_size > 0 and f"log: {p}" in stdout for p in logs.values())
     assert "rows in:" not in stdout and "rows in:" in Path(logs["prep"]).read_text()  # one line per stage
     assert "vLLM" in Path(logs["grpo"]).read_text() or "vllm" in Path(logs["grpo"]).read_text()
@@ -77,23 +82,44 @@ def test_sft_learns_and_mining_and_concatenation_follow_their_rules(demo):
     assert len(concatenated) == int(mined * 0.2 / 0.8 + 0.5)  # 20 % of the output, rounded half up
 
 
+def test_the_world_is_the_seeded_generators(demo, tmp_path):
+    """`--seed` reaches the world: it is byte for byte what the generator writes for that seed at that scale."""
+    import hashlib
+
+    from gr_vl_verl.data.toy_world import WorldConfig, generate
+
+    out, summary, _, _ = demo
+    generate(tmp_path, WorldConfig.scaled(SCALE, seed=SEED))
+
+    def digest(root: Path) -> dict[str, str]:
+        return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*")
+                if p.is_file()}  # fmt: skip
+
+    assert digest(out / "world") == digest(tmp_path) and summary["seed"] == SEED
+
+
 def test_grpo_pushes_the_scheduled_clip_and_scores_with_the_paper_reward(demo):
-    _, summary, _, _ = demo
-    history = summary["grpo"]
-    assert [h["step"] for h in history] == list(range(1, STEPS + 1))
-    # linear schedule from 0.2 over the run's steps, pushed to verl's actor workers before each update
-    assert [h["actor/clip_eps_low"] for h in history] == pytest.approx([0.2 * (STEPS - s) / STEPS for s in (1, 2)])
-    assert [h["actor/clip_eps_high"] for h in history] == [h["actor/clip_eps_low"] for h in history]
+    out, summary, _, _ = demo
+    history = [h for h in summary["grpo"] if h["step"] > 0]  # step 0: validation before training
+    # the run takes the steps its data gives, at most STEPS (verl's dataloader drops the last partial batch)
+    rows = pq.read_metadata(out / "mined" / "rl_train_aug.parquet").num_rows
+    total = min(STEPS, rows // PROMPTS * EPOCHS)
+    assert [h["step"] for h in history] == list(range(1, total + 1))
+    # linear schedule from 0.2 over the run's steps, written out: pushed by the driver, read by the workers' loss
+    expected = [0.2 * (total - s) / total for s in range(1, total + 1)]
+    for key in ("actor/clip_eps_low", "actor/clip_eps_high", "actor/loss_clip_low"):
+        assert [h[key] for h in history] == pytest.approx(expected), key
     for h in history:
         assert "actor/pg_loss" in h  # verl's ppo_loss ran in the FSDP workers
         # eq. 8: the format gate caps r_safety; eq. 10: every answer scores (r - 1) / min(l, 1)^2 <= 0, and when
         # every answer is wrong the mean is at most -1 over the squared mean normalised length (Jensen)
         assert h["reward/r_safety/mean"] <= h["reward/format/mean"]
         assert 0 < h["reward/length/mean"] <= MAX_TOKENS
-        assert h["reward/score/mean"] <= 0.0
+        assert h["critic/score/mean"] <= 0.0
         if h["reward/r_safety/mean"] == 0.0:
-            assert h["reward/score/mean"] <= -((MAX_TOKENS / h["reward/length/mean"]) ** 2) + 1e-6
-    assert "val/f1_prompt" in history[-1]
+            assert h["critic/score/mean"] <= -((MAX_TOKENS / h["reward/length/mean"]) ** 2) + 1e-6
+    assert summary["grpo"][0]["step"] == 0  # verl validated before training (trainer.val_before_train)
+    assert int((out / "models" / "grpo_run" / "checkpoints" / "latest_checkpointed_iteration.txt").read_text()) == total
 
 
 def test_the_report_is_a_recomputation_of_the_predictions(demo):
@@ -105,8 +131,25 @@ def test_the_report_is_a_recomputation_of_the_predictions(demo):
     for task in ("prompt", "response"):
         for key in ("average_text", "average_all"):
             assert report[task][key] == pytest.approx(recomputed[task][key])
-            assert summary["report"][task][key] == pytest.approx(recomputed[task][key])
+        headline = summary["report"]["GRPO"]
+        assert headline[f"{task}_all"] == pytest.approx(recomputed[task]["average_all"])
+        assert headline[f"{task}_text"] == pytest.approx(recomputed[task]["average_text"])
     markdown = (out / "report" / "report.md").read_text()
     assert "| GRPO |" in markdown and "| R-SFT |" in markdown  # both models side by side
-    for chart in ("f1_per_benchmark.png", "f1_vs_tokens.png"):
+    for chart in ("f1_per_benchmark.png", "f1_vs_tokens.png", "curves_sft.png", "curves_grpo.png"):
         assert (out / "report" / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![R-SFT](curves_sft.png)" in markdown and "![GRPO](curves_grpo.png)" in markdown
+
+
+def test_the_closing_line_compares_the_two_models_reports(demo):
+    out, summary, stdout, _ = demo
+    sft = json.loads((out / "eval" / "sft" / "report.json").read_text())
+    grpo = json.loads((out / "eval" / "grpo" / "report.json").read_text())
+    last = stdout.strip().splitlines()[-1]
+    expected = (
+        f"prompt (All) {sft['prompt']['average_all']:.1f} -> {grpo['prompt']['average_all']:.1f}, "
+        f"response (All) {sft['response']['average_all']:.1f} -> {grpo['response']['average_all']:.1f}, "
+        f"average {sft['average_f1']:.1f} -> {grpo['average_f1']:.1f}"
+    )
+    assert last.startswith("Held-out F1, R-SFT -> GRPO: ") and expected in last
+    assert summary["comparison"] == last

@@ -1,21 +1,26 @@
-"""Run the whole method on the bundled sample data and a tiny model, through verl and vLLM, on this machine.
+"""Run the whole method on a toy guard world and a tiny model, through verl and vLLM, and show that it learns.
 
 Every stage of GuardReasoner-VL, in order, each through the same code a cluster run uses, at toy size:
 
-1. a tiny Qwen2.5-VL built offline (tokenizer, processor, random weights);
-2. ``gr-vl prep``: the bundled GuardReasoner-VLTrain / VLTest samples into SFT, RL and eval parquets;
-3. reasoning SFT: verl's ``sft_trainer`` (torchrun, FSDP2) with ``gr_vl_sft.yaml``;
-4. ``gr-vl mine --model``: k answers per RL row through the Ray Data pipeline and vLLM, hard rows kept;
-5. ``gr-vl augment``: safety-aware concatenation up to 20 % of the RL training rows;
-6. GRPO: ``python -m gr_vl_verl.trainer.main_ppo trainer.device=cpu`` — verl's trainer with FSDP2 workers, a
+1. ``gr-vl toy-world``: a seeded guard world in GuardReasoner-VLTrain / VLTest's file shapes whose harm follows
+   simple rules, with held-out benchmarks (docs/toy_world.md);
+2. a tiny Qwen2.5-VL built offline (its tokenizer learned on the world's training text, random weights);
+3. ``gr-vl prep``: the world's files into SFT, RL and eval parquets;
+4. reasoning SFT: verl's ``sft_trainer`` (torchrun, FSDP2) with ``gr_vl_sft.yaml``, deliberately short: a warm
+   start that still makes mistakes;
+5. ``gr-vl mine --model``: k answers per RL row through the Ray Data pipeline and vLLM, hard rows kept;
+6. ``gr-vl augment``: safety-aware concatenation up to 20 % of the RL training rows;
+7. GRPO: ``python -m gr_vl_verl.trainer.main_ppo trainer.device=cpu`` — verl's trainer with FSDP2 workers, a
    vLLM rollout server, the plugin's reward manager and the dynamic clip pushed every step;
-7. ``gr-vl eval`` of the SFT and the GRPO model through vLLM: greedy answers, predictions, F1 report;
-8. ``gr-vl score``: both models side by side (report.md, report.json, report.csv, two charts).
+8. ``gr-vl eval`` of the R-SFT and the GRPO model through vLLM on the held-out benchmarks;
+9. ``gr-vl score``: both models side by side (report.md, report.json, report.csv, charts) and ``gr-vl curves``
+   of both training runs, embedded in the report.
 
-On a CPU, verl runs on the plugin's ``cpu`` platform and vLLM is its CPU build (docs/cpu.md). The numbers mean
-nothing (a random 2-layer model trained for a minute); the demo shows every component working together. The
+On a CPU, verl runs on the plugin's ``cpu`` platform and vLLM is its CPU build (docs/cpu.md). The last console
+line compares R-SFT and GRPO on the held-out benchmarks (the paper's weighted averages, mean output tokens). The
 console shows one line per stage; Ray, vLLM and verl write to ``<out>/logs/``. ``demo_summary.json`` lists every
-artifact, the time of each stage and each stage's figures.
+artifact, the time of each stage and each stage's figures. ``--seed`` seeds every stage: the world, the model,
+both trainers, mining, concatenation and sampling.
 """
 
 from __future__ import annotations
@@ -29,17 +34,15 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from gr_vl_verl.atomic import atomic_write
 from gr_vl_verl.commands import emit
 
-SAMPLE = Path(__file__).resolve().parents[1] / "sample_data"
-# The tiny processor's pixel bounds (gr_vl_verl.tiny): images of a few tokens. The demo's RL data, mining and
-# GRPO use them in place of the RL bounds; evaluation keeps the released evaluator's (the sample images lie
-# inside them).
+# The tiny processor's pixel bounds (gr_vl_verl.tiny): images of a few tokens. The demo's data, mining, GRPO
+# and evaluation use them (the world's pictures are 56 x 56, inside them).
 TINY_PIXELS = (28 * 28, 112 * 112)
 SMALL_IMAGES = ["--min-pixels", str(TINY_PIXELS[0]), "--max-pixels", str(TINY_PIXELS[1])]
 # vLLM engines of the generation stages: no compilation (seconds, not minutes, to start on a CPU).
@@ -54,17 +57,30 @@ DONE = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("outputs/demo"), help="output folder")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sft-steps", type=int, default=200, help="reasoning-SFT steps (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds every stage (default %(default)s)")
+    parser.add_argument(
+        "--world-scale", type=float, default=1.0, help="rows of the toy world as a fraction of its defaults (default 1)"
+    )
+    parser.add_argument("--hidden", type=int, default=128, help="tiny model width, a multiple of 32 (default 128)")
+    parser.add_argument("--layers", type=int, default=2, help="tiny model depth (default %(default)s)")
+    parser.add_argument("--sft-steps", type=int, default=100, help="reasoning-SFT steps (default %(default)s)")
+    parser.add_argument("--sft-batch", type=int, default=8, help="rows per SFT step (default %(default)s)")
     parser.add_argument("--sft-lr", type=float, default=3e-3, help="SFT learning rate (tiny model)")
     parser.add_argument("--k", type=int, default=4, help="answers per row when mining (default %(default)s)")
-    parser.add_argument("--steps", type=int, default=3, help="GRPO steps (default %(default)s)")
-    parser.add_argument("--prompts", type=int, default=2, help="prompts per GRPO step (default %(default)s)")
-    parser.add_argument("--n", type=int, default=4, help="answers per prompt, the GRPO group (default %(default)s)")
-    parser.add_argument("--lr", type=float, default=1e-4, help="GRPO learning rate (tiny model; the paper: 1e-6)")
-    parser.add_argument("--max-new-tokens", type=int, default=64, help="GRPO answer length (default 64)")
     parser.add_argument(
-        "--gen-max-tokens", type=int, default=256, help="answer length in mining and evaluation (default 256)"
+        "--max-correct", type=int, default=0, help="mining keeps rows with at most this many right answers (default 0)"
+    )
+    parser.add_argument("--steps", type=int, default=24, help="GRPO steps (default %(default)s)")
+    parser.add_argument("--prompts", type=int, default=8, help="prompts per GRPO step (default %(default)s)")
+    parser.add_argument("--n", type=int, default=4, help="answers per prompt, the GRPO group (default %(default)s)")
+    parser.add_argument("--epochs", type=int, default=4, help="GRPO epochs over the mined data at most (default 4)")
+    parser.add_argument("--lr", type=float, default=5e-4, help="GRPO learning rate (tiny model; the paper: 1e-6)")
+    parser.add_argument(
+        "--temperature", type=float, default=1.0, help="GRPO rollout temperature (the paper: 1.2; default 1.0)"
+    )
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="GRPO answer length (default 128)")
+    parser.add_argument(
+        "--gen-max-tokens", type=int, default=160, help="answer length in mining and evaluation (default 160)"
     )
     parser.add_argument("--timeout", type=float, default=1200, help="seconds each stage may take (default %(default)s)")
 
@@ -75,30 +91,45 @@ class Demo:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.out = Path(args.out)
+        self.world = self.out / "world"
         self.models = self.out / "models"
         self.data = self.out / "data"
         self.mined = self.out / "mined"
         self.logs = self.out / "logs"
-        self.summary: dict[str, Any] = {"stages": {}, "artifacts": {}}
+        self.summary: dict[str, Any] = {"seed": args.seed, "stages": {}, "artifacts": {}}
 
     # -- stages -------------------------------------------------------------------------------------
+    def toy_world(self) -> str:
+        from gr_vl_verl.data.toy_world import WorldConfig, generate
+
+        counts = generate(self.world, WorldConfig.scaled(self.args.world_scale, seed=self.args.seed))
+        self.summary["world"] = counts
+        self.artifact("toy world", self.world)
+        n_train = sum(counts["train"].values())
+        n_bench = sum(counts["benchmarks"].values())
+        return f"seed {self.args.seed}: {n_train} training rows, {n_bench} held-out benchmark rows"
+
     def build_model(self) -> str:
         from transformers.utils import logging as hf_logging
 
+        from gr_vl_verl.data.toy_world import training_texts
         from gr_vl_verl.tiny import build_tiny_qwen2_5_vl
 
         hf_logging.disable_progress_bar()  # the console keeps one line per stage
-
-        base = build_tiny_qwen2_5_vl(self.models / "base", seed=self.args.seed)
+        a = self.args
+        corpus = training_texts(self.world / "GuardReasoner-VLTrain")  # the tokenizer's corpus
+        base = build_tiny_qwen2_5_vl(
+            self.models / "base", seed=a.seed, hidden_size=a.hidden, layers=a.layers, corpus=corpus
+        )
         self.artifact("base model", base)
-        return "random weights, 2 layers, hidden 64"
+        return f"random weights, {a.layers} layers, hidden {a.hidden}; tokenizer learned on the training text"
 
     def prep(self) -> str:
-        train = SAMPLE / "GuardReasoner-VLTrain"
-        bench = SAMPLE / "GuardReasoner-VLTest"
-        sft_images = ["--sft-min-pixels", str(28 * 28), "--sft-max-pixels", str(112 * 112)]
+        train = self.world / "GuardReasoner-VLTrain"
+        bench = self.world / "GuardReasoner-VLTest"
+        sft_images = ["--sft-min-pixels", str(TINY_PIXELS[0]), "--sft-max-pixels", str(TINY_PIXELS[1])]
         self.command("prep", ["vltrain", "--data-root", str(train), "--out", str(self.data), "--no-progress",
-                         *sft_images, *SMALL_IMAGES])  # fmt: skip
+                         "--seed", str(self.args.seed), *sft_images, *SMALL_IMAGES])  # fmt: skip
         self.command("prep", ["vltest", "--benchmark-dir", str(bench / "benchmark"), "--image-dataset",
                          str(bench / "images"), "--out", str(self.data), "--no-progress", *SMALL_IMAGES])  # fmt: skip
         for name in ("sft_train.parquet", "rl_train.parquet", "eval.parquet"):
@@ -112,8 +143,9 @@ class Demo:
 
         a = self.args
         out = self.models / "sft_checkpoints"
-        argv = launch.sft_command(self.models / "base", self.data / "sft_train.parquet", out, a.sft_steps, lr=a.sft_lr)
-        result = self.trainer_run(argv, "sft", a.sft_steps)
+        argv = launch.sft_command(self.models / "base", self.data / "sft_train.parquet", out, a.sft_steps,
+                                  lr=a.sft_lr, batch_size=a.sft_batch, extra=[f"trainer.seed={a.seed}"])  # fmt: skip
+        result = self.trainer_run(argv, "sft", a.sft_steps, metrics=out / "metrics.jsonl")
         losses = [m["train/loss"] for _, m in sorted(result.metrics().items()) if "train/loss" in m]
         window = max(1, min(10, len(losses) // 4))
         self.summary["sft"] = {
@@ -122,15 +154,20 @@ class Demo:
             "loss_last": sum(losses[-window:]) / window,
         }
         self.artifact("R-SFT model", self.sft_model)
+        self.artifact("R-SFT metrics", out / "metrics.jsonl")
         sft = self.summary["sft"]
-        return f"verl sft_trainer, {sft['steps']} steps, loss {sft['loss_first']:.2f} -> {sft['loss_last']:.2f}"
+        return (
+            f"verl sft_trainer, {sft['steps']} steps x {a.sft_batch} rows, loss {sft['loss_first']:.2f} -> "
+            f"{sft['loss_last']:.2f} (a short warm start)"
+        )
 
     def mine(self) -> str:
         a = self.args
         self.gr_vl("mine", ["--data", str(self.data / "rl_train.parquet"), "--model", str(self.sft_model),
-                            "--out", str(self.mined), "--k", str(a.k), "--sample-num", "all", "--val-fraction", "0.25",
-                            "--seed", str(a.seed), "--backend", "vllm", "--max-tokens", str(a.gen_max_tokens),
-                            "--engine-kwargs", ENGINE_KWARGS, "--no-progress", *SMALL_IMAGES])  # fmt: skip
+                            "--out", str(self.mined), "--k", str(a.k), "--max-correct", str(a.max_correct),
+                            "--sample-num", "all", "--val-fraction", "0.1", "--seed", str(a.seed), "--backend", "vllm",
+                            "--max-tokens", str(a.gen_max_tokens), "--engine-kwargs", ENGINE_KWARGS, "--no-progress",
+                            *SMALL_IMAGES])  # fmt: skip
         stats = json.loads((self.mined / "mining_stats.json").read_text())
         self.summary["mining"] = stats["totals"]
         self.artifact("generations (mining)", self.mined / "generations")
@@ -147,73 +184,137 @@ class Demo:
         return f"{rows(self.mined / 'rl_train.parquet')} rows -> {rows(self.rl_train)} rows"
 
     def grpo(self) -> str:
+        a = self.args
+        history, self.grpo_step = self.grpo_run("grpo", self.rl_train)
+        self.summary["grpo"] = history
+        out = self.models / "grpo_run" / "checkpoints"
+        self.artifact("GRPO checkpoints", out)
+        self.artifact("GRPO metrics", out / "metrics.jsonl")
+        self.artifact("GRPO model", self.grpo_model)
+        trained = [h for h in history if "actor/clip_eps_low" in h]
+        acc = [h["reward/acc/mean"] for h in trained if "reward/acc/mean" in h]
+        first, last = (sum(acc[:3]) / len(acc[:3]), sum(acc[-3:]) / len(acc[-3:])) if acc else (float("nan"),) * 2
+        return (
+            f"verl GRPO trainer, {len(trained)} steps x {a.prompts} prompts x {a.n} answers; clip eps "
+            f"{trained[0]['actor/clip_eps_low']:.3f} -> {trained[-1]['actor/clip_eps_low']:.3f}; "
+            f"rollout accuracy {first:.2f} -> {last:.2f}"
+        )
+
+    def grpo_run(self, name: str, train: Path, extra: Sequence[str] = ()) -> tuple[list[dict[str, Any]], int]:
+        """A GRPO run from the R-SFT model on ``train`` into ``models/<name>_run``: (metrics per step, the step of
+        its last checkpoint). ``extra``: hydra overrides (the ablations' variants)."""
         from gr_vl_verl.trainer import launch
 
         a = self.args
-        out = self.models / "grpo_run"
+        out = self.models / f"{name}_run"
+        seeds = [f"data.seed={a.seed}", f"actor_rollout_ref.rollout.seed={a.seed}",
+                 f"actor_rollout_ref.actor.fsdp_config.seed={a.seed}",
+                 f"actor_rollout_ref.actor.data_loader_seed={a.seed}"]  # fmt: skip
         argv = launch.grpo_command(
-            self.sft_model, self.rl_train, self.data / "rl_train.parquet", out, a.steps, prompts=a.prompts, n=a.n,
-            response_length=a.max_new_tokens, lr=a.lr, image_pixels=TINY_PIXELS,
+            self.sft_model, train, self.mined / "rl_val.parquet", out, a.steps, prompts=a.prompts, n=a.n,
+            response_length=a.max_new_tokens, lr=a.lr, image_pixels=TINY_PIXELS, val_samples=16,
+            extra=[f"trainer.total_epochs={a.epochs}", f"trainer.test_freq={max(1, a.steps // 4)}",
+                   "trainer.val_before_train=true", f"actor_rollout_ref.rollout.temperature={a.temperature}", *seeds,
+                   *extra],
         )  # fmt: skip
-        result = self.trainer_run(argv, "grpo", a.steps)
-        keep = ("actor/clip_eps_low", "actor/clip_eps_high", "actor/pg_loss", "critic/advantages/max",
-                "timing_s/step")  # fmt: skip
+        result = self.trainer_run(argv, name, a.steps, metrics=out / "checkpoints" / "metrics.jsonl")
+        keep = ("actor/clip_eps_low", "actor/clip_eps_high", "actor/loss_clip_low", "actor/pg_loss",
+                "critic/score/mean", "critic/advantages/max", "response_length/mean", "timing_s/step")  # fmt: skip
         history = []
         for step, m in sorted(result.metrics().items()):
             record = {"step": step, **{k: m[k] for k in keep if k in m}}
             record.update({k: v for k, v in m.items() if k.startswith(("reward/", "val/f1_"))})
             history.append(record)
-        self.summary["grpo"] = history
-        self.artifact("GRPO checkpoints", out / "checkpoints")
-        self.artifact("GRPO model", self.grpo_model)
-        return f"verl GRPO trainer, {a.steps} steps x {a.prompts} prompts x {a.n} answers; clip eps " + " -> ".join(
-            f"{h.get('actor/clip_eps_low', float('nan')):.3f}" for h in history
-        )
+        return history, launch.last_step(out / "checkpoints")
 
     def eval(self) -> str:
-        for name, model, path in (("sft", "R-SFT", self.sft_model), ("grpo", "GRPO", self.grpo_model)):
-            self.gr_vl("eval", ["--data", str(self.data / "eval.parquet"), "--model", str(path),
-                                "--out", str(self.out / "eval" / name), "--name", model, "--backend", "vllm",
-                                "--max-tokens", str(self.args.gen_max_tokens), "--engine-kwargs", ENGINE_KWARGS,
-                                "--no-progress"], log=f"eval_{name}")  # fmt: skip
-            self.artifact(f"predictions ({model})", self.out / "eval" / name / "predictions.jsonl")
-        return "vLLM, greedy answers of both models on every benchmark row"
+        self.eval_model("sft", "R-SFT", self.sft_model)
+        self.eval_model("grpo", "GRPO", self.grpo_model)
+        return "vLLM, greedy answers of both models on the held-out benchmarks"
+
+    def eval_model(self, name: str, label: str, model: Path) -> dict[str, Any]:
+        """``gr-vl eval`` of ``model`` into ``eval/<name>``; its ``report.json``."""
+        a = self.args
+        self.gr_vl("eval", ["--data", str(self.data / "eval.parquet"), "--model", str(model),
+                            "--out", str(self.out / "eval" / name), "--name", label, "--backend", "vllm",
+                            "--max-tokens", str(a.gen_max_tokens), "--engine-kwargs", ENGINE_KWARGS,
+                            "--seed", str(a.seed), "--no-progress", *SMALL_IMAGES], log=f"eval_{name}")  # fmt: skip
+        self.artifact(f"predictions ({label})", self.out / "eval" / name / "predictions.jsonl")
+        return json.loads((self.out / "eval" / name / "report.json").read_text())
 
     def score(self) -> str:
         report = self.out / "report"
         self.command("score", ["--predictions", str(self.out / "eval" / "grpo" / "predictions.jsonl"), "--out",
                           str(report), "--name", "GRPO", "--compare", str(self.out / "eval" / "sft")])  # fmt: skip
+        for run, metrics in (
+            ("sft", self.models / "sft_checkpoints"),
+            ("grpo", self.models / "grpo_run" / "checkpoints"),
+        ):
+            self.command("curves", [str(metrics), "--out", str(report / f"curves_{run}.png"), "--labels",
+                                    "R-SFT" if run == "sft" else "GRPO"])  # fmt: skip
+        embed_curves(report / "report.md")
         for name in sorted(p.name for p in report.iterdir()):
             self.artifact(name, report / name)
-        data = json.loads((report / "report.json").read_text())
-        tasks = ("prompt", "response")
-        self.summary["report"] = {t: {k: data[t][k] for k in ("average_text", "average_all")} for t in tasks}
-        return f"GRPO beside R-SFT in {report / 'report.md'}"
+        grpo = json.loads((report / "report.json").read_text())
+        sft = json.loads((self.out / "eval" / "sft" / "report.json").read_text())
+        self.summary["report"] = {name: headline(r) for name, r in (("R-SFT", sft), ("GRPO", grpo))}
+        return f"GRPO beside R-SFT in {report / 'report.md'}, training curves in curves_{{sft,grpo}}.png"
+
+    def comparison(self) -> str:
+        """The closing line: R-SFT against GRPO on the held-out benchmarks."""
+        sft, grpo = self.summary["report"]["R-SFT"], self.summary["report"]["GRPO"]
+
+        def pair(key: str, digits: int = 1) -> str:
+            return f"{sft[key]:.{digits}f} -> {grpo[key]:.{digits}f}"
+
+        delta = grpo["average_f1"] - sft["average_f1"]
+        return (
+            f"Held-out F1, R-SFT -> GRPO: prompt (All) {pair('prompt_all')}, response (All) {pair('response_all')}, "
+            f"average {pair('average_f1')} ({delta:+.1f}); mean output tokens {pair('mean_output_tokens', 0)}."
+        )
 
     # -- bookkeeping --------------------------------------------------------------------------------
+    def fresh(self) -> None:
+        """Start from an empty run: the folders of an earlier demo in ``--out`` go (mining would resume from its
+        shards, verl from its checkpoints); anything else there is left alone."""
+        import shutil
+
+        for folder in (
+            self.world,
+            self.models,
+            self.data,
+            self.mined,
+            self.logs,
+            self.out / "eval",
+            self.out / "report",
+        ):
+            shutil.rmtree(folder, ignore_errors=True)
+        self.out.mkdir(parents=True, exist_ok=True)
+
     @property
     def rl_train(self) -> Path:
         return self.mined / "rl_train_aug.parquet"
 
     @property
     def sft_model(self) -> Path:
-        from gr_vl_verl.trainer.launch import hf_folder
+        from gr_vl_verl.trainer.launch import hf_folder, last_step
 
-        return hf_folder(self.models / "sft_checkpoints", self.args.sft_steps, actor=False)
+        checkpoints = self.models / "sft_checkpoints"
+        return hf_folder(checkpoints, last_step(checkpoints), actor=False)
 
     @property
     def grpo_model(self) -> Path:
         from gr_vl_verl.trainer.launch import hf_folder
 
-        return hf_folder(self.models / "grpo_run" / "checkpoints", self.args.steps, actor=True)
+        return hf_folder(self.models / "grpo_run" / "checkpoints", self.grpo_step, actor=True)
 
-    def trainer_run(self, argv: list[str], name: str, steps: int) -> Any:
-        """A verl trainer in a child process, its log in ``logs/``; the console counts its steps."""
+    def trainer_run(self, argv: list[str], name: str, steps: int, metrics: Path) -> Any:
+        """A verl trainer in a child process, its log in ``logs/``, its metrics beside its checkpoints; the
+        console counts its steps."""
         from gr_vl_verl.trainer import launch
 
-        metrics = self.logs / f"{name}_metrics.jsonl"
         with _StepCounter(metrics, steps, name):
-            result = launch.run(argv, self.logs, name, timeout=self.args.timeout)
+            result = launch.run(argv, self.logs, name, timeout=self.args.timeout, metrics=metrics)
         self.log_file(name, result.log)
         return result
 
@@ -249,6 +350,7 @@ class Demo:
 
     def stages(self) -> list[tuple[str, Callable[[], str]]]:
         return [
+            ("toy world", self.toy_world),
             ("tiny Qwen2.5-VL", self.build_model),
             ("gr-vl prep", self.prep),
             ("reasoning SFT (verl)", self.sft),
@@ -305,6 +407,28 @@ def command(name: str, argv: list[str], log: Path) -> None:
         module.run(parser.parse_args(argv))
 
 
+def headline(report: dict[str, Any]) -> dict[str, float]:
+    """The figures the demo's closing line compares: the paper's weighted averages and mean output tokens."""
+    return {
+        "prompt_all": report["prompt"]["average_all"],
+        "prompt_text": report["prompt"]["average_text"],
+        "response_all": report["response"]["average_all"],
+        "response_text": report["response"]["average_text"],
+        "average_f1": report["average_f1"],
+        "mean_output_tokens": report["tokens"]["mean_output_tokens"],
+    }
+
+
+def embed_curves(report_md: Path) -> None:
+    """Add the training curves to the score folder's report (the PNGs sit beside it)."""
+    text = report_md.read_text(encoding="utf-8")
+    section = (
+        "\n## Training curves\n\nReasoning SFT (verl `sft_trainer`) and GRPO (verl with the plugin), from each "
+        "run's metrics file (`gr-vl curves`).\n\n![R-SFT](curves_sft.png)\n\n![GRPO](curves_grpo.png)\n"
+    )
+    atomic_write(report_md, [(text + section).encode("utf-8")])
+
+
 def rows(path: Path) -> int:
     import pyarrow.parquet as pq
 
@@ -318,7 +442,7 @@ def run(args: argparse.Namespace) -> int:
     # verl lists the training engines it cannot import (the demo's trainers run in child processes).
     warnings.filterwarnings("ignore", message=r".* engine is not available")
     demo = Demo(args)
-    demo.out.mkdir(parents=True, exist_ok=True)
+    demo.fresh()
     start = time.perf_counter()
     stages = demo.stages()
     for i, (name, stage) in enumerate(stages, 1):
@@ -329,6 +453,7 @@ def run(args: argparse.Namespace) -> int:
         demo.summary["stages"][name] = {"seconds": seconds, "detail": detail}
         emit(f"      {detail} ({seconds} s)", flush=True)
     demo.summary["seconds"] = round(time.perf_counter() - start, 1)
+    demo.summary["comparison"] = demo.comparison()
     demo.artifact("this summary", demo.out / "demo_summary.json")
     text = json.dumps(demo.summary, indent=2, default=str) + "\n"  # stages in run order, not sorted
     atomic_write(demo.out / "demo_summary.json", [text.encode("utf-8")])
@@ -336,4 +461,5 @@ def run(args: argparse.Namespace) -> int:
     for name, path in demo.summary["artifacts"].items():
         emit(f"  {name:24} {path}")
     emit(DONE)
+    emit(demo.summary["comparison"])
     return 0

@@ -17,6 +17,7 @@ Pure: PIL and JSON here; the GuardReasoner-VLTest image dataset is written by ``
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -71,6 +72,14 @@ class WorldConfig:
     bench_text: int = 24  # rows per text benchmark
     bench_image: int = 40  # HarmImageTest rows
     bench_text_image: int = 60  # SPA_VL_Eval rows
+
+    @classmethod
+    def scaled(cls, fraction: float, seed: int = 0) -> WorldConfig:
+        """The default sizes times ``fraction`` (at least 2 rows of each kind), for quicker runs."""
+        if not fraction > 0:
+            raise ValueError(f"the world's scale must be > 0, got {fraction}")
+        sizes = {f.name: max(2, round(f.default * fraction)) for f in dataclasses.fields(cls) if f.name != "seed"}
+        return cls(seed=seed, **sizes)
 
     def __post_init__(self) -> None:
         for name in ("text", "image", "text_image", "bench_text", "bench_image", "bench_text_image"):
