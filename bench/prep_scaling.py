@@ -176,19 +176,12 @@ CHILD_TIMEOUT_S = 3600
 
 
 def run_child(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    from gr_vl_verl.trainer.launch import kill_group
+    from gr_vl_verl.process_group import run_in_group
 
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)  # fmt: skip
     try:
-        out, err = proc.communicate(timeout=CHILD_TIMEOUT_S)
+        return run_in_group(cmd, timeout=CHILD_TIMEOUT_S, env=env)
     except subprocess.TimeoutExpired:
-        kill_group(proc.pid)
-        proc.communicate()
         raise RuntimeError(f"{cmd[3]} ran past {CHILD_TIMEOUT_S} s") from None
-    finally:
-        kill_group(proc.pid)
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def measure(impl: str, root: Path, out: Path) -> dict:

@@ -16,11 +16,10 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from gr_vl_verl.trainer.launch import kill_group
+from gr_vl_verl.process_group import run_in_group
 
 _MARK = "@@ray-driver-result@@"
 _CODE = f"""
@@ -32,31 +31,6 @@ sys.stdout.flush()
 sys.stderr.flush()
 os._exit(0)
 """
-
-
-def run_in_group(cmd: list[str], *, timeout: float, **kwargs: Any) -> subprocess.CompletedProcess:
-    """``subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)``, the child leading a
-    new process group: on a timeout the whole group is killed before ``TimeoutExpired`` is raised, and what of
-    the group outlives the child is killed once it exits.
-
-    Output goes to temporary files rather than pipes: a grandchild that inherited a pipe would keep it open
-    after the child exits, and reading to its end would wait for the grandchild."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, start_new_session=True, **kwargs)
-        try:
-            returncode = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            kill_group(proc.pid)
-            proc.wait()
-            raise subprocess.TimeoutExpired(cmd, timeout, output=_read(out), stderr=_read(err)) from None
-        finally:
-            kill_group(proc.pid)
-        return subprocess.CompletedProcess(cmd, returncode, _read(out), _read(err))
-
-
-def _read(file: Any) -> str:
-    file.seek(0)
-    return file.read().decode(errors="replace")
 
 
 def run_driver(target: str, *args: Any, timeout: int = 900) -> Any:

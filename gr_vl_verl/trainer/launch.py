@@ -11,7 +11,6 @@ the method's settings come from the yaml configs, as for a cluster run.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -19,7 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gr_vl_verl.process_group import kill_group, wait_group
 from gr_vl_verl.trainer.metrics_file import read_metrics
+
+__all__ = ["kill_group"]  # kept importable from here for callers of earlier versions
 
 #: How much of a failed run's log an error shows.
 LOG_TAIL_LINES = 60
@@ -125,15 +127,6 @@ def hydra_dir(out: Path) -> list[str]:
     return [f"hydra.run.dir={Path(out) / 'hydra'}"]
 
 
-def kill_group(pid: int) -> None:
-    """SIGKILL every process of the group ``pid`` leads (a run started with ``start_new_session``): torchrun's
-    ranks, Ray's processes and vLLM's engine are grandchildren that would outlive their parent."""
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
 def run(
     argv: Sequence[str],
     out: Path,
@@ -165,14 +158,9 @@ def run(
     start = time.perf_counter()
     with log.open("wb") as fh:
         proc = subprocess.Popen(list(argv), stdout=fh, stderr=subprocess.STDOUT, env=environ, start_new_session=True)
-        try:
-            returncode = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            kill_group(proc.pid)
-            proc.wait()
-            raise TrainingRunError(f"{name} ran past {timeout:.0f} s; log {log}:\n{log_tail(log)}") from None
-        finally:
-            kill_group(proc.pid)
+        returncode = wait_group(proc, timeout)
+    if returncode is None:
+        raise TrainingRunError(f"{name} ran past {timeout:.0f} s; log {log}:\n{log_tail(log)}")
     if returncode != 0:
         raise TrainingRunError(f"{name} exited {returncode}; log {log}:\n{log_tail(log)}")
     return RunResult(log=log, metrics_file=metrics, seconds=time.perf_counter() - start)
