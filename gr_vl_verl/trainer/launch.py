@@ -18,10 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gr_vl_verl.process_group import kill_group, wait_group
+from gr_vl_verl.process_group import wait_group
 from gr_vl_verl.trainer.metrics_file import read_metrics
-
-__all__ = ["kill_group"]  # kept importable from here for callers of earlier versions
 
 #: How much of a failed run's log an error shows.
 LOG_TAIL_LINES = 60
