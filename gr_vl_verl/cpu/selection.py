@@ -129,10 +129,11 @@ def start(device: Any) -> bool:
 def _restart_on_cpu() -> None:
     """Run this process again from its own command line, with ``VERL_PLATFORM=cpu``; never returns."""
     os.environ[ENV] = "cpu"
-    logger.warning(
-        "gr_vl cpu: trainer.device=cpu comes from the run's config, after verl's modules were imported for "
-        "another device; starting this process again with %s=cpu",
-        ENV,
+    # straight to stderr: no logging handler is set up in torchrun's rank this early, and a warning could vanish
+    print(
+        f"gr_vl cpu: trainer.device=cpu comes from the run's config, after verl's modules were imported for "
+        f"another device; starting this process again with {ENV}=cpu",
+        file=sys.stderr,
     )
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
