@@ -74,11 +74,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts", type=int, default=8, help="prompts per GRPO step (default %(default)s)")
     parser.add_argument("--n", type=int, default=4, help="answers per prompt, the GRPO group (default %(default)s)")
     parser.add_argument("--epochs", type=int, default=4, help="GRPO epochs over the mined data at most (default 4)")
-    parser.add_argument("--lr", type=float, default=5e-4, help="GRPO learning rate (tiny model; the paper: 1e-6)")
+    parser.add_argument("--lr", type=float, default=1e-4, help="GRPO learning rate (tiny model; the paper: 1e-6)")
     parser.add_argument(
         "--temperature", type=float, default=1.0, help="GRPO rollout temperature (the paper: 1.2; default 1.0)"
     )
-    parser.add_argument("--max-new-tokens", type=int, default=128, help="GRPO answer length (default 128)")
+    # Just above the world's longest answer (101 tokens): a wrong answer gains little from growing to the limit
+    # (eq. 10 rewards length), so the tiny policy does not learn to ramble past </result> (docs/toy_world.md).
+    parser.add_argument("--max-new-tokens", type=int, default=104, help="GRPO answer length (default 104)")
     parser.add_argument(
         "--gen-max-tokens", type=int, default=160, help="answer length in mining and evaluation (default 160)"
     )
