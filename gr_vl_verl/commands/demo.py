@@ -1,4 +1,4 @@
-"""Run the whole method on a toy guard world and a tiny model, through verl and vLLM, and show that it learns.
+"""Run the whole method on a toy guard world and a tiny model, through verl and vLLM: R-SFT beside GRPO.
 
 Every stage of GuardReasoner-VL, in order, each through the same code a cluster run uses, at toy size:
 
