@@ -23,7 +23,6 @@ import os
 import random
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -175,19 +174,12 @@ def child(impl: str, root: Path, out: Path) -> None:
 CHILD_TIMEOUT_S = 3600
 
 
-def run_child(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    from gr_vl_verl.process_group import run_in_group
-
-    try:
-        return run_in_group(cmd, timeout=CHILD_TIMEOUT_S, env=env)
-    except subprocess.TimeoutExpired:
-        raise RuntimeError(f"{cmd[3]} ran past {CHILD_TIMEOUT_S} s") from None
-
-
 def measure(impl: str, root: Path, out: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     cmd = [sys.executable, __file__, "--child", impl, "--root", str(root), "--out", str(out)]
-    done = run_child(cmd, env)
+    from gr_vl_verl.process_group import run_in_group
+
+    done = run_in_group(cmd, timeout=CHILD_TIMEOUT_S, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"{impl} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

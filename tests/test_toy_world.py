@@ -143,16 +143,10 @@ def test_benchmarks_are_held_out(world):
 
 def test_generator_is_pure():
     """The generator imports neither torch nor verl nor vLLM (``datasets`` only when it writes the images)."""
-    import subprocess
-    import sys
+    from purity import heavy_modules_loaded
 
-    code = (
-        "import sys, gr_vl_verl.data.toy_world, gr_vl_verl.commands.toy_world\n"
-        "print(sorted(m for m in ('torch', 'verl', 'vllm', 'transformers', 'ray', 'datasets') if m in sys.modules))"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
+    modules = ["gr_vl_verl.data.toy_world", "gr_vl_verl.commands.toy_world"]
+    assert heavy_modules_loaded(modules, ("torch", "verl", "vllm", "transformers", "ray", "datasets")) == []
 
 
 def test_a_tiny_tokenizer_learned_on_the_world_reads_its_words_whole(world):
