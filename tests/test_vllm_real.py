@@ -84,8 +84,11 @@ def test_generate_with_one_and_two_actors_gives_the_same_outputs(prepared, tiny_
     assert len(one) == 34 * int(n)
     assert one == two
     summary = json.loads((tmp_path / "two" / "generate_summary.json").read_text())
-    actors = summary["actors"]  # the engines Ray ran the rows on, each with its share: both served rows
-    assert len(actors) == 2 and all(a["rows"] > 0 for a in actors) and sum(a["rows"] for a in actors) == 34
+    # the engines Ray ran the rows on, each with its share: 34 rows are one batch of 64, so one engine of the
+    # two serves them all here; tests/test_generation_ray.py spreads smaller batches over two actors
+    actors = summary["actors"]
+    assert summary["config"]["concurrency"] == 2 and 1 <= len(actors) <= 2
+    assert sum(a["rows"] for a in actors) == 34 and all(a["actor"] and a["node"] for a in actors)
 
 
 def test_eval_and_classify_through_vllm(prepared, tiny_model_dir, tmp_path):
