@@ -1,10 +1,15 @@
-"""A tiny Qwen2.5-VL (tokenizer, processor, random model) built offline.
+"""A tiny Qwen2.5-VL, Qwen3-VL or Qwen3.5 (tokenizer, processor, random model) built offline.
 
 No hub exists on test machines or in the demo, yet verl's dataset, agent-loop helpers and reward manager
 need a real tokenizer and processor, and generation needs a real model. This builds all three in seconds from
 a byte-level BPE trained on the guard's own vocabulary, with Qwen's special tokens and a Qwen2-VL-style chat
 template, so that ``AutoTokenizer``/``AutoProcessor``/``AutoModelForImageTextToText.from_pretrained`` and
 verl's ``hf_tokenizer``/``hf_processor`` load the folder like a real checkpoint.
+
+Every family gets the same tokenizer and chat template; the processor and model follow the family's grid
+(:mod:`gr_vl_verl.models.families`: 28 pixels on Qwen2.5-VL, 32 on Qwen3-VL and Qwen3.5) with the same small
+budget of vision tokens. Qwen3.5 builds and runs in transformers, but vLLM's CPU build cannot run it
+(docs/models.md), so only the Qwen2.5-VL and Qwen3-VL builds are used by the tests.
 """
 
 from __future__ import annotations
@@ -198,3 +203,181 @@ def build_tiny_qwen2_5_vl(
     info = {"built_by": "gr_vl_verl.tiny", "seed": seed, "hidden_size": hidden_size, "layers": layers}
     (out / "gr_vl_tiny.json").write_text(json.dumps(info) + "\n")
     return out
+
+
+# The same 1..16 merged image tokens per image on a 32-pixel grid (Qwen3-VL, Qwen3.5).
+MIN_PIXELS_32 = 32 * 32
+MAX_PIXELS_32 = 128 * 128
+
+
+def build_qwen3_vl_processor(tokenizer):
+    """Qwen3-VL's processor as transformers builds it for ``qwen3_vl`` and ``qwen3_5``: patch 16, merge 2, and
+    its image mean/std of 0.5; bounds of 1..16 image tokens, as the tiny Qwen2.5-VL's."""
+    from transformers import Qwen2VLImageProcessor, Qwen3VLProcessor, Qwen3VLVideoProcessor
+
+    grid = {"patch_size": 16, "merge_size": 2, "temporal_patch_size": 2}
+    norm = {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}
+    image_processor = Qwen2VLImageProcessor(min_pixels=MIN_PIXELS_32, max_pixels=MAX_PIXELS_32, **grid, **norm)
+    video_processor = Qwen3VLVideoProcessor(
+        size={"shortest_edge": MIN_PIXELS_32, "longest_edge": MAX_PIXELS_32}, **grid, **norm
+    )
+    return Qwen3VLProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=video_processor,
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def _token_ids(tokenizer) -> dict[str, int]:
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    return {
+        "image_token_id": ids["<|image_pad|>"],
+        "video_token_id": ids["<|video_pad|>"],
+        "vision_start_token_id": ids["<|vision_start|>"],
+        "vision_end_token_id": ids["<|vision_end|>"],
+    }
+
+
+def _text_ids(tokenizer) -> dict[str, int]:
+    pad, end = tokenizer.convert_tokens_to_ids("<|endoftext|>"), tokenizer.convert_tokens_to_ids("<|im_end|>")
+    return {"bos_token_id": pad, "eos_token_id": end, "pad_token_id": pad}
+
+
+def _vision(hidden_size: int) -> dict:
+    # Two blocks of two 32-wide heads; 16 x 16 learned position embeddings (a square, as the tower interpolates).
+    return {
+        "depth": 2,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_heads": 2,
+        "patch_size": 16,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "out_hidden_size": hidden_size,
+        "num_position_embeddings": 256,
+    }
+
+
+def _finish(model, tokenizer):
+    model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    model.generation_config.pad_token_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    return model
+
+
+def _check_hidden(hidden_size: int) -> int:
+    if hidden_size % 32 or hidden_size <= 0:
+        raise ValueError(f"hidden_size must be a positive multiple of 32 (head size 32), got {hidden_size}")
+    return hidden_size // 32
+
+
+def build_qwen3_vl_model(tokenizer, seed: int = 0, hidden_size: int = 64, layers: int = 2):
+    """A random Qwen3-VL: 32-wide heads (vLLM's CPU minimum), interleaved M-RoPE sections (temporal, height,
+    width) summing to half the head size as Qwen3-VL's [24, 20, 20] do for 128, and the vision tower's first
+    block feeding the first decoder layer (deepstack; Qwen3-VL-4B feeds three)."""
+    heads = _check_hidden(hidden_size)
+    import torch
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    config = Qwen3VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": hidden_size,
+            "intermediate_size": 2 * hidden_size,
+            "num_hidden_layers": layers,
+            "num_attention_heads": heads,
+            "num_key_value_heads": heads,
+            "head_dim": 32,
+            "max_position_embeddings": 4096,
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 10000.0,
+                "mrope_section": [6, 5, 5],
+                "mrope_interleaved": True,
+            },
+            **_text_ids(tokenizer),
+        },
+        vision_config={**_vision(hidden_size), "deepstack_visual_indexes": [0]},
+        **_token_ids(tokenizer),
+    )
+    torch.manual_seed(seed)
+    return _finish(Qwen3VLForConditionalGeneration(config), tokenizer)
+
+
+def build_qwen3_5_model(tokenizer, seed: int = 0, hidden_size: int = 64, layers: int = 2):
+    """A random Qwen3.5: linear-attention (gated delta net) layers with a full-attention layer every second one
+    (the real ones: every fourth), 32-wide heads with a quarter rotary as Qwen3.5's own."""
+    heads = _check_hidden(hidden_size)
+    import torch
+    from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
+
+    config = Qwen3_5Config(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": hidden_size,
+            "intermediate_size": 2 * hidden_size,
+            "num_hidden_layers": layers,
+            "num_attention_heads": heads,
+            "num_key_value_heads": heads,
+            "head_dim": 32,
+            "linear_key_head_dim": 32,
+            "linear_value_head_dim": 32,
+            "linear_num_key_heads": heads,
+            "linear_num_value_heads": heads,
+            "layer_types": ["linear_attention", "full_attention"] * (layers // 2) + ["linear_attention"] * (layers % 2),
+            "max_position_embeddings": 4096,
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 10000.0,
+                "partial_rotary_factor": 0.25,
+                "mrope_section": [2, 1, 1],
+                "mrope_interleaved": True,
+            },
+            **_text_ids(tokenizer),
+        },
+        vision_config=_vision(hidden_size),
+        **_token_ids(tokenizer),
+    )
+    torch.manual_seed(seed)
+    return _finish(Qwen3_5ForConditionalGeneration(config), tokenizer)
+
+
+def _build(kind: str, out_dir: str | Path, with_model: bool, seed: int, hidden_size: int, layers: int, corpus):
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(extra_texts=corpus)
+    processor = build_qwen3_vl_processor(tokenizer)
+    processor.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    if with_model:
+        build = build_qwen3_vl_model if kind == "qwen3_vl" else build_qwen3_5_model
+        build(tokenizer, seed=seed, hidden_size=hidden_size, layers=layers).save_pretrained(out)
+    info = {"built_by": "gr_vl_verl.tiny", "family": kind, "seed": seed, "hidden_size": hidden_size, "layers": layers}
+    (out / "gr_vl_tiny.json").write_text(json.dumps(info) + "\n")
+    return out
+
+
+def build_tiny_qwen3_vl(
+    out_dir: str | Path,
+    with_model: bool = True,
+    seed: int = 0,
+    *,
+    hidden_size: int = 64,
+    layers: int = 2,
+    corpus: Sequence[str] = (),
+) -> Path:
+    """:func:`build_tiny_qwen2_5_vl` for Qwen3-VL (``model_type`` ``qwen3_vl``, 32-pixel grid)."""
+    return _build("qwen3_vl", out_dir, with_model, seed, hidden_size, layers, corpus)
+
+
+def build_tiny_qwen3_5(
+    out_dir: str | Path,
+    with_model: bool = True,
+    seed: int = 0,
+    *,
+    hidden_size: int = 64,
+    layers: int = 2,
+    corpus: Sequence[str] = (),
+) -> Path:
+    """:func:`build_tiny_qwen2_5_vl` for Qwen3.5 (``model_type`` ``qwen3_5``); not run by vLLM's CPU build."""
+    return _build("qwen3_5", out_dir, with_model, seed, hidden_size, layers, corpus)
