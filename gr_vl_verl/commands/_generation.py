@@ -73,7 +73,8 @@ def add_generation_arguments(
         type=int,
         default=None,
         help="the processor's image bounds, with --max-pixels (default: an eval parquet's 3136-12845056, the "
-        "released evaluator's; an RL parquet's 262144-4194304, the RL config's)",
+        "released evaluator's; an RL parquet's 262144-4194304, the RL config's; on a Qwen3-VL or Qwen3.5 "
+        "model's 32-pixel grid, the same numbers of vision tokens: docs/models.md)",
     )
     p.add_argument("--max-pixels", type=int, default=None, help="see --min-pixels")
     p.add_argument("--ray-address", default=None, help="Ray cluster to join (default: start a local Ray)")
@@ -113,11 +114,37 @@ def generation_config(args: argparse.Namespace, **fixed: Any) -> GenerationConfi
     }
     try:
         config = GenerationConfig(**values)
+        model_family(config.model)
     except ValueError as e:
         raise UsageError(str(e)) from None
     if config.backend == "vllm" and not vllm_available():
         raise UsageError(VLLM_MISSING)
     return config
+
+
+def model_family(model: str | Path):
+    """The checkpoint's family (``models.detect``); an unknown one is refused with the list of known ones."""
+    from gr_vl_verl.models.detect import family_of_model
+
+    return family_of_model(model)
+
+
+def family_pixels(data: Path, config: GenerationConfig) -> GenerationConfig:
+    """``config`` with the image bounds of the input's stage on the model's grid, when none were given.
+
+    ``generate`` fills in the paper's bounds (Qwen2.5-VL's grid) itself; another family's are set here, before
+    it, so the processor gets the paper's number of vision tokens per image on that family's grid too."""
+    import dataclasses
+
+    from gr_vl_verl.data.schemas import parquet_kind
+    from gr_vl_verl.generation.config import input_pixels
+    from gr_vl_verl.models.families import DEFAULT_FAMILY
+
+    family = model_family(config.model)
+    if config.min_pixels is not None or family == DEFAULT_FAMILY:
+        return config
+    low, high = input_pixels(parquet_kind(Path(data)), family)
+    return dataclasses.replace(config, min_pixels=low, max_pixels=high)
 
 
 def run_generation(data: Path, out: Path, config: GenerationConfig) -> GenerationSummary:
@@ -126,7 +153,7 @@ def run_generation(data: Path, out: Path, config: GenerationConfig) -> Generatio
     from gr_vl_verl.generation import GenerationError, generate
 
     try:
-        return generate(data, out, config)
+        return generate(data, out, family_pixels(data, config))
     except (FileNotFoundError, ValueError) as e:  # input kind, empty input, a folder of another run
         raise UsageError(str(e)) from None
     except (GenerationError, OSError) as e:

@@ -33,6 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--model", help="guard checkpoint folder (model, tokenizer, processor)")
     where.add_argument("--server", metavar="URL", help="a `gr-vl serve` server instead, e.g. http://127.0.0.1:8000/v1")
     p.add_argument("--api-key", default=None, help="--server: the key the server requires")
+    p.add_argument(
+        "--model-family",
+        default=None,
+        help="--server: the served model's family, which sets the image grid (default qwen2_5_vl; docs/models.md)",
+    )
     p.add_argument("--backend", choices=("vllm", "transformers"), default="vllm", help="default vllm")
     p.add_argument("--max-tokens", type=int, default=4096, help="new tokens per answer (default 4096)")
     p.add_argument(
@@ -153,9 +158,12 @@ def _load(args: argparse.Namespace) -> Any:
             raise UsageError(f"--server {args.server}: not an http(s) URL")
         try:
             return load_guard(args.server, max_tokens=args.max_tokens, mode=args.mode, api_key=args.api_key,
-                              max_concurrency=args.max_concurrency, retry_window=args.retry_window)  # fmt: skip
+                              max_concurrency=args.max_concurrency, retry_window=args.retry_window,
+                              model_family=args.model_family)  # fmt: skip
         except ValueError as e:
             raise UsageError(str(e)) from None
+    if args.model_family is not None:
+        raise UsageError("--model-family goes with --server; a --model folder's config.json names its family")
     try:
         return load_guard(
             args.model,

@@ -26,16 +26,10 @@ def _csv(value: str) -> tuple[str, ...]:
 
 
 def _common(p: argparse.ArgumentParser, command: str) -> None:
-    from gr_vl_verl.data.images import (
-        EVAL_MAX_PIXELS,
-        EVAL_MIN_PIXELS,
-        MAX_PIXELS,
-        MIN_PIXELS,
-        SFT_MAX_PIXELS,
-        SFT_MIN_PIXELS,
-    )
     from gr_vl_verl.data.writers import SFT_TARGETS
+    from gr_vl_verl.models.families import DEFAULT_FAMILY, FAMILIES
 
+    paper = DEFAULT_FAMILY
     p.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
     p.add_argument(
         "--formats",
@@ -55,34 +49,38 @@ def _common(p: argparse.ArgumentParser, command: str) -> None:
         )
     p.add_argument("--workers", type=int, default=1, help="processes decoding images (order is kept)")
     p.add_argument(
-        "--min-pixels", type=int, default=MIN_PIXELS, help=f"RL: smaller images are scaled up (default {MIN_PIXELS})"
+        "--model-family",
+        choices=tuple(FAMILIES),
+        default=paper.name,
+        help=f"the model the data is for: its image grid sets the default pixel bounds below, the paper's numbers "
+        f"of vision tokens (default {paper.name}, the paper's; docs/models.md)",
     )
-    p.add_argument(
-        "--max-pixels", type=int, default=MAX_PIXELS, help=f"RL: larger images are scaled down (default {MAX_PIXELS})"
-    )
+    rl, ev, sft = paper.pixels("rl"), paper.pixels("eval"), paper.pixels("sft")
+    p.add_argument("--min-pixels", type=int, default=None, help=f"RL: smaller images are scaled up (default {rl[0]})")
+    p.add_argument("--max-pixels", type=int, default=None, help=f"RL: larger images are scaled down (default {rl[1]})")
     p.add_argument(
         "--eval-min-pixels",
         type=int,
-        default=EVAL_MIN_PIXELS,
-        help=f"eval: smaller images are scaled up (default {EVAL_MIN_PIXELS}: the released evaluator's)",
+        default=None,
+        help=f"eval: smaller images are scaled up (default {ev[0]}: the released evaluator's)",
     )
     p.add_argument(
         "--eval-max-pixels",
         type=int,
-        default=EVAL_MAX_PIXELS,
-        help=f"eval: larger images are scaled down (default {EVAL_MAX_PIXELS}: the released evaluator's)",
+        default=None,
+        help=f"eval: larger images are scaled down (default {ev[1]}: the released evaluator's)",
     )
     p.add_argument(
         "--sft-min-pixels",
         type=int,
-        default=SFT_MIN_PIXELS,
-        help=f"SFT: smaller images are scaled up (default {SFT_MIN_PIXELS}, LLaMA-Factory's, as the released R-SFT)",
+        default=None,
+        help=f"SFT: smaller images are scaled up (default {sft[0]}, LLaMA-Factory's, as the released R-SFT)",
     )
     p.add_argument(
         "--sft-max-pixels",
         type=int,
-        default=SFT_MAX_PIXELS,
-        help=f"SFT: larger images are scaled down (default {SFT_MAX_PIXELS} = 768x768, LLaMA-Factory's)",
+        default=None,
+        help=f"SFT: larger images are scaled down (default {sft[1]} = 768x768, LLaMA-Factory's)",
     )
     p.add_argument(
         "--sft-target",
@@ -167,12 +165,18 @@ def _items(args: argparse.Namespace, keys) -> tuple[list[str], object]:
     )
 
 
+def _bounds(low: int | None, high: int | None, family: tuple[int, int]) -> tuple[int, int]:
+    """A flag given wins; one left out is the model family's bound for the stage."""
+    return (family[0] if low is None else low, family[1] if high is None else high)
+
+
 def config_from_args(args: argparse.Namespace):
     import dataclasses
 
     from gr_vl_verl.data.images import ImagePolicy
     from gr_vl_verl.data.pipeline import PrepConfig
     from gr_vl_verl.data.writers import RowOptions
+    from gr_vl_verl.models.families import get_family
 
     rows = RowOptions(
         split=args.split,
@@ -182,6 +186,8 @@ def config_from_args(args: argparse.Namespace):
     )
     if args.original_rl:
         rows = dataclasses.replace(RowOptions.original_rl(args.split), sft_target=args.sft_target)
+    family = get_family(args.model_family)
+    rl = _bounds(args.min_pixels, args.max_pixels, family.pixels("rl"))
     return PrepConfig(
         formats=args.formats,
         split=args.split,
@@ -191,9 +197,9 @@ def config_from_args(args: argparse.Namespace):
         workers=args.workers,
         row_group_size=args.row_group_size,
         progress=not args.no_progress,
-        images=ImagePolicy(min_pixels=args.min_pixels, max_pixels=args.max_pixels, max_file_bytes=args.max_image_bytes),
-        sft_pixels=(args.sft_min_pixels, args.sft_max_pixels),
-        eval_pixels=(args.eval_min_pixels, args.eval_max_pixels),
+        images=ImagePolicy(min_pixels=rl[0], max_pixels=rl[1], max_file_bytes=args.max_image_bytes),
+        sft_pixels=_bounds(args.sft_min_pixels, args.sft_max_pixels, family.pixels("sft")),
+        eval_pixels=_bounds(args.eval_min_pixels, args.eval_max_pixels, family.pixels("eval")),
         rows=rows,
     )
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from gr_vl_verl.cpu.vllm_dist import vllm_is_cpu_build
+from gr_vl_verl.models.families import DEFAULT_FAMILY, ModelFamily
 
 BACKENDS: tuple[str, ...] = ("vllm", "transformers")
 
@@ -147,15 +148,14 @@ class GenerationConfig:
         return asdict(self)
 
 
-def input_pixels(kind: str) -> tuple[int, int]:
+def input_pixels(kind: str, family: ModelFamily = DEFAULT_FAMILY) -> tuple[int, int]:
     """The image bounds generation gives the processor for an input of ``kind`` (``eval`` or ``rl``).
 
     Evaluation sees images as the released evaluator did (``qwen_vl_utils``' defaults); mining sees the RL
     parquet's images as the policy will train on them (the RL config's bounds, verl's ``mm_processor_kwargs``).
+    Both on ``family``'s grid (:mod:`gr_vl_verl.models.families`; the paper's pixels on Qwen2.5-VL).
     """
-    from gr_vl_verl.data.images import EVAL_MAX_PIXELS, EVAL_MIN_PIXELS, MAX_PIXELS, MIN_PIXELS
-
-    return (EVAL_MIN_PIXELS, EVAL_MAX_PIXELS) if kind == "eval" else (MIN_PIXELS, MAX_PIXELS)
+    return family.pixels("eval" if kind == "eval" else "rl")
 
 
 def _at_least(name: str, value: Any, low: int) -> None:

@@ -6,7 +6,7 @@ verl 0.9.1 (``RLHFDataset._build_messages`` and the agent loop's ``process_multi
    order, becomes an image content part (text segments become text parts); the number of placeholders must
    equal the number of images;
 2. the images go through ``qwen_vl_utils.process_vision_info`` with the processor's patch size, which
-   converts them to RGB and resizes them onto the model's 28-pixel grid;
+   converts them to RGB and resizes them onto the model's grid (28 pixels on Qwen2.5-VL, 32 on Qwen3-VL);
 3. the prompt text is the processor's chat template with ``add_generation_prompt=True``.
 
 A row that cannot be built (an image that does not decode, placeholders that do not match the images)
@@ -97,7 +97,10 @@ def build_request(row: dict[str, Any], processor: Any) -> Request:
 def _vision_inputs(messages: list[dict[str, Any]], processor: Any) -> list[Image.Image]:
     from qwen_vl_utils import process_vision_info
 
-    # verl's default: the processor's own patch size, so the resize matches the rollout path.
-    patch = getattr(getattr(processor, "image_processor", None), "patch_size", 14)
+    from gr_vl_verl.models.families import DEFAULT_FAMILY
+
+    # verl's default: the processor's own patch size, so the resize matches the rollout path (14 on Qwen2.5-VL,
+    # 16 on Qwen3-VL and Qwen3.5: docs/models.md).
+    patch = getattr(getattr(processor, "image_processor", None), "patch_size", DEFAULT_FAMILY.patch_size)
     images, _ = process_vision_info(messages, image_patch_size=patch, return_video_metadata=True)
     return list(images or [])

@@ -31,10 +31,13 @@ from gr_vl_verl.data.images import ImagePolicy
 from gr_vl_verl.generation.config import GenerationError
 from gr_vl_verl.generation.engines import Completion
 from gr_vl_verl.guard_items import GuardInput, _result, prepare_items
+from gr_vl_verl.models.families import DEFAULT_FAMILY, get_family
+from gr_vl_verl.models.families import image_policy as family_policy
 from gr_vl_verl.protocol import PARSE_MODES, ParseMode
 
 #: Qwen2.5-VL's vision patch (GuardReasoner-VL's base model): images are resized onto a grid of twice that.
-DEFAULT_PATCH_SIZE = 14
+#: Another family's (``model_family=``) comes from ``models.families``.
+DEFAULT_PATCH_SIZE = DEFAULT_FAMILY.patch_size
 #: How long a request waits for a server it cannot reach. A restart of ``gr-vl serve`` (vLLM's engine start) takes
 #: tens of seconds on a small CPU machine and minutes for a large model on a GPU; this outlasts both.
 DEFAULT_RETRY_WINDOW = 300.0
@@ -89,7 +92,9 @@ class RemoteGuard:
     """A guard served by ``gr-vl serve``. Build it with ``load_guard(URL)``; ``classify`` as the local guard's.
 
     One HTTP connection pool per guard, kept open across calls (``close()`` or ``with`` ends it): a call pays
-    no TCP handshake for connections an earlier call opened."""
+    no TCP handshake for connections an earlier call opened. ``model_family`` names the served model's family
+    (default ``qwen2_5_vl``, the paper's), whose grid and evaluation bounds the images are resized to here.
+    """
 
     def __init__(
         self,
@@ -105,7 +110,8 @@ class RemoteGuard:
         retry_window: float = DEFAULT_RETRY_WINDOW,
         api_key: str | None = None,
         model: str | None = None,
-        image_patch_size: int = DEFAULT_PATCH_SIZE,
+        image_patch_size: int | None = None,
+        model_family: str | None = None,
     ) -> None:
         if mode not in PARSE_MODES:
             raise ValueError(f"mode must be one of {PARSE_MODES}, got {mode!r}")
@@ -120,13 +126,15 @@ class RemoteGuard:
         self.base_url = base_url.rstrip("/")
         self.max_tokens = max_tokens
         self.mode = mode
-        self.image_policy = image_policy or ImagePolicy.evaluation()
+        # The server's model is not at hand: its family (default the paper's) says the grid and the bounds.
+        family = DEFAULT_FAMILY if model_family is None else get_family(model_family)
+        self.image_policy = image_policy or family_policy(family)
         self.max_concurrency = max_concurrency
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
         self.retry_window = retry_window
-        self.image_patch_size = image_patch_size
+        self.image_patch_size = family.patch_size if image_patch_size is None else image_patch_size
         #: The statistics of the latest call (retries after a restart show here).
         self.last_call = CallStats()
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -383,7 +391,7 @@ def connect(url: str, *, temperature: float = 0.0, **options: Any) -> RemoteGuar
     if temperature != 0.0:
         raise ValueError(f"a served guard decodes greedily (temperature 0), got temperature={temperature}")
     known = {"max_tokens", "mode", "image_policy", "max_concurrency", "timeout", "retries", "backoff",
-             "retry_window", "api_key"}  # fmt: skip
+             "retry_window", "api_key", "model_family"}  # fmt: skip
     unknown = sorted(set(options) - known - {"model", "image_patch_size"})
     if unknown:
         raise ValueError(f"{url}: a served guard takes no {unknown}; its options are {sorted(known)}")

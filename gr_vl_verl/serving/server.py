@@ -60,7 +60,10 @@ def server_argv(
 ) -> list[str]:
     """The server's command line. ``engine_kwargs`` are vLLM engine arguments by their Python names
     (``{"max_model_len": 2048, "enforce_eager": True}``), as ``--engine-kwargs`` gives them to ``vllm.LLM``."""
-    policy = image_policy or ImagePolicy.evaluation()
+    from gr_vl_verl.models.detect import family_or_default
+    from gr_vl_verl.models.families import image_policy as family_policy
+
+    policy = image_policy or family_policy(family_or_default(model))
     override: dict[str, Any] = {"temperature": 0.0}
     if max_tokens is not None:
         override["max_new_tokens"] = max_tokens
