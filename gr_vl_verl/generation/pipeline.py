@@ -109,11 +109,14 @@ class GenerateBatch:
     def __init__(self, config: GenerationConfig) -> None:
         import ray
 
+        from gr_vl_verl.fate_share import children_die_with_this_process
         from gr_vl_verl.generation.engines import make_engine
 
         self.config = config
         context = ray.get_runtime_context()
         self.where = {sh.ACTOR: context.get_actor_id() or f"pid {os.getpid()}", sh.NODE: context.get_node_id()}
+        if config.backend == "vllm":  # its engine processes would outlive an actor that dies abruptly (fate_share)
+            children_die_with_this_process()
         self.engine = make_engine(config)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -170,9 +173,10 @@ def ray_session(address: str | None) -> Iterator[None]:
         ray.shutdown()
 
 
-def _check_resources(config: GenerationConfig) -> None:
-    """Fail before building the pool when a fixed Ray cannot place every actor (the pool would wait forever);
-    on a cluster given by address, which may scale up, only warn."""
+def _check_resources(config: GenerationConfig) -> bool:
+    """Whether this Ray has room for the whole pool now. A fixed (local) Ray that cannot place every actor
+    fails here, before the pool is built (it would wait forever); a cluster given by address, which may scale
+    up, only gets a warning."""
     import ray
 
     tp_cpus = config.tensor_parallel_size if config.backend == "vllm" and config.tensor_parallel_size > 1 else 0
@@ -183,11 +187,12 @@ def _check_resources(config: GenerationConfig) -> None:
     have = ray.cluster_resources()
     short = [f"{k} {need[k]:g} (it has {have.get(k, 0):g})" for k in need if need[k] > have.get(k, 0)]
     if not short:
-        return
+        return True
     message = f"{config.concurrency} actor(s) need " + ", ".join(short) + " in this Ray cluster"
     if not (config.ray_address or os.environ.get("RAY_ADDRESS")):
         raise GenerationError(message + "; lower --concurrency / --num-cpus / --num-gpus")
     print(f"warning: {message}; waiting for the cluster to scale", file=sys.stderr)
+    return False
 
 
 def _placement_group_strategy(tensor_parallel_size: int) -> dict[str, Any]:
@@ -220,23 +225,24 @@ def _pool_args(config: GenerationConfig) -> dict[str, Any]:
     return args
 
 
-#: How long a local run waits for its whole pool of engines to start before the rows go out.
-LOCAL_POOL_START_S = 3600
+#: How long a run waits for its whole pool of engines to start before the rows go out.
+POOL_START_S = 3600
 
 
 @contextmanager
-def _data_context(config: GenerationConfig) -> Iterator[None]:
+def _data_context(config: GenerationConfig, wait_for_pool: bool) -> Iterator[None]:
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
     saved = ctx.enable_progress_bars, ctx.wait_for_min_actors_s
     ctx.enable_progress_bars = False  # ours counts rows; Ray's per-operator bars would interleave with it
-    if not (config.ray_address or os.environ.get("RAY_ADDRESS")):
+    if wait_for_pool:
         # Ray Data hands blocks to whichever actor is ready first; the first engine to load would take the
-        # first blocks (two in flight per actor) while the others still load. A local pool is known to fit
-        # (_check_resources), so start every engine before any row goes out; an engine that fails to start
-        # still fails the run at once. On a cluster that may scale up, do not wait for the autoscaler.
-        ctx.wait_for_min_actors_s = LOCAL_POOL_START_S
+        # first blocks (two in flight per actor) while the others still load, on this node or on another
+        # one. When the pool fits the cluster as it is (_check_resources), start every engine before any row
+        # goes out; an engine that fails to start still fails the run at once. A pool that waits for an
+        # autoscaler does not wait for it here.
+        ctx.wait_for_min_actors_s = POOL_START_S
     try:
         yield
     finally:
@@ -339,14 +345,15 @@ def generate(data_path: str | Path, out_dir: str | Path, config: GenerationConfi
         if config.backend == "vllm" and not vllm_available():
             raise GenerationError(VLLM_MISSING)
         start = time.perf_counter()
-        with ray_session(config.ray_address), _data_context(config):
-            _check_resources(config)
-            try:
-                _run(plan, todo, out_dir, config, summary)
-            except GenerationError:
-                raise
-            except Exception as e:  # Ray wraps actor and task failures; report the cause in one line
-                raise GenerationError(f"generation failed: {_root_message(e)}") from e
+        with ray_session(config.ray_address):
+            fits = _check_resources(config)
+            with _data_context(config, wait_for_pool=fits):
+                try:
+                    _run(plan, todo, out_dir, config, summary)
+                except GenerationError:
+                    raise
+                except Exception as e:  # Ray wraps actor and task failures; report the cause in one line
+                    raise GenerationError(f"generation failed: {_root_message(e)}") from e
         summary.seconds = time.perf_counter() - start
     write_json_atomic(out_dir / sh.SUMMARY, summary.to_dict())
     return summary
