@@ -166,11 +166,36 @@ def ray_session(address: str | None) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    ray.init(address=address, include_dashboard=False)
+    with _local_worker_priority(address):
+        ray.init(address=address, include_dashboard=False)
     try:
         yield
     finally:
         ray.shutdown()
+
+
+#: Ray's raylet setting for its workers' niceness (``worker_niceness``, default 15), read from the environment
+#: when the raylet starts, as every ``RAY_<setting>`` is.
+RAY_WORKER_NICENESS = "RAY_worker_niceness"
+
+
+@contextmanager
+def _local_worker_priority(address: str | None) -> Iterator[None]:
+    """Start a local Ray's workers at the driver's priority.
+
+    Ray starts its workers at niceness 15, and vLLM's engine processes inherit it from the actor. On a machine
+    with few cores everything else (Ray's own daemons, the driver, any other work) then wins the CPU over the
+    engine, which is what does the run's work. Only for a Ray this process starts: a cluster given by address
+    keeps its own setting, and a value the user exported is kept.
+    """
+    if address or os.environ.get("RAY_ADDRESS") or RAY_WORKER_NICENESS in os.environ:
+        yield
+        return
+    os.environ[RAY_WORKER_NICENESS] = "0"
+    try:
+        yield
+    finally:
+        os.environ.pop(RAY_WORKER_NICENESS, None)
 
 
 def _check_resources(config: GenerationConfig) -> bool:
