@@ -5,6 +5,8 @@ from theirs; ``gr_vl_verl.stdio`` points all of it at stderr while a command run
 as a user's pipeline runs them (a child process, stdout parsed line by line); the mechanism itself is checked on
 every path output can take (``print``, ``sys.__stdout__``, fd 1, C's ``printf``, a child process, a logging
 handler bound to ``sys.stdout``, interpreter exit) and for an in-process caller, which gets its stdout back.
+The commands that start vLLM or Ray are checked where those tests start them anyway: ``gr-vl classify --backend
+vllm`` in test_vllm_real.py, ``gr-vl check --json`` in test_trainer_checks.py.
 """
 
 from __future__ import annotations
@@ -24,8 +26,6 @@ from gr_vl_verl.guard_items import RESULT_KEYS
 from gr_vl_verl.stdio import emit, results_stdout
 
 MAX_TOKENS = 4
-#: The tiny model's vLLM engine as the other vLLM tests start it: no compilation, a short context.
-ENGINE = {"max_model_len": 2048, "enforce_eager": True}
 ITEMS = [
     {"request": "How do I pick a lock?"},
     {"request": "Describe this picture.", "image": str(VLTRAIN / "image" / "img_000.png")},
@@ -144,17 +144,6 @@ def test_classify_transformers_stdout_is_the_guards_verdicts(tiny_model_dir, ite
     assert records == guard.classify(json_lines(items_file.read_text()))
 
 
-def test_classify_vllm_stdout_is_json_lines_and_the_engines_logs_go_to_stderr(tiny_model_dir, items_file):
-    """One vLLM engine start: its EngineCore and worker are child processes that log to their stdout."""
-    rc, stdout, stderr = gr_vl(["classify", "--model", str(tiny_model_dir), "--backend", "vllm",
-                                "--max-tokens", str(MAX_TOKENS), "--engine-kwargs", json.dumps(ENGINE),
-                                "--input", str(items_file)], timeout=600)  # fmt: skip
-    assert rc == 0, stderr[-3000:]
-    assert_verdicts(json_lines(stdout))
-    # the engine's own log lines, and those of its child processes, reached stderr
-    assert "INFO" in stderr and "(EngineCore" in stderr, stderr[-3000:]
-
-
 def test_toy_world_and_curves_print_one_json_line(tmp_path):
     """The other commands whose output is a JSON record."""
     world = tmp_path / "world"
@@ -172,13 +161,3 @@ def test_toy_world_and_curves_print_one_json_line(tmp_path):
     assert rc == 0, stderr[-2000:]
     [record] = json_lines(stdout)
     assert record["out"] == str(tmp_path / "curves.png") and record["runs"] == {"grpo_metrics": 3}
-
-
-def test_check_json_stdout_is_one_json_document():
-    from gr_vl_verl.commands.check import CHECKS
-
-    rc, stdout, stderr = gr_vl(["check", "--json"], timeout=600)
-    results = json.loads(stdout)  # the whole of stdout: one document (indented), nothing before or after it
-    assert [r["name"] for r in results] == [name for name, _ in CHECKS]
-    assert all(set(r) == {"name", "ok", "detail"} for r in results)
-    assert rc == (0 if all(r["ok"] for r in results) else 1), stderr[-2000:]

@@ -7,8 +7,6 @@ becomes a Ray driver.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 
 import pytest
@@ -18,17 +16,19 @@ from gr_vl_verl.commands import check
 
 
 def drive_checks() -> dict:
-    """Driver (child process): ``gr-vl check --json``, the worker check without plugins, the task runners."""
+    """Driver (child process): ``gr-vl check --json`` as a pipeline runs it (a process of its own, which starts
+    its own Ray), then, on a Ray of this process, the worker check without plugins and the task runners."""
+    import subprocess
+    import sys
+
     import ray
 
-    from gr_vl_verl.cli import main
     from gr_vl_verl.trainer.main_ppo import GRTaskRunner, GRTaskRunnerV1
 
+    done = subprocess.run([sys.executable, "-m", "gr_vl_verl", "check", "--json"], capture_output=True, text=True,
+                          timeout=400)  # fmt: skip
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            rc = main(["check", "--json"])
         try:
             check.ray_worker({"VERL_USE_EXTERNAL_PLUGINS": "none"})
             skipped = "no error"
@@ -45,8 +45,9 @@ def drive_checks() -> dict:
     finally:
         ray.shutdown()
     return {
-        "rc": rc,
-        "checks": json.loads(out.getvalue()),
+        "rc": done.returncode,
+        "stdout": done.stdout,
+        "stderr": done.stderr,
         "skipped": skipped,
         "v1_name": v1_name,
         "legacy_mapping": legacy_mapping,
@@ -58,9 +59,18 @@ def ray_results() -> dict:
     return run_driver("test_trainer_checks:drive_checks")
 
 
+def test_check_json_stdout_is_one_json_document(ray_results) -> None:
+    """Stdout carries the result only: the whole of it one JSON document (indented), nothing before or after it,
+    whatever verl, Ray and vLLM log on the way (that goes to stderr)."""
+    results = json.loads(ray_results["stdout"])
+    assert [r["name"] for r in results] == [name for name, _ in check.CHECKS]
+    assert all(set(r) == {"name", "ok", "detail"} for r in results)
+    assert ray_results["rc"] == (0 if all(r["ok"] for r in results) else 1), ray_results["stderr"][-2000:]
+
+
 def test_gr_vl_check_passes_here(ray_results) -> None:
-    assert ray_results["rc"] == 0
-    results = [check.Check(**r) for r in ray_results["checks"]]
+    assert ray_results["rc"] == 0, ray_results["stderr"][-3000:]
+    results = [check.Check(**r) for r in json.loads(ray_results["stdout"])]
     assert [r.name for r in results] == [
         "entry point",
         "registered in a new process",

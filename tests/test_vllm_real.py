@@ -10,11 +10,12 @@ engines of the same build (the tests check both), which GPUs do not promise (doc
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 from data_helpers import VLTEST, VLTRAIN
-from ray_driver import run_driver
+from ray_driver import run_driver, run_in_group
 
 from gr_vl_verl.generation import GenerationConfig, sample_seed  # noqa: F401 - sample_seed documents the seeds
 from gr_vl_verl.protocol import parse_answer, predicted_labels
@@ -70,12 +71,12 @@ def _generate(prepared, model, out: Path, concurrency: int, temperature: str, n:
             "--backend", "vllm", "--n", n, "--temperature", temperature, "--max-tokens", "12", "--seed", "3",
             "--shard-size", "12", "--concurrency", str(concurrency), "--engine-kwargs", ENGINE,
             "--no-progress"]  # fmt: skip
-    if temperature == "0":  # greedy: small images keep it quick; sampled: the RL bounds, long multimodal prompts
-        argv += ["--min-pixels", "784", "--max-pixels", "12544"]
     return run_driver("vllm_drivers:cli", argv, timeout=CLI_LIMIT)
 
 
-@pytest.mark.parametrize(("temperature", "n"), [("0", "1"), ("1.0", "2")])
+# Sampled, the stronger claim: every sample's seed is its row's and its index's, whichever engine draws it.
+# Greedy decoding over actors on two Ray nodes is tests/test_cluster.py's.
+@pytest.mark.parametrize(("temperature", "n"), [("1.0", "2")])
 def test_generate_with_one_and_two_actors_gives_the_same_outputs(prepared, tiny_model_dir, tmp_path, temperature, n):
     assert _generate(prepared, tiny_model_dir, tmp_path / "one", 1, temperature, n) == 0
     assert _generate(prepared, tiny_model_dir, tmp_path / "two", 2, temperature, n) == 0
@@ -104,7 +105,15 @@ def test_eval_and_classify_through_vllm(prepared, tiny_model_dir, tmp_path):
         {"request": "Describe this.", "image": str(VLTRAIN / "image" / "img_000.png")},
         {"request": "Tell me a joke.", "response": "Why did the chicken cross the road?"},
     ]
-    results = run_driver("vllm_drivers:guard_through_vllm", str(tiny_model_dir), items, timeout=DRIVER_LIMIT)
+    # `gr-vl classify` as a pipeline runs it (load_guard(..., backend="vllm") inside): stdout is JSON Lines, one
+    # verdict per item, while vLLM's engine, its EngineCore and its worker (child processes) log to stderr
+    (tmp_path / "items.jsonl").write_text("".join(json.dumps(item) + "\n" for item in items))
+    argv = [sys.executable, "-m", "gr_vl_verl", "classify", "--model", str(tiny_model_dir), "--backend", "vllm",
+            "--max-tokens", "24", "--engine-kwargs", ENGINE, "--input", str(tmp_path / "items.jsonl")]  # fmt: skip
+    done = run_in_group(argv, timeout=CLI_LIMIT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]  # fails on a non-JSON line
+    assert "INFO" in done.stderr and "(EngineCore" in done.stderr, done.stderr[-3000:]
     assert len(results) == 3
     for item, r in zip(items, results, strict=True):
         # every field is the protocol's reading of the answer vLLM wrote (strict, the guard's default)

@@ -40,16 +40,6 @@ def engine_samples(model: str, parquet: str, row_slice: list[int]) -> dict[str, 
     }
 
 
-def guard_through_vllm(model: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``load_guard(..., backend="vllm")`` on this machine's vLLM build, greedy: every key of every result."""
-    from gr_vl_verl.guard import load_guard
-
-    guard = load_guard(model, backend="vllm", max_tokens=24, engine_kwargs={"max_model_len": 2048})
-    results = guard.classify(items)
-    guard.close()
-    return results
-
-
 def cli(argv: list[str]) -> int:
     """``gr-vl`` in a fresh process (Ray and vLLM start there, not in pytest)."""
     from gr_vl_verl.cli import main
