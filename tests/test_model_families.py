@@ -299,3 +299,22 @@ def test_verl_forward_of_qwen3_vl_takes_text_only_batches_without_the_plugin_fix
     out["inputs_embeds"].sum().backward()
     grads = [p.grad for p in model.model.visual.parameters() if p.requires_grad]
     assert grads and all(g is not None for g in grads)
+
+
+def test_verl_sft_positions_for_qwen3_vl_images_are_qwen3_vls_own(tiny_qwen3_vl_dir):
+    """verl 0.9.1's SFT dataset computes M-RoPE positions with its Qwen2-VL function for every processor built on
+    ``Qwen2VLImageProcessor``, Qwen3-VL's included; on an image prompt they equal its Qwen3-VL function's."""
+    from transformers import AutoProcessor
+    from verl.models.transformers import qwen2_vl, qwen3_vl
+
+    processor = AutoProcessor.from_pretrained(tiny_qwen3_vl_dir)
+    image = Image.open(VLTRAIN / "image" / "img_000.png").convert("RGB")
+    messages = [{"role": "user", "content": [{"type": "text", "text": "Is this safe?"}, {"type": "image"}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    inputs = processor(text=[text], images=[image], return_tensors="pt")
+    ids, mask, grid = inputs["input_ids"][0], inputs["attention_mask"][0], inputs["image_grid_thw"]
+    assert grid.shape[0] == 1 and int(grid.prod()) // 4 > 1  # several image tokens: positions are 3-D
+    ours = qwen2_vl.get_rope_index(processor, input_ids=ids, image_grid_thw=grid, attention_mask=mask)
+    theirs = qwen3_vl.get_rope_index(processor, input_ids=ids, image_grid_thw=grid, attention_mask=mask)
+    assert ours.shape == (3, ids.shape[0]) and bool((ours == theirs).all())
+    assert bool((ours[1] != ours[2]).any())  # height and width differ inside the image
