@@ -342,6 +342,15 @@ def _run(plan: sh.ShardPlan, todo: list[int], out_dir: Path, config: GenerationC
         raise GenerationError(f"the pipeline ended with shard(s) {sorted(pending)} incomplete")
 
 
+def _family(model: str | Path):
+    """The family of a local checkpoint (its ``config.json``), whose grid the stage's bounds are put on; the
+    paper's (Qwen2.5-VL) for a name the hub would resolve, as before families were known."""
+    from gr_vl_verl.models.detect import family_of_model
+    from gr_vl_verl.models.families import DEFAULT_FAMILY
+
+    return family_of_model(model) if (Path(model).expanduser() / "config.json").is_file() else DEFAULT_FAMILY
+
+
 def generate(data_path: str | Path, out_dir: str | Path, config: GenerationConfig) -> GenerationSummary:
     """Generate ``config.n`` samples for every row of an RL or eval parquet into ``out_dir`` (resumable).
 
@@ -354,7 +363,7 @@ def generate(data_path: str | Path, out_dir: str | Path, config: GenerationConfi
     out_dir = Path(out_dir)
     plan = sh.plan_shards(Path(data_path), config.shard_size)
     if config.min_pixels is None:
-        low, high = input_pixels(plan.kind)
+        low, high = input_pixels(plan.kind, _family(config.model))
         config = dataclasses.replace(config, min_pixels=low, max_pixels=high)
     sh.prepare_folder(out_dir, plan, config.output_settings())
     todo = [k for k in range(plan.shards) if not sh.shard_done(out_dir, plan, k, config.n)]
