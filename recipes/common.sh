@@ -76,6 +76,20 @@ _gr_vl_metrics_file() {  # checkpoint folder
     [[ "${GR_VL_DRY_RUN:-0}" != 1 ]] || echo "metrics: $VERL_FILE_LOGGER_PATH" >&2
 }
 
+# Model family (MODEL_FAMILY; the Qwen3-VL recipes set qwen3_vl). The paper's image bounds are pixel areas on
+# Qwen2.5-VL's 28-pixel grid; another family gets them converted to its own grid (the same number of vision tokens
+# per image) by gr_vl_verl.models.families, the one table of them, so no number is written here twice. Unset: the
+# yaml's bounds (GRPO) and the processor's own (R-SFT), the paper's setting.
+_gr_vl_family_pixels() {  # family, stage (rl, sft, eval) -> "MIN MAX" on stdout
+    "${PYTHON:-python3}" -c 'import sys
+from gr_vl_verl.models.families import UnknownModelFamily, get_family
+try:
+    print(*get_family(sys.argv[1]).pixels(sys.argv[2]))
+except UnknownModelFamily as e:
+    sys.exit(f"error: MODEL_FAMILY: {e}")' "$1" "$2" ||
+        _gr_vl_fail "MODEL_FAMILY=$1: ${PYTHON:-python3} could not read its $2 pixel bounds (gr_vl_verl.models.families)"
+}
+
 # GRPO (stage 5): python -m gr_vl_verl.trainer.main_ppo with gr_vl_trainer.yaml.
 #   Required: TRAIN_FILES, VAL_FILES (RL parquet from `gr-vl prep` / `gr-vl augment`), MODEL_PATH (the R-SFT model
 #   as a Hugging Face folder). Extra arguments: hydra overrides.
@@ -119,6 +133,12 @@ launch_grpo() {
         "actor_rollout_ref.actor.checkpoint.save_contents=[model,optimizer,extra,hf_model]"
         trainer.test_freq=5
     )
+    if [[ -n "${MODEL_FAMILY:-}" ]]; then
+        # verl hands data.mm_processor_kwargs to the processor (dataset filter, rollout prompts, vLLM)
+        local pixels
+        pixels=$(_gr_vl_family_pixels "$MODEL_FAMILY" rl) || exit 2
+        overrides+=(data.mm_processor_kwargs.min_pixels="${pixels% *}" data.mm_processor_kwargs.max_pixels="${pixels#* }")
+    fi
     _gr_vl_metrics_file "$ckpt_dir"
     _gr_vl_run command overrides "$@"
 }
@@ -164,6 +184,17 @@ launch_sft() {
         trainer.experiment_name="$experiment"
         "trainer.default_local_dir=$ckpt_dir"
     )
+    if [[ -n "${MODEL_FAMILY:-}" ]]; then
+        # verl's SFT dataset has no mm_processor_kwargs: it passes data.apply_chat_template_kwargs to the
+        # processor's chat template call, which hands min_pixels/max_pixels on to the image processor (without
+        # them a Qwen3-VL checkpoint's own minimum, 65,536 pixels, would scale the small SFT images up). Flat keys:
+        # transformers 5.10 drops a processor_kwargs dict once verl adds enable_thinking beside it.
+        # (++: verl's yaml has an empty, closed dict there)
+        local pixels
+        pixels=$(_gr_vl_family_pixels "$MODEL_FAMILY" sft) || exit 2
+        overrides+=(++data.apply_chat_template_kwargs.min_pixels="${pixels% *}"
+            ++data.apply_chat_template_kwargs.max_pixels="${pixels#* }")
+    fi
     _gr_vl_metrics_file "$ckpt_dir"
     _gr_vl_run command overrides "$@"
 }
