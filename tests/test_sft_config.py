@@ -8,6 +8,7 @@ parquet is loaded with the composed data config. The launch command itself is ru
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shlex
@@ -37,6 +38,15 @@ RECIPE_KEYS = {
     "trainer.experiment_name",
     "trainer.default_local_dir",
 }
+#: What a recipe adds for a family other than the paper's: the SFT image bounds on its grid, for the processor.
+FAMILY_KEYS = {"++data.apply_chat_template_kwargs.min_pixels", "++data.apply_chat_template_kwargs.max_pixels"}
+#: Qwen3-VL's SFT bounds: the paper's numbers of vision tokens on its 32-pixel grid (docs/models.md), written out
+#: here to check the table the recipes read them from.
+QWEN3_VL_SFT_PIXELS = {"min_pixels": 1338, "max_pixels": 770382}
+
+
+def is_qwen3_vl(script: Path) -> bool:
+    return script.stem.startswith("sft_qwen3_vl_")
 
 
 def compose_sft(overrides: list[str]):
@@ -51,6 +61,7 @@ def sft_env(tmp_path_factory) -> dict[str, str]:
     (d / "model").mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TRAIN_", "VAL_", "MODEL_", "NNODES", "MASTER"))}
     env.update(TRAIN_FILES=str(d / "sft_train.parquet"), MODEL_PATH=str(d / "model"), GR_VL_DRY_RUN="1")
+    env["PYTHON"] = sys.executable  # a family's image bounds are read through the interpreter the recipe runs
     return env
 
 
@@ -63,8 +74,8 @@ def dry_run(script: Path, env: dict[str, str], *extra: str) -> tuple[list[str], 
     return run.stdout.splitlines(), shlex.split(command)
 
 
-def test_there_are_two_sft_recipes() -> None:
-    assert [p.stem for p in RECIPES] == ["sft_qwen2_5_vl_3b", "sft_qwen2_5_vl_7b"]
+def test_there_are_four_sft_recipes() -> None:
+    assert [p.stem for p in RECIPES] == ["sft_qwen2_5_vl_3b", "sft_qwen2_5_vl_7b", "sft_qwen3_vl_4b", "sft_qwen3_vl_8b"]
 
 
 @pytest.mark.parametrize("script", RECIPES, ids=lambda p: p.stem)
@@ -73,8 +84,11 @@ def test_recipe_composes_to_the_papers_r_sft(script: Path, sft_env) -> None:
 
     overrides, _ = dry_run(script, sft_env)
     keys = [o.split("=", 1)[0] for o in overrides]
-    assert set(keys) <= RECIPE_KEYS and len(keys) == len(set(keys))
+    assert set(keys) <= RECIPE_KEYS | (FAMILY_KEYS if is_qwen3_vl(script) else set()) and len(keys) == len(set(keys))
     cfg = compose_sft(overrides)
+    # Qwen3-VL: the SFT bounds on its grid go to the processor; Qwen2.5-VL: nothing (the prep scaled the images)
+    bounds = QWEN3_VL_SFT_PIXELS if is_qwen3_vl(script) else {}
+    assert cfg.data.apply_chat_template_kwargs == bounds
 
     data, optim = cfg.data, cfg.optim
     assert (data.train_batch_size, data.max_length, data.truncation) == (192, 2048, "right")
@@ -118,10 +132,11 @@ def test_composed_config_loads_the_prep_sft_parquet(tmp_path, tiny_model_dir, sf
     assert sum("multi_modal_inputs" in item for item in items) == 22  # image and text-image rows
 
 
-def test_launch_command_runs_verls_sft_trainer_with_our_config(sft_env) -> None:
+@pytest.mark.parametrize("script", [RECIPES[1], RECIPES[3]], ids=lambda p: p.stem)
+def test_launch_command_runs_verls_sft_trainer_with_our_config(script: Path, sft_env) -> None:
     """The command the script execs, with torchrun's own arguments removed and ``--cfg job`` added: verl's
     trainer finds gr_vl_sft.yaml through --config-path and accepts every override."""
-    overrides, command = dry_run(RECIPES[1], sft_env, "trainer.total_epochs=1")
+    overrides, command = dry_run(script, sft_env, "trainer.total_epochs=1")
     assert command[1:3] == ["-m", "torch.distributed.run"] and "--standalone" in command
     assert "--nproc_per_node=8" in command
     module_at = command.index("-m", 3)
@@ -139,6 +154,43 @@ def test_launch_command_runs_verls_sft_trainer_with_our_config(sft_env) -> None:
     assert job.returncode == 0, job.stderr[-2000:]
     for line in ("train_batch_size: 192", "max_length: 2048", "lr: 5.0e-05", "total_epochs: 1", "- hf_model"):
         assert line in job.stdout
+    bounds = [f"{key}: {value}" for key, value in QWEN3_VL_SFT_PIXELS.items()]
+    assert all((line in job.stdout) is is_qwen3_vl(script) for line in bounds)
+
+
+def test_qwen3_vl_recipe_bounds_reach_verls_sft_processor(tmp_path, tiny_qwen3_vl_dir, sft_env) -> None:
+    """The Qwen3-VL recipe's data config with the tiny Qwen3-VL: verl's MultiTurnSFTDataset hands the SFT bounds
+    to the image processor, whose own bounds (at most 16 vision tokens for the tiny model; at least 65,536 pixels
+    for a real checkpoint) would otherwise decide the image sizes. The sample's images are small, so one image
+    row gets a 256 x 256 image (64 vision tokens within the SFT bounds)."""
+    from PIL import Image
+    from verl.utils.config import omega_conf_to_dataclass
+    from verl.utils.dataset.multiturn_sft_dataset import MultiTurnSFTDataset
+
+    from gr_vl_verl.data import readers
+    from gr_vl_verl.data.pipeline import PrepConfig, run_prep
+    from gr_vl_verl.models.families import QWEN3_VL
+
+    pd = pytest.importorskip("pandas")
+
+    config = PrepConfig(formats=("sft",), images=SMALL, sft_pixels=QWEN3_VL.pixels("sft"), progress=False)
+    run_prep(readers.read_vltrain_dir(VLTRAIN), tmp_path, config)
+    rows = pd.read_parquet(tmp_path / "sft_train.parquet")
+    first = next(i for i, images in enumerate(rows["images"]) if images is not None and len(images) == 1)
+    big = io.BytesIO()
+    Image.new("RGB", (256, 256), "gray").save(big, format="PNG")
+    rows.at[first, "images"] = [{"bytes": big.getvalue()}]
+    rows.to_parquet(tmp_path / "big.parquet")
+    env = dict(sft_env, TRAIN_FILES=str(tmp_path / "big.parquet"), MODEL_PATH=str(tiny_qwen3_vl_dir))
+    overrides, _ = dry_run(ROOT / "recipes" / "sft_qwen3_vl_4b.sh", env)
+    cfg = compose_sft(overrides)
+    model = omega_conf_to_dataclass(cfg.model)
+    ds = MultiTurnSFTDataset(list(cfg.data.train_files), model.tokenizer, cfg.data, model.processor)
+    grids = [item["multi_modal_inputs"]["image_grid_thw"] for item in (ds[i] for i in range(len(ds)))
+             if "multi_modal_inputs" in item]  # fmt: skip
+    tokens = [int(row.prod()) // 4 for grid in grids for row in grid]  # 2 x 2 patches per vision token
+    assert len(grids) == 22 and max(tokens) == 64  # beyond the tiny processor's own maximum, 16
+    assert min(tokens) * 32 * 32 >= QWEN3_VL_SFT_PIXELS["min_pixels"]
 
 
 def test_multi_node_launch_needs_a_master(sft_env) -> None:

@@ -28,6 +28,17 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("grpo_*.sh"))
 BETA = {"grpo_qwen2_5_vl_3b": 1.0, "grpo_qwen2_5_vl_7b": 1.0, "grpo_qwen2_5_vl_3b_eco": 500 / 3072}
 BETA["grpo_qwen2_5_vl_7b_eco"] = 500 / 3072  # Eco: the gain stops at 500 characters (docs/reward.md)
+BETA |= {"grpo_qwen3_vl_4b": 1.0, "grpo_qwen3_vl_8b": 1.0, "grpo_qwen3_vl_4b_eco": 500 / 3072}
+BETA["grpo_qwen3_vl_8b_eco"] = 500 / 3072
+#: The RL image bounds each family's recipes run with: the paper's on Qwen2.5-VL (the yaml's), the same numbers of
+#: vision tokens on Qwen3-VL's 32-pixel grid (docs/models.md), written out here to check the table they come from.
+RL_PIXELS = {"qwen2_5_vl": (262144, 4194304), "qwen3_vl": (342393, 5478274)}
+#: What a recipe adds for a family other than the paper's: the image bounds on its grid.
+FAMILY_KEYS = ["data.mm_processor_kwargs.max_pixels", "data.mm_processor_kwargs.min_pixels"]
+
+
+def family(script: Path) -> str:
+    return "qwen3_vl" if script.stem.startswith("grpo_qwen3_vl_") else "qwen2_5_vl"
 
 
 def compose_cfg(overrides: list[str]):
@@ -47,6 +58,7 @@ def recipe_env(tmp_path_factory) -> dict[str, str]:
         VAL_FILES=str(d / "val.parquet"),
         MODEL_PATH=str(d / "model"),
         GR_VL_DRY_RUN="1",
+        PYTHON=sys.executable,  # a family's image bounds are read through the interpreter the recipe runs
     )
     return env
 
@@ -193,7 +205,7 @@ def test_image_bounds_reach_the_processor_only_as_a_pair(tmp_path, tiny_model_di
     assert pixels({"min_pixels": kwargs["min_pixels"]}) < 262144  # one bound alone does nothing
 
 
-def test_there_are_four_grpo_recipes() -> None:
+def test_there_are_eight_grpo_recipes() -> None:
     assert [p.stem for p in RECIPES] == sorted(BETA)
 
 
@@ -223,13 +235,16 @@ def test_recipe_composes_and_passes_verl_checks(script: Path, recipe_env) -> Non
     assert actor.clip_ratio_c > math.exp(20) and rollout.max_model_len == 6144
     # checkpoints: verl's sharded state for resuming, plus the Hugging Face folder evaluation loads
     assert list(actor.checkpoint.save_contents) == ["model", "optimizer", "extra", "hf_model"]
+    low, high = RL_PIXELS[family(script)]
+    assert dict(cfg.data.mm_processor_kwargs) == {"min_pixels": low, "max_pixels": high}
 
 
 @pytest.mark.parametrize("script", RECIPES, ids=lambda p: p.stem)
 def test_recipe_sets_only_paths_hardware_and_bookkeeping(script: Path, recipe_env) -> None:
     keys = [line.split("=", 1)[0] for line in recipe_overrides(script, recipe_env)]
     eco = ["gr_vl.reward.preset"] if script.stem.endswith("_eco") else []
-    assert sorted(set(keys) - RECIPE_KEYS) == eco
+    own = FAMILY_KEYS if family(script) != "qwen2_5_vl" else []
+    assert sorted(set(keys) - RECIPE_KEYS) == sorted(eco + own)
     assert len(keys) == len(set(keys))
 
 
@@ -340,6 +355,12 @@ def test_cli_prints_a_recipe_config_and_rejects_bad_gr_vl_keys_before_ray(recipe
     job = _run_main(*recipe_overrides(RECIPES[0], recipe_env), "--cfg", "job")
     assert job.returncode == 0, job.stderr[-2000:]
     assert "preset: gr-vl" in job.stdout and "temperature: 1.2" in job.stdout
+
+    # a Qwen3-VL recipe: its bounds reach the printed job config (the yaml's Qwen2.5-VL ones are replaced)
+    qwen3 = _run_main(*recipe_overrides(ROOT / "recipes" / "grpo_qwen3_vl_8b_eco.sh", recipe_env), "--cfg", "job")
+    assert qwen3.returncode == 0, qwen3.stderr[-2000:]
+    assert "min_pixels: 342393" in qwen3.stdout and "max_pixels: 5478274" in qwen3.stdout
+    assert "262144" not in qwen3.stdout and "preset: gr-vl-eco" in qwen3.stdout
 
     bad = _run_main("+gr_vl.clip.epsilon=0.3", "algorithm.adv_estimator=grpo")
     assert bad.returncode != 0
