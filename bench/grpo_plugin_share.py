@@ -12,8 +12,10 @@ rollout server) on the tiny Qwen2.5-VL and the bundled sample, with verl's rollo
   in this figure.
 
 Step 1 carries verl's one-off warm-up; the ratio is printed for steps 2 onwards too. Goal: the plugin's share
-under 1 %. Not a timed test: ``python bench/grpo_plugin_share.py [--steps 4] [--n 4]``; ``--quick`` (2 steps)
-is run by ``make test`` so a broken bench fails CI.
+under 1 %. Not a timed test: ``python bench/grpo_plugin_share.py [--steps 4] [--n 4]``. ``--from-run METRICS
+ROLLOUTS MODEL`` reads a GRPO run made elsewhere instead of making one (its metrics file, its rollout dump folder,
+its model folder for the tokenizer): ``make test`` runs it that way on its end-to-end GRPO run, so a broken bench
+fails CI without a second trainer run; ``--quick`` (2 steps) makes a small run of its own.
 """
 
 from __future__ import annotations
@@ -70,30 +72,53 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=4, help="answers per prompt")
     parser.add_argument("--response-length", type=int, default=64)
     parser.add_argument("--quick", action="store_true", help="2 steps, 16-token answers")
+    parser.add_argument(
+        "--from-run",
+        nargs=3,
+        metavar=("METRICS", "ROLLOUTS", "MODEL"),
+        type=Path,
+        help="read a GRPO run made elsewhere: its metrics file, rollout dump folder, model folder",
+    )
     args = parser.parse_args()
     if args.quick:
         args.steps, args.response_length = 2, 16
-    from transformers import AutoTokenizer
+    from gr_vl_verl.trainer.launch import read_metrics
 
+    if args.from_run:
+        metrics_file, dump, model = args.from_run
+        metrics = {step: m for step, m in read_metrics(metrics_file).items() if "timing_s/step" in m}
+        if not metrics:
+            raise SystemExit(f"{metrics_file}: no step with timing_s/step")
+        print(f"GRPO on the CPU, the run of {metrics_file}, {os.cpu_count()} CPUs")
+        report(metrics, dump, model)
+        return
     with tempfile.TemporaryDirectory(prefix="gr_vl_bench_") as tmp:
         work = Path(tmp)
         dump, metrics = run_grpo(work, args.steps, args.n, args.response_length)
-        tokenizer = AutoTokenizer.from_pretrained(work / "model")
         print(f"GRPO on the CPU: {args.steps} steps x 2 prompts x {args.n} answers, up to {args.response_length} "
               f"tokens, tiny Qwen2.5-VL, {os.cpu_count()} CPUs")  # fmt: skip
-        print(f"{'step':>4} {'verl step s':>12} {'reward s':>9} {'clip push s':>12} {'plugin share':>13}")
-        totals = {"step": 0.0, "plugin": 0.0}
-        for step in sorted(metrics):
-            m = metrics[step]
-            reward, samples = reward_seconds(dump, step, tokenizer)
-            push = m["timing_s/gr_vl_clip_push"]
-            share = (reward + push) / m["timing_s/step"]
-            print(f"{step:4d} {m['timing_s/step']:12.2f} {reward:9.4f} {push:12.4f} {share:13.3%}  ({samples} answers)")
-            if step > 1:
-                totals["step"] += m["timing_s/step"]
-                totals["plugin"] += reward + push
+        report(metrics, dump, work / "model")
+
+
+def report(metrics: dict[int, dict], dump: Path, model: Path) -> None:
+    """One line per step, then the share over the steps after verl's warm-up."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    print(f"{'step':>4} {'verl step s':>12} {'reward s':>9} {'clip push s':>12} {'plugin share':>13}")
+    totals = {"step": 0.0, "plugin": 0.0}
+    first = min(metrics)
+    for step in sorted(metrics):
+        m = metrics[step]
+        reward, samples = reward_seconds(dump, step, tokenizer)
+        push = m["timing_s/gr_vl_clip_push"]
+        share = (reward + push) / m["timing_s/step"]
+        print(f"{step:4d} {m['timing_s/step']:12.2f} {reward:9.4f} {push:12.4f} {share:13.3%}  ({samples} answers)")
+        if step > first:
+            totals["step"] += m["timing_s/step"]
+            totals["plugin"] += reward + push
     if totals["step"]:
-        print(f"steps 2-{args.steps}: plugin {totals['plugin']:.4f} s of verl's {totals['step']:.2f} s "
+        print(f"steps {first + 1}-{max(metrics)}: plugin {totals['plugin']:.4f} s of verl's {totals['step']:.2f} s "
               f"= {totals['plugin'] / totals['step']:.3%} (goal < 1 %)")  # fmt: skip
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from data_helpers import VLTEST, VLTRAIN
-from ray_driver import run_cli
+from ray_driver import run_cli, run_in_group
 
 from gr_vl_verl.protocol import predicted_labels
 from gr_vl_verl.trainer import launch
@@ -65,9 +65,10 @@ def runs(tmp_path_factory, tiny_model_dir) -> dict[str, object]:
     grpo_out = root / "grpo"
     train, val = data / "rl_train_part.parquet", data / "rl_val.parquet"
     _held_out_split(data / "rl_train.parquet", train, val)
-    dumps = {"grpo": root / "val_grpo", "resumed": root / "val_resumed"}
+    dumps = {"grpo": root / "val_grpo", "resumed": root / "val_resumed", "rollouts": root / "rollouts"}
     first = launch.grpo_command(sft_model, train, val, grpo_out, STEPS, n=N, val_samples=VAL_ROWS,
-                                extra=[*HORIZON, f"trainer.validation_data_dir={dumps['grpo']}"])  # fmt: skip
+                                extra=[*HORIZON, f"trainer.validation_data_dir={dumps['grpo']}",
+                                       f"trainer.rollout_data_dir={dumps['rollouts']}"])  # fmt: skip
     grpo = launch.run(first, root, "grpo", timeout=GRPO_LIMIT)
     legacy = [*HORIZON, *LEGACY, f"trainer.validation_data_dir={dumps['resumed']}"]
     again = launch.grpo_command(sft_model, train, val, grpo_out, STEPS + 1, n=N, val_samples=VAL_ROWS, extra=legacy)
@@ -186,12 +187,36 @@ def test_checkpoint_is_written_and_a_resumed_legacy_run_continues_the_schedule(r
     assert (checkpoints / f"global_step_{STEPS + 1}").is_dir()
 
 
+def test_the_plugin_share_bench_reads_this_run(runs):
+    """bench/grpo_plugin_share.py on this run (rather than a GRPO run of its own in test_bench_quick): one line
+    per step of the run, and the share over the steps after the first."""
+    import sys
+
+    bench = Path(__file__).resolve().parents[1] / "bench" / "grpo_plugin_share.py"
+    argv = [sys.executable, str(bench), "--from-run", str(runs["grpo"].metrics_file), str(runs["dumps"]["rollouts"]),
+            str(runs["sft_model"])]  # fmt: skip
+    done = run_in_group(argv, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    rows = [line.split() for line in lines if line.split() and line.split()[0].isdigit()]
+    assert [int(r[0]) for r in rows] == list(range(1, STEPS + 1))
+    assert all(r[5:] == [f"({2 * N}", "answers)"] for r in rows)  # every answer of the step scored again (2 prompts)
+    assert lines[-1].startswith(f"steps 2-{STEPS}: plugin ") and lines[-1].endswith("(goal < 1 %)")
+
+
 def test_a_failed_run_reports_the_tail_of_its_log(tmp_path):
-    argv = launch.grpo_command(tmp_path / "no_model", tmp_path / "x.parquet", tmp_path / "x.parquet", tmp_path, 1)
+    """What a trainer prints on its way down (stdout and stderr, in one log) ends the error, which names the log.
+    A child that fails as a trainer does, without the half minute a real one takes to start Ray and fail."""
+    import sys
+
+    script = ("import sys\nfor i in range(200): print(f'step line {i}', flush=True)\n"
+              "print('Traceback: ValueError: no model at /nowhere', file=sys.stderr)\nraise SystemExit(3)")  # fmt: skip
     with pytest.raises(launch.TrainingRunError) as e:
-        launch.run(argv, tmp_path, "bad", timeout=300)
-    assert "exited" in str(e.value) and str(tmp_path / "bad.log") in str(e.value)
-    assert len(str(e.value).splitlines()) > 2
+        launch.run([sys.executable, "-c", script], tmp_path, "bad", timeout=60)
+    message = str(e.value)
+    assert message.startswith("bad exited 3; log ") and str(tmp_path / "bad.log") in message
+    assert message.splitlines()[-1] == "Traceback: ValueError: no model at /nowhere"
+    assert "step line 199" in message and "step line 0\n" not in message  # the tail, not the whole log
 
 
 def test_launch_metrics_reader_merges_lines_of_one_step(tmp_path):

@@ -14,7 +14,6 @@ import os
 import shlex
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -133,7 +132,7 @@ def test_composed_config_loads_the_prep_sft_parquet(tmp_path, tiny_model_dir, sf
 
 
 @pytest.mark.parametrize("script", [RECIPES[1], RECIPES[3]], ids=lambda p: p.stem)
-def test_launch_command_runs_verls_sft_trainer_with_our_config(script: Path, sft_env) -> None:
+def test_launch_command_runs_verls_sft_trainer_with_our_config(script: Path, sft_env, tmp_path) -> None:
     """The command the script execs, with torchrun's own arguments removed and ``--cfg job`` added: verl's
     trainer finds gr_vl_sft.yaml through --config-path and accepts every override."""
     overrides, command = dry_run(script, sft_env, "trainer.total_epochs=1")
@@ -148,7 +147,7 @@ def test_launch_command_runs_verls_sft_trainer_with_our_config(script: Path, sft
         env=env,
         capture_output=True,
         text=True,
-        cwd=tempfile.mkdtemp(prefix="gr_vl_hydra_"),
+        cwd=tmp_path,  # hydra's run folder lands here, not in the checkout
         timeout=300,
     )
     assert job.returncode == 0, job.stderr[-2000:]

@@ -339,14 +339,15 @@ def test_trainer_and_task_runner_classes_follow_use_v1() -> None:
 def _run_main(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     # hydra writes its run folder (outputs/DATE/...) into the working directory: keep it out of the checkout
-    return subprocess.run(
-        [sys.executable, "-m", "gr_vl_verl.trainer.main_ppo", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        cwd=tempfile.mkdtemp(prefix="gr_vl_hydra_"),
-        timeout=600,
-    )
+    with tempfile.TemporaryDirectory(prefix="gr_vl_hydra_") as cwd:
+        return subprocess.run(
+            [sys.executable, "-m", "gr_vl_verl.trainer.main_ppo", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            cwd=cwd,
+            timeout=600,
+        )
 
 
 def test_cli_prints_a_recipe_config_and_rejects_bad_gr_vl_keys_before_ray(recipe_env) -> None:
