@@ -1,0 +1,109 @@
+"""Driver of the multi-node tests, run in a child process (``ray_driver.run_driver``): it owns a two-node Ray
+cluster of this machine (:class:`gr_vl_verl.cluster.local.LocalCluster`) and runs ``gr-vl`` against it in
+processes of their own, each with a timeout that kills its whole process group. Neither this process nor the
+pytest one ever holds a Ray driver.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from gr_vl_verl.process_group import run_in_group, wait_group
+
+#: Each `gr-vl` run's limit, and how long the lost node's engine processes get to end.
+RUN_LIMIT, SETTLE_S = 420, 60
+#: The GCS declares a node dead after health checks fail this often this far apart (Ray: 5 x 3 s).
+FAST_HEALTH = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}
+
+
+def _gr_vl(argv: list[str], log: Path) -> subprocess.CompletedProcess:
+    done = run_in_group([sys.executable, "-m", "gr_vl_verl", *argv], timeout=RUN_LIMIT)
+    log.write_text(done.stderr)
+    return done
+
+
+def outputs(folder: Path) -> list[list[Any]]:
+    from gr_vl_verl.data.schemas import read_generations
+
+    return [
+        [r["id"], r["sample"], r["output"], r["output_tokens"], r["finish_reason"]] for r in read_generations(folder)
+    ]
+
+
+def _summary(folder: Path) -> dict[str, Any] | None:
+    import json
+
+    path = folder / "generate_summary.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _first_shard_or_exit(proc: subprocess.Popen, out: Path, limit_s: float) -> bool:
+    """Wait until ``out`` holds a finished shard (rows are flowing); False if the run ended or timed out first."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any(out.glob("shard-*.parquet")):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _settled(cluster: Any, node: Any, limit_s: float) -> list[dict[str, Any]]:
+    """vLLM processes left in ``node``'s session (None: the cluster's) once they had ``limit_s`` seconds to end."""
+    deadline = time.monotonic() + limit_s
+    left = cluster.vllm_processes(node)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.5)
+        left = cluster.vllm_processes(node)
+    return left
+
+
+def one_and_two_nodes_and_a_lost_node(data: str, model: str, work: str, flags: list[str]) -> dict[str, Any]:
+    """The same greedy generation three times: on a one-node Ray; on two nodes, one engine each; on two nodes
+    of which one is lost while its rows are in flight, and not replaced."""
+    from gr_vl_verl.cluster.local import LocalCluster
+
+    work_dir = Path(work)
+    seen: dict[str, Any] = {}
+    base = ["generate", "--data", data, "--model", model, *flags]
+
+    one = work_dir / "one"
+    done = _gr_vl([*base, "--out", str(one), "--concurrency", "1"], work_dir / "one.log")
+    seen["one"] = {"rc": done.returncode, "stdout": done.stdout, "summary": _summary(one), "outputs": outputs(one)}
+
+    cluster = LocalCluster(nodes=2, num_cpus=1, env=FAST_HEALTH).start()
+    try:
+        seen["cluster"] = cluster.describe()
+        two = work_dir / "two"
+        done = _gr_vl([*base, "--out", str(two), "--concurrency", "2", "--ray-address", cluster.address],
+                      work_dir / "two.log")  # fmt: skip
+        seen["two"] = {"rc": done.returncode, "stdout": done.stdout, "summary": _summary(two), "outputs": outputs(two)}
+
+        lost = work_dir / "lost"
+        argv = [sys.executable, "-m", "gr_vl_verl", *base, "--out", str(lost), "--concurrency", "2", "--ray-address",
+                cluster.address]  # fmt: skip
+        with open(work_dir / "lost.log", "w") as log:
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            flowing = _first_shard_or_exit(proc, lost, RUN_LIMIT)
+            engines_at_loss = cluster.vllm_processes(cluster.members[1])
+            killed = cluster.lose_node(1)
+            rc = wait_group(proc, timeout=RUN_LIMIT)  # no node replaces the lost one
+        seen["lost"] = {
+            "rc": rc,
+            "flowing_at_loss": flowing,
+            "killed": len(killed),
+            "engines_at_loss": engines_at_loss,
+            "engines_left": _settled(cluster, cluster.members[1], SETTLE_S),
+            "summary": _summary(lost),
+            "outputs": outputs(lost),
+            "log": (work_dir / "lost.log").read_text()[-3000:],
+        }
+        seen["cluster_after"] = cluster.describe()
+        seen["engines_after_runs"] = _settled(cluster, None, SETTLE_S)
+    finally:
+        seen["stop_ended"] = cluster.stop()
+    seen["left_after_stop"] = sorted(cluster.processes())
+    return seen
