@@ -74,7 +74,8 @@ def test_a_node_lost_mid_run_loses_no_row_and_repeats_none(runs):
     lost, one = runs["lost"], runs["one"]
     # rows were flowing, and the worker node ran an engine (vLLM's engine core and its worker) when it was lost
     assert lost["flowing_at_loss"], lost["log"]
-    assert {e["cmd"].split("_")[0] for e in lost["engines_at_loss"]} == {"VLLM::EngineCore", "VLLM::Worker"}
+    engines = {e["cmd"].split("_")[0] for e in lost["engines_at_loss"]}
+    assert engines == {"VLLM::EngineCore", "VLLM::Worker"}, (lost["summary"], runs["cluster"], lost["killed"])
     assert lost["killed"] >= 3  # `ray start`, its raylet, the actor's worker (and Ray's agents)
     assert lost["rc"] == 0, lost["log"]
     ids = _ids(lost["outputs"])
