@@ -61,6 +61,16 @@ def _settled(cluster: Any, node: Any, limit_s: float) -> list[dict[str, Any]]:
     return left
 
 
+def _engines_up(cluster: Any, node: Any, proc: subprocess.Popen, limit_s: float) -> list[dict[str, Any]]:
+    """``node``'s vLLM processes once its engine core and worker both run (or the run ended, or ``limit_s``)."""
+    deadline = time.monotonic() + limit_s
+    found = cluster.vllm_processes(node)
+    while len(found) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        found = cluster.vllm_processes(node)
+    return found
+
+
 def one_and_two_nodes_and_a_lost_node(data: str, model: str, work: str, flags: list[str]) -> dict[str, Any]:
     """The same greedy generation three times: on a one-node Ray; on two nodes, one engine each; on two nodes
     of which one is lost while its rows are in flight, and not replaced."""
@@ -82,13 +92,18 @@ def one_and_two_nodes_and_a_lost_node(data: str, model: str, work: str, flags: l
                       work_dir / "two.log")  # fmt: skip
         seen["two"] = {"rc": done.returncode, "stdout": done.stdout, "summary": _summary(two), "outputs": outputs(two)}
 
+        # The last run's engines (and so its actors) must be gone first: until Ray frees their CPUs the next
+        # run finds no room for its whole pool, sends rows to the first engine up, and the worker node's engine
+        # may still be loading (no vLLM process there yet) when it is lost.
+        seen["engines_before_loss_run"] = _settled(cluster, None, SETTLE_S)
+        time.sleep(3)  # Ray marks the dead actors' resources free shortly after their processes end
         lost = work_dir / "lost"
         argv = [sys.executable, "-m", "gr_vl_verl", *base, "--out", str(lost), "--concurrency", "2", "--ray-address",
                 cluster.address]  # fmt: skip
         with open(work_dir / "lost.log", "w") as log:
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             flowing = _first_shard_or_exit(proc, lost, RUN_LIMIT)
-            engines_at_loss = cluster.vllm_processes(cluster.members[1])
+            engines_at_loss = _engines_up(cluster, cluster.members[1], proc, limit_s=120)
             killed = cluster.lose_node(1)
             rc = wait_group(proc, timeout=RUN_LIMIT)  # no node replaces the lost one
         seen["lost"] = {

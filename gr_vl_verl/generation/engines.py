@@ -140,6 +140,11 @@ class VLLMEngine:
         self.config = config
         self.processor = AutoProcessor.from_pretrained(config.model)
         self._sampling_params = vllm.SamplingParams
+        from gr_vl_verl.fate_share import children_die_with_this_process
+
+        # vLLM's engine-core process is tied to nothing that ends with this one: a Ray actor killed with its node,
+        # or a caller killed outright, would leave it running (gr_vl_verl.fate_share). Once per process.
+        children_die_with_this_process()
         self.llm = vllm.LLM(**vllm_engine_kwargs(config))
         self.labels, self.label_ids = _labels(self.processor.tokenizer)
 
