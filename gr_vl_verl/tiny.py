@@ -271,23 +271,30 @@ def _check_hidden(hidden_size: int) -> int:
     return hidden_size // 32
 
 
+def _text_sizes(tokenizer, hidden_size: int, layers: int) -> dict:
+    """The decoder sizes both Qwen3 families share here: 32-wide heads (vLLM's CPU minimum), MLP twice the width."""
+    heads = _check_hidden(hidden_size)
+    return {
+        "vocab_size": len(tokenizer),
+        "hidden_size": hidden_size,
+        "intermediate_size": 2 * hidden_size,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": heads,
+        "head_dim": 32,
+    }
+
+
 def build_qwen3_vl_model(tokenizer, seed: int = 0, hidden_size: int = 64, layers: int = 2):
     """A random Qwen3-VL: 32-wide heads (vLLM's CPU minimum), interleaved M-RoPE sections (temporal, height,
     width) summing to half the head size as Qwen3-VL's [24, 20, 20] do for 128, and the vision tower's first
     block feeding the first decoder layer (deepstack; Qwen3-VL-4B feeds three)."""
-    heads = _check_hidden(hidden_size)
     import torch
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
     config = Qwen3VLConfig(
         text_config={
-            "vocab_size": len(tokenizer),
-            "hidden_size": hidden_size,
-            "intermediate_size": 2 * hidden_size,
-            "num_hidden_layers": layers,
-            "num_attention_heads": heads,
-            "num_key_value_heads": heads,
-            "head_dim": 32,
+            **_text_sizes(tokenizer, hidden_size, layers),
             "max_position_embeddings": 4096,
             "rope_parameters": {
                 "rope_type": "default",
@@ -313,13 +320,7 @@ def build_qwen3_5_model(tokenizer, seed: int = 0, hidden_size: int = 64, layers:
 
     config = Qwen3_5Config(
         text_config={
-            "vocab_size": len(tokenizer),
-            "hidden_size": hidden_size,
-            "intermediate_size": 2 * hidden_size,
-            "num_hidden_layers": layers,
-            "num_attention_heads": heads,
-            "num_key_value_heads": heads,
-            "head_dim": 32,
+            **_text_sizes(tokenizer, hidden_size, layers),
             "linear_key_head_dim": 32,
             "linear_value_head_dim": 32,
             "linear_num_key_heads": heads,
