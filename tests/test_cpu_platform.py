@@ -253,6 +253,7 @@ def test_cpu_settings_are_applied_and_logged_one_line_each(caplog, monkeypatch):
     from gr_vl_verl.cpu.verl_platform import RAY_RESOURCE
 
     monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     config = _compose("cpu")
     with caplog.at_level("WARNING", logger="gr_vl_verl.cpu.config"):
         applied = cpu_config.apply(config)
@@ -265,6 +266,44 @@ def test_cpu_settings_are_applied_and_logged_one_line_each(caplog, monkeypatch):
     assert config.actor_rollout_ref.model.override_config.attn_implementation == "sdpa"
     assert config.actor_rollout_ref.rollout.enable_sleep_mode is False
     assert config.actor_rollout_ref.rollout.free_cache_engine is False
+
+
+@pytest.mark.parametrize(
+    ("environ", "address", "joins"),
+    [
+        ({}, None, False),
+        ({"RAY_ADDRESS": ""}, None, False),
+        ({"RAY_ADDRESS": "127.0.0.1:6379"}, None, True),
+        ({"RAY_ADDRESS": "127.0.0.1:6379"}, "auto", True),
+        ({"RAY_ADDRESS": "local"}, None, False),
+        ({"RAY_ADDRESS": "127.0.0.1:6379"}, "local", False),
+        ({}, "10.0.0.1:6379", True),
+        ({}, "auto", True),
+    ],
+)
+def test_joining_a_cluster_follows_rays_address_rule(environ, address, joins):
+    from omegaconf import OmegaConf
+
+    from gr_vl_verl.cpu import config as cpu_config
+
+    config = OmegaConf.create({"ray_kwargs": {"ray_init": {"address": address}}})
+    assert cpu_config.joins_existing_cluster(config, environ) is joins
+
+
+def test_a_run_joining_a_cluster_leaves_num_cpus_and_resources_to_the_nodes(monkeypatch):
+    """Ray refuses ``num_cpus`` and ``resources`` when ``ray.init`` connects to a running cluster."""
+    from gr_vl_verl.cpu import config as cpu_config
+
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    config = _compose("cpu")
+    keys = {s.key for s in cpu_config.apply(config)}
+    assert not keys & {"ray_kwargs.ray_init.num_cpus", "ray_kwargs.ray_init.resources"}
+    assert config.ray_kwargs.ray_init.num_cpus is None and "resources" not in config.ray_kwargs.ray_init
+    assert config.ray_kwargs.ray_init.runtime_env.env_vars.VERL_PLATFORM == "cpu"
+    monkeypatch.delenv("RAY_ADDRESS")
+    assert {"ray_kwargs.ray_init.num_cpus", "ray_kwargs.ray_init.resources"} <= {
+        s.key for s in cpu_config.settings(_compose("cpu"))
+    }
 
 
 def test_prepare_leaves_a_cuda_config_alone(monkeypatch):

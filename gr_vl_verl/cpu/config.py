@@ -32,8 +32,28 @@ class Setting:
     why: str
 
 
+def joins_existing_cluster(config: DictConfig, environ: dict[str, str] | None = None) -> bool:
+    """Whether verl's ``ray.init`` will connect to a running Ray cluster instead of starting one.
+
+    Ray's rule (``ray.init``, Ray 2.60): ``ray_kwargs.ray_init.address`` when it names a cluster (``auto`` or
+    an address), else ``RAY_ADDRESS`` when set and not empty; ``local`` (from either) starts a new one.
+    """
+    environ = os.environ if environ is None else environ
+    address = OmegaConf.select(config, "ray_kwargs.ray_init.address")
+    if address is None or address == "auto":
+        address = environ.get("RAY_ADDRESS") or address
+    return address is not None and address != "local"
+
+
 def settings(config: DictConfig) -> list[Setting]:
-    """What a CPU run sets, from the run's own config (ranks, user's Ray and env choices)."""
+    """What a CPU run sets, from the run's own config (ranks, user's Ray and env choices).
+
+    A run that joins a running cluster (:func:`joins_existing_cluster`: ``RAY_ADDRESS``, ``ray_init.address``)
+    gets no ``ray_init.num_cpus`` or ``ray_init.resources``: Ray refuses both when connecting ("When connecting
+    to an existing cluster, num_cpus and num_gpus must not be provided"; the same for resources), because a
+    cluster's resources are its nodes'. There each node offers its own ``gr_vl_cpu_device`` per rank it hosts
+    and the CPUs verl's actors ask for (``ray start --resources``, ``gr-vl cluster --cpu-devices``).
+    """
     trainer = config.trainer
     ranks = int(trainer.n_gpus_per_node) * int(trainer.nnodes)
     num_cpus = OmegaConf.select(config, "ray_kwargs.ray_init.num_cpus")
@@ -41,12 +61,7 @@ def settings(config: DictConfig) -> list[Setting]:
         "VERL_PLATFORM": "cpu",
         "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_GIB),
     }
-    out = [
-        Setting(
-            "ray_kwargs.ray_init.runtime_env.env_vars",
-            env,
-            "every Ray worker selects the cpu platform; vLLM's CPU KV cache is bounded (GiB)",
-        ),
+    own_cluster = [
         Setting(
             "ray_kwargs.ray_init.resources",
             {RAY_RESOURCE: ranks},
@@ -57,6 +72,14 @@ def settings(config: DictConfig) -> list[Setting]:
             max(int(num_cpus or 0), MIN_RAY_CPUS, os.cpu_count() or 1),
             "logical CPUs enough for verl's helper actors on a small machine",
         ),
+    ]
+    out = [
+        Setting(
+            "ray_kwargs.ray_init.runtime_env.env_vars",
+            env,
+            "every Ray worker selects the cpu platform; vLLM's CPU KV cache is bounded (GiB)",
+        ),
+        *([] if joins_existing_cluster(config) else own_cluster),
         Setting(
             "transfer_queue.backend.SimpleStorage.num_data_storage_units",
             1,
@@ -89,6 +112,12 @@ def settings(config: DictConfig) -> list[Setting]:
 def apply(config: DictConfig, chosen: list[Setting] | None = None) -> list[Setting]:
     """Write ``chosen`` (default :func:`settings`) into ``config``, adding keys verl's schema lacks; log each."""
     applied = settings(config) if chosen is None else chosen
+    if chosen is None and joins_existing_cluster(config):
+        logger.warning(
+            "gr_vl cpu: joining a running Ray cluster: ray_init.num_cpus and ray_init.resources left unset, the "
+            "nodes offer their own CPUs and '%s' resources",
+            RAY_RESOURCE,
+        )
     with open_dict(config):
         for s in applied:
             if isinstance(s.value, dict):
