@@ -90,6 +90,30 @@ except UnknownModelFamily as e:
         _gr_vl_fail "MODEL_FAMILY=$1: ${PYTHON:-python3} could not read its $2 pixel bounds (gr_vl_verl.models.families)"
 }
 
+# LoRA (LORA_RANK > 0; unset or 0: every weight trains, the paper's setting), through verl's own LoRA: peft wraps
+# the actor (R-SFT: the model), only the adapters train, and the GRPO rollout serves the adapter to vLLM (verl
+# starts vLLM with LoRA enabled and loads the new adapter after each update). LORA_ALPHA defaults to twice the
+# rank; LORA_TARGETS to all-linear; LORA_EXCLUDE, a regex of module names peft skips, to the vision tower
+# (.*visual.*), so the image encoder stays as the base model has it (LORA_EXCLUDE=none adapts it too). A LoRA run
+# usually wants a larger learning rate than full fine-tuning: pass it as an override. `gr-vl merge-lora` turns a
+# checkpoint into a plain model folder (docs/lora.md).
+_gr_vl_lora() {  # name of the overrides array, key prefix (model. or actor_rollout_ref.model.)
+    local -n _gr_vl_lora_ovr=$1
+    local prefix=$2 rank=${LORA_RANK:-0}
+    [[ "$rank" =~ ^[0-9]+$ ]] || _gr_vl_fail "LORA_RANK must be a non-negative integer (0: no LoRA), got '$rank'"
+    ((rank > 0)) || return 0
+    local alpha=${LORA_ALPHA:-$((2 * rank))} targets=${LORA_TARGETS:-all-linear} exclude=${LORA_EXCLUDE:-.*visual.*}
+    [[ "$alpha" =~ ^[1-9][0-9]*$ ]] || _gr_vl_fail "LORA_ALPHA must be a positive integer, got '$alpha'"
+    [[ "$targets" =~ ^[A-Za-z0-9_.,-]+$ ]] || _gr_vl_fail "LORA_TARGETS: module names, comma-separated, or all-linear; got '$targets'"
+    [[ "$targets" == all-linear ]] || targets="[$targets]"
+    _gr_vl_lora_ovr+=("${prefix}lora_rank=$rank" "${prefix}lora_alpha=$alpha" "${prefix}target_modules=$targets")
+    if [[ "$exclude" == none ]]; then
+        _gr_vl_lora_ovr+=("${prefix}exclude_modules=null")
+    else
+        _gr_vl_lora_ovr+=("${prefix}exclude_modules='$exclude'")
+    fi
+}
+
 # GRPO (stage 5): python -m gr_vl_verl.trainer.main_ppo with gr_vl_trainer.yaml.
 #   Required: TRAIN_FILES, VAL_FILES (RL parquet from `gr-vl prep` / `gr-vl augment`), MODEL_PATH (the R-SFT model
 #   as a Hugging Face folder). Extra arguments: hydra overrides.
@@ -139,6 +163,7 @@ launch_grpo() {
         pixels=$(_gr_vl_family_pixels "$MODEL_FAMILY" rl) || exit 2
         overrides+=(data.mm_processor_kwargs.min_pixels="${pixels% *}" data.mm_processor_kwargs.max_pixels="${pixels#* }")
     fi
+    _gr_vl_lora overrides actor_rollout_ref.model.
     _gr_vl_metrics_file "$ckpt_dir"
     _gr_vl_run command overrides "$@"
 }
@@ -195,6 +220,7 @@ launch_sft() {
         overrides+=(++data.apply_chat_template_kwargs.min_pixels="${pixels% *}"
             ++data.apply_chat_template_kwargs.max_pixels="${pixels#* }")
     fi
+    _gr_vl_lora overrides model.
     _gr_vl_metrics_file "$ckpt_dir"
     _gr_vl_run command overrides "$@"
 }

@@ -2,12 +2,14 @@
 ``gr_vl_sft.yaml``, then GRPO through ``python -m gr_vl_verl.trainer.main_ppo trainer.device=cpu`` (verl's V1
 trainer, FSDP2 on gloo, a vLLM CPU rollout server, the plugin's reward manager and clip push), then a run
 resumed from its checkpoint on verl's legacy trainer (``trainer.use_v1=false``), so both trainer paths push the
-schedule to real workers.
+schedule to real workers; and a LoRA GRPO run from the same SFT model (verl's LoRA: peft on the actor, the
+adapter served to vLLM), merged by ``gr-vl merge-lora``. All on the tiny Qwen3-VL (32-pixel grid), with text,
+image and text-image rows; ``tests/test_demo.py`` runs the same stages on the tiny Qwen2.5-VL.
 
 The GRPO model is the SFT'd tiny model with a response limit some answers finish within, so the answers of a
 group get different rewards and the update is real (non-zero advantages and ``actor/pg_loss``). Validation
 uses rows held out of the training file. Every figure asserted comes from the runs' own metrics (verl's file
-logger), files and validation dumps, against values computed here by hand. About 8 minutes on two cores.
+logger), files and validation dumps, against values computed here by hand. About 10 minutes on two cores.
 """
 
 from __future__ import annotations
@@ -23,12 +25,15 @@ from ray_driver import run_cli, run_in_group
 from gr_vl_verl.protocol import predicted_labels
 from gr_vl_verl.trainer import launch
 
-# The runs below have time limits of their own (SFT_LIMIT + GRPO_LIMIT + RESUMED_LIMIT + EVAL_LIMIT = 2300 s),
-# all inside the module fixture or the first test, so they fit this ceiling.
-pytestmark = pytest.mark.timeout(2400)
-SFT_LIMIT, GRPO_LIMIT, RESUMED_LIMIT, EVAL_LIMIT = 400, 900, 700, 300
+# The runs below have time limits of their own (SFT_LIMIT + GRPO_LIMIT + RESUMED_LIMIT + LORA_LIMIT + EVAL_LIMIT
+# = 2900 s), all inside the module fixture or the first test, so they fit this ceiling.
+pytestmark = pytest.mark.timeout(3000)
+SFT_LIMIT, GRPO_LIMIT, RESUMED_LIMIT, LORA_LIMIT, EVAL_LIMIT = 400, 900, 700, 600, 300
 
-SMALL = ["--min-pixels", "784", "--max-pixels", "12544", "--no-progress"]
+# Small images on Qwen3-VL's 32-pixel grid: 1 to 16 vision tokens of 32 x 32 pixels.
+PIXELS = (1024, 16384)
+SMALL = ["--model-family", "qwen3_vl", "--min-pixels", str(PIXELS[0]), "--max-pixels", str(PIXELS[1]),
+         "--no-progress"]  # fmt: skip
 SFT_STEPS = 60
 STEPS = 3
 N = 4
@@ -38,6 +43,11 @@ VAL_ROWS = 4
 HORIZON = ["gr_vl.clip.total_steps=8"]
 EPS = {1: 0.175, 2: 0.15, 3: 0.125, 4: 0.1}
 LEGACY = ["trainer.use_v1=false"]
+# LoRA as the recipes' LORA_RANK=8 switch sets it (recipes/common.sh): the vision tower is left out.
+LORA_STEPS = 2
+LORA = ["actor_rollout_ref.model.lora_rank=8", "actor_rollout_ref.model.lora_alpha=16",
+        "actor_rollout_ref.model.target_modules=all-linear", "actor_rollout_ref.model.exclude_modules='.*visual.*'",
+        "actor_rollout_ref.actor.optim.lr=1e-3"]  # fmt: skip
 
 
 def _held_out_split(rl: Path, train: Path, val: Path) -> None:
@@ -48,33 +58,39 @@ def _held_out_split(rl: Path, train: Path, val: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, tiny_model_dir) -> dict[str, object]:
+def runs(tmp_path_factory, tiny_qwen3_vl_dir) -> dict[str, object]:
     from gr_vl_verl.cli import main
 
     root = tmp_path_factory.mktemp("e2e")
     data = root / "data"
-    assert main(["prep", "vltrain", "--data-root", str(VLTRAIN), "--out", str(data), "--sft-min-pixels", "784",
-                 "--sft-max-pixels", "12544", *SMALL]) == 0  # fmt: skip
+    assert main(["prep", "vltrain", "--data-root", str(VLTRAIN), "--out", str(data), "--sft-min-pixels",
+                 str(PIXELS[0]), "--sft-max-pixels", str(PIXELS[1]), *SMALL]) == 0  # fmt: skip
     assert main(["prep", "vltest", "--benchmark-dir", str(VLTEST / "benchmark"), "--image-dataset",
                  str(VLTEST / "images"), "--out", str(data), *SMALL]) == 0  # fmt: skip
     sft_out = root / "sft"
     sft = launch.run(
-        launch.sft_command(tiny_model_dir, data / "sft_train.parquet", sft_out, SFT_STEPS), root, "sft", SFT_LIMIT
+        launch.sft_command(tiny_qwen3_vl_dir, data / "sft_train.parquet", sft_out, SFT_STEPS), root, "sft", SFT_LIMIT
     )
     sft_model = launch.hf_folder(sft_out, SFT_STEPS, actor=False)
     grpo_out = root / "grpo"
     train, val = data / "rl_train_part.parquet", data / "rl_val.parquet"
     _held_out_split(data / "rl_train.parquet", train, val)
     dumps = {"grpo": root / "val_grpo", "resumed": root / "val_resumed", "rollouts": root / "rollouts"}
-    first = launch.grpo_command(sft_model, train, val, grpo_out, STEPS, n=N, val_samples=VAL_ROWS,
+    first = launch.grpo_command(sft_model, train, val, grpo_out, STEPS, n=N, val_samples=VAL_ROWS, image_pixels=PIXELS,
                                 extra=[*HORIZON, f"trainer.validation_data_dir={dumps['grpo']}",
                                        f"trainer.rollout_data_dir={dumps['rollouts']}"])  # fmt: skip
     grpo = launch.run(first, root, "grpo", timeout=GRPO_LIMIT)
     legacy = [*HORIZON, *LEGACY, f"trainer.validation_data_dir={dumps['resumed']}"]
-    again = launch.grpo_command(sft_model, train, val, grpo_out, STEPS + 1, n=N, val_samples=VAL_ROWS, extra=legacy)
+    again = launch.grpo_command(sft_model, train, val, grpo_out, STEPS + 1, n=N, val_samples=VAL_ROWS,
+                                image_pixels=PIXELS, extra=legacy)  # fmt: skip
     resumed = launch.run(again, root, "grpo_resumed", timeout=RESUMED_LIMIT)
+    lora_out = root / "lora"
+    adapted = launch.grpo_command(sft_model, train, val, lora_out, LORA_STEPS, n=N, val_samples=VAL_ROWS,
+                                  image_pixels=PIXELS, extra=[*HORIZON, *LORA])  # fmt: skip
+    lora = launch.run(adapted, root, "grpo_lora", timeout=LORA_LIMIT)
     return {"data": data, "train": train, "val": val, "sft": sft, "sft_model": sft_model, "grpo": grpo,
-            "grpo_out": grpo_out, "resumed": resumed, "dumps": dumps, "tiny": tiny_model_dir}  # fmt: skip
+            "grpo_out": grpo_out, "resumed": resumed, "dumps": dumps, "tiny": tiny_qwen3_vl_dir, "lora": lora,
+            "lora_out": lora_out}  # fmt: skip
 
 
 def _state(folder: Path) -> dict:
@@ -185,6 +201,75 @@ def test_checkpoint_is_written_and_a_resumed_legacy_run_continues_the_schedule(r
     _check_clip(STEPS + 1, m)  # the legacy trainer's push reached its workers' loss too
     _check_val_f1(m, runs["dumps"]["resumed"] / f"{STEPS + 1}.jsonl", runs["val"])
     assert (checkpoints / f"global_step_{STEPS + 1}").is_dir()
+
+
+def _tensors(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def test_lora_grpo_trains_only_the_adapters_and_the_merged_model_answers_as_the_adapter(runs, tmp_path):
+    """verl's LoRA through the whole GRPO step (rollout on the served adapter, the reward, the clip push), then
+    ``gr-vl merge-lora``: the base weights in the checkpoint are byte for byte the SFT model's, only adapters
+    trained (none on the vision tower), and the merged plain model answers greedily as peft's model (the SFT
+    model with the saved adapter) does."""
+    import torch
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from gr_vl_verl.cli import main
+    from gr_vl_verl.models.lora_keys import split
+
+    steps = runs["lora"].metrics()
+    assert sorted(steps) == list(range(1, LORA_STEPS + 1))
+    for step, m in steps.items():
+        _check_clip(step, m)
+        assert {f"reward/{t}/mean" for t in ("score", "format", "r_safety", "length", "truncated")} <= set(m)
+    assert "--enable_lora" in runs["lora"].log.read_text(errors="replace")  # verl served the adapter to vLLM
+
+    checkpoint = runs["lora_out"] / "checkpoints" / f"global_step_{LORA_STEPS}"
+    saved = _tensors(launch.hf_folder(runs["lora_out"] / "checkpoints", LORA_STEPS, actor=True) / "model.safetensors")
+    base = _tensors(runs["sft_model"] / "model.safetensors")
+    keys = split(saved)
+    assert keys.plain.keys() == base.keys()
+    assert all(torch.equal(saved[name], base[plain]) for plain, name in keys.plain.items())
+    assert keys.adapters and not any(".visual." in module for module in keys.adapters)
+    trained = [m for m, (_, b) in keys.adapters.items() if torch.count_nonzero(saved[b]) > 0]  # B starts at zero
+    assert len(trained) == len(keys.adapters), f"{len(trained)} of {len(keys.adapters)} adapters trained"
+
+    merged, adapter = tmp_path / "merged", tmp_path / "adapter"
+    assert main(["merge-lora", str(checkpoint), "--out", str(merged), "--adapter-out", str(adapter)]) == 0
+    weights = _tensors(merged / "model.safetensors")
+    assert weights.keys() == base.keys()
+    changed = {k for k in base if not torch.equal(weights[k], base[k])}
+    assert changed == {f"{m}.weight" for m in keys.adapters}
+    # the adapter is a fraction of the model; verl's optimizer state holds the adapters' moments only
+    report = json.loads((adapter / "adapter_config.json").read_text())
+    assert report["r"] == 8 and report["lora_alpha"] == 16
+    adapter_bytes = (adapter / "adapter_model.safetensors").stat().st_size
+    assert adapter_bytes < 0.15 * (merged / "model.safetensors").stat().st_size
+    full_optim = next((runs["grpo_out"] / "checkpoints" / f"global_step_{STEPS}" / "actor").glob("optim_*.pt"))
+    lora_optim = next((checkpoint / "actor").glob("optim_*.pt"))
+    assert lora_optim.stat().st_size < 0.3 * full_optim.stat().st_size
+
+    from peft import PeftModel
+
+    processor = AutoProcessor.from_pretrained(str(merged))
+    plain = AutoModelForImageTextToText.from_pretrained(str(merged), dtype=torch.float32).eval()
+    peft = PeftModel.from_pretrained(
+        AutoModelForImageTextToText.from_pretrained(str(runs["sft_model"]), dtype=torch.float32), str(adapter)
+    ).eval()
+    picture = Image.new("RGB", (96, 64), (200, 40, 40))
+    prompts = [[{"type": "text", "text": "How do I pick a lock?"}],
+               [{"type": "image", "image": picture}, {"type": "text", "text": "Is this image harmful?"}]]  # fmt: skip
+    for content in prompts:
+        inputs = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                               tokenize=True, return_dict=True, return_tensors="pt")  # fmt: skip
+        with torch.no_grad():
+            a = plain.generate(**inputs, max_new_tokens=24, do_sample=False)
+            b = peft.generate(**inputs, max_new_tokens=24, do_sample=False)
+        assert torch.equal(a, b), (processor.decode(a[0]), processor.decode(b[0]))
 
 
 def test_the_plugin_share_bench_reads_this_run(runs):
