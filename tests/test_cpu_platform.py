@@ -306,6 +306,29 @@ def test_a_run_joining_a_cluster_leaves_num_cpus_and_resources_to_the_nodes(monk
     }
 
 
+def test_a_launch_joining_a_cluster_hands_its_environment_to_rays_workers(monkeypatch):
+    """Ray's workers on a cluster started before have their node's environment, not the driver's: what
+    ``launch.run`` sets for verl's workers (the metrics file) goes into ``ray_init.runtime_env`` as strings,
+    beside the CPU platform's own variables."""
+    from hydra import compose, initialize_config_module
+
+    from gr_vl_verl.cpu import config as cpu_config
+    from gr_vl_verl.trainer import launch
+
+    argv = [sys.executable, "-m", "gr_vl_verl.trainer.main_ppo", "trainer.device=cpu"]
+    environ = {"RAY_ADDRESS": "127.0.0.1:6379", "VERL_FILE_LOGGER_PATH": "/m/it's.jsonl", "HF_HUB_OFFLINE": "1"}
+    assert launch.worker_env_overrides(argv, {k: v for k, v in environ.items() if k != "RAY_ADDRESS"}) == []
+    assert launch.worker_env_overrides(["torchrun", "-m", "verl.trainer.sft_trainer"], environ) == []
+    overrides = launch.worker_env_overrides(argv, environ)
+    monkeypatch.setenv("RAY_ADDRESS", environ["RAY_ADDRESS"])
+    with initialize_config_module("gr_vl_verl.trainer.config", version_base=None):
+        config = compose("gr_vl_trainer", overrides=["trainer.device=cpu", *overrides])
+    cpu_config.apply(config)
+    env_vars = config.ray_kwargs.ray_init.runtime_env.env_vars
+    assert env_vars.VERL_FILE_LOGGER_PATH == "/m/it's.jsonl" and env_vars.HF_HUB_OFFLINE == "1"
+    assert env_vars.VERL_PLATFORM == "cpu"
+
+
 def test_prepare_leaves_a_cuda_config_alone(monkeypatch):
     from omegaconf import OmegaConf
 

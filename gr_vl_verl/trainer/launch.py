@@ -153,15 +153,39 @@ def run(
         "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"),
         **(env or {}),
     }
+    argv = [*argv, *worker_env_overrides(argv, environ)]
     start = time.perf_counter()
     with log.open("wb") as fh:
-        proc = subprocess.Popen(list(argv), stdout=fh, stderr=subprocess.STDOUT, env=environ, start_new_session=True)
+        proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=environ, start_new_session=True)
         returncode = wait_group(proc, timeout)
     if returncode is None:
         raise TrainingRunError(f"{name} ran past {timeout:.0f} s; log {log}:\n{log_tail(log)}")
     if returncode != 0:
         raise TrainingRunError(f"{name} exited {returncode}; log {log}:\n{log_tail(log)}")
     return RunResult(log=log, metrics_file=metrics, seconds=time.perf_counter() - start)
+
+
+#: What :func:`run` sets for the run and verl reads inside Ray's workers (its file logger is in the task runner).
+WORKER_ENV = ("VERL_FILE_LOGGER_PATH", "HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM", "WANDB_MODE")
+
+
+def worker_env_overrides(argv: Sequence[str], environ: dict[str, str]) -> list[str]:
+    """For a GRPO run that joins a running Ray cluster (``RAY_ADDRESS``), :data:`WORKER_ENV` as overrides of
+    ``ray_kwargs.ray_init.runtime_env.env_vars``; nothing otherwise.
+
+    A Ray worker gets the environment of its node's ``ray start``, not the driver's. When the driver starts Ray
+    itself its nodes inherit the driver's environment; on a cluster started before, the run's metrics file
+    (``VERL_FILE_LOGGER_PATH``) would otherwise be opened under the task runner's working directory.
+    """
+    if "gr_vl_verl.trainer.main_ppo" not in argv or not environ.get("RAY_ADDRESS"):
+        return []
+    key = "ray_kwargs.ray_init.runtime_env.env_vars"
+    # quoted: Ray takes only strings there, and hydra would read 1 as a number
+    return [f"++{key}.{name}='{_quoted(environ[name])}'" for name in WORKER_ENV if name in environ]
+
+
+def _quoted(value: str) -> str:
+    return value.replace("'", "\\'")
 
 
 def log_tail(log: Path, lines: int = LOG_TAIL_LINES) -> str:
