@@ -156,15 +156,15 @@ def test_chat_messages_put_the_resized_image_where_the_prompt_has_it(tmp_path):
 class Served:
     """`gr-vl serve` in a process group of its own on a fixed port of 127.0.0.1; ``start`` again after ``stop``."""
 
-    def __init__(self, model: Path) -> None:
-        self.model = model
+    def __init__(self, model: Path, max_tokens: int = MAX_TOKENS) -> None:
+        self.model, self.max_tokens = model, max_tokens
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.start()
 
     def start(self) -> None:
         argv = [sys.executable, "-m", "gr_vl_verl", "serve", "--model", str(self.model), "--port", str(self.port),
-                "--max-tokens", str(MAX_TOKENS), "--engine-kwargs", json.dumps(ENGINE)]  # fmt: skip
+                "--max-tokens", str(self.max_tokens), "--engine-kwargs", json.dumps(ENGINE)]  # fmt: skip
         self.proc = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
         )
