@@ -72,8 +72,8 @@ def _engines_up(cluster: Any, node: Any, proc: subprocess.Popen, limit_s: float)
 
 
 def one_and_two_nodes_and_a_lost_node(data: str, model: str, work: str, flags: list[str]) -> dict[str, Any]:
-    """The same greedy generation three times: on a one-node Ray; on two nodes, one engine each; on two nodes
-    of which one is lost while its rows are in flight, and not replaced."""
+    """The same sampled generation (seeded per row) three times: on a one-node Ray; on two nodes, one engine
+    each; on two nodes of which one is lost while its rows are in flight, and not replaced."""
     from gr_vl_verl.cluster.local import LocalCluster
 
     work_dir = Path(work)
@@ -121,4 +121,39 @@ def one_and_two_nodes_and_a_lost_node(data: str, model: str, work: str, flags: l
     finally:
         seen["stop_ended"] = cluster.stop()
     seen["left_after_stop"] = sorted(cluster.processes())
+    return seen
+
+
+def grpo_on_two_nodes(argv: list[str], out: str, name: str, limit_s: float) -> dict[str, Any]:
+    """A verl trainer command (``trainer.nnodes=2``) against a two-node Ray cluster of this machine, each node
+    with 8 CPUs and one ``gr_vl_cpu_device``: the run's result, and on which node each vLLM server ran (sampled
+    from the nodes' process tables while the run lasts)."""
+    import threading
+
+    from gr_vl_verl.cluster.local import LocalCluster
+    from gr_vl_verl.trainer import launch
+
+    cluster = LocalCluster(nodes=2, num_cpus=8, cpu_devices=1).start()
+    servers: dict[int, set[int]] = {}
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.5):
+            for node in cluster.members:
+                for pid, (_start, cmd) in cluster.processes(node).items():
+                    if "vLLMHttpServer" in cmd:
+                        servers.setdefault(node.index, set()).add(pid)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    seen: dict[str, Any] = {"nodes": cluster.describe()["nodes"]}
+    try:
+        result = launch.run(argv, Path(out), name, timeout=limit_s, env={"RAY_ADDRESS": cluster.address})
+        seen["seconds"] = result.seconds
+    finally:
+        done.set()
+        watcher.join(10)
+        seen["servers"] = {str(k): sorted(v) for k, v in servers.items()}
+        seen["stop_ended"] = cluster.stop()
+        seen["left_after_stop"] = sorted(cluster.processes())
     return seen

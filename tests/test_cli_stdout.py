@@ -6,7 +6,7 @@ as a user's pipeline runs them (a child process, stdout parsed line by line); th
 every path output can take (``print``, ``sys.__stdout__``, fd 1, C's ``printf``, a child process, a logging
 handler bound to ``sys.stdout``, interpreter exit) and for an in-process caller, which gets its stdout back.
 The commands that start vLLM or Ray are checked where those tests start them anyway: ``gr-vl classify --backend
-vllm`` in test_vllm_real.py, ``gr-vl check --json`` in test_trainer_checks.py.
+vllm`` in test_model_families_vllm.py, ``gr-vl check --json`` in test_trainer_checks.py.
 """
 
 from __future__ import annotations

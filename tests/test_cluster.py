@@ -5,8 +5,10 @@ lost while its rows are in flight, and not replaced, loses no row and repeats no
 where there is room), and the lost actor's vLLM engine processes end with it; stopping the cluster leaves no
 process.
 
-Real vLLM (its CPU build), the tiny Qwen2.5-VL, 16 rows, greedy; five engine starts in all. Ray and vLLM run in
-child processes (``cluster_drivers.py``), never in the pytest process.
+Real vLLM (its CPU build), the tiny Qwen2.5-VL, 16 rows, two samples each at temperature 1: every sample's seed
+is its row's and its index's, so the outputs are the same whichever engine on whichever node draws them (the
+stronger claim; greedy decoding, which has no seed, is the special case). Five engine starts in all. Ray and
+vLLM run in child processes (``cluster_drivers.py``), never in the pytest process.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from ray_driver import run_driver
 from gr_vl_verl.process_group import kill_group, run_in_group
 
 pytestmark = pytest.mark.timeout(1500)
-ROWS = 16
+ROWS, N = 16, 2
 ENGINE = json.dumps({"max_model_len": 2048, "enforce_eager": True})
-FLAGS = ["--backend", "vllm", "--max-tokens", "24", "--seed", "3", "--batch-size", "1", "--shard-size", "2",
+FLAGS = ["--backend", "vllm", "--max-tokens", "24", "--seed", "3", "--temperature", "1.0", "--n", str(N),
+         "--batch-size", "1", "--shard-size", "2",
          "--engine-kwargs", ENGINE, "--min-pixels", "784", "--max-pixels", "12544", "--no-progress"]  # fmt: skip
 
 
@@ -59,8 +62,10 @@ def _ids(outputs: list[list]) -> list[str]:
 def test_two_nodes_write_what_one_node_writes_and_the_summary_names_the_nodes(runs):
     one, two = runs["one"], runs["two"]
     assert one["rc"] == 0 and two["rc"] == 0, (one, two["stdout"])
-    assert len(one["outputs"]) == ROWS and len(set(_ids(one["outputs"]))) == ROWS
-    assert two["outputs"] == one["outputs"]  # greedy: the same text, tokens and finish reason, row by row
+    assert len(one["outputs"]) == ROWS * N and len(set(_ids(one["outputs"]))) == ROWS
+    assert len({tuple(o[:2]) for o in one["outputs"]}) == ROWS * N  # each row's samples, once each
+    assert any(len({o[2] for o in one["outputs"] if o[0] == i}) > 1 for i in _ids(one["outputs"])), "sampled"
+    assert two["outputs"] == one["outputs"]  # the same text, tokens and finish reason, sample by sample
     head, worker = (n["node_id"] for n in runs["cluster"]["nodes"])
     actors = two["summary"]["actors"]
     # one engine on each node, each with its share of the rows, every row once
@@ -79,7 +84,8 @@ def test_a_node_lost_mid_run_loses_no_row_and_repeats_none(runs):
     assert lost["killed"] >= 3  # `ray start`, its raylet, the actor's worker (and Ray's agents)
     assert lost["rc"] == 0, lost["log"]
     ids = _ids(lost["outputs"])
-    assert sorted(ids) == sorted(_ids(one["outputs"])) and len(ids) == len(set(ids)) == ROWS
+    samples = [tuple(o[:2]) for o in lost["outputs"]]
+    assert sorted(ids) == sorted(_ids(one["outputs"])) and len(samples) == len(set(samples)) == ROWS * N
     assert lost["outputs"] == one["outputs"]
     head, gone = runs["cluster_after"]["nodes"]
     assert (head["lost"], gone["lost"]) == (False, True)

@@ -174,7 +174,7 @@ def test_max_tokens_applies_to_one_call(guard):
 class _CannedEngine:
     """Answers each request with the next canned text, in the engines' ``Completion`` shape, and records what
     the guard asked for. It stands at the guard's engine seam (what a trained model would say cannot be made to
-    order); both real engines run in test_vllm_real.py and below."""
+    order); the real engines run in test_serve.py, test_model_families_vllm.py and below."""
 
     def __init__(self, answers: list[str], processor):
         self.answers = answers

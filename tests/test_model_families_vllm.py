@@ -18,6 +18,7 @@ from ray_driver import run_driver, run_in_group
 from test_serve import ENGINE, Served, _items
 
 from gr_vl_verl.models.families import QWEN3_VL
+from gr_vl_verl.protocol import parse_answer, predicted_labels
 
 pytestmark = pytest.mark.timeout(1500)  # the eval's 600 s, the server's 400 s start, two classify runs of 200 s
 
@@ -63,19 +64,31 @@ def test_served_tiny_qwen3_vl_answers_as_the_local_vllm_guard(guard, tmp_path):
     (tmp_path / "items.jsonl").write_text("".join(json.dumps(item) + "\n" for item in items))
     flags = ["--max-tokens", str(MAX_TOKENS), "--input", str(tmp_path / "items.jsonl")]
 
-    def classify(*where: str) -> list[dict]:
+    def classify(*where: str) -> tuple[list[dict], str]:
         done = run_in_group([sys.executable, "-m", "gr_vl_verl", "classify", *where, *flags], timeout=200)
         assert done.returncode == 0, done.stderr[-3000:]
-        return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+        return [json.loads(line) for line in done.stdout.splitlines() if line.strip()], done.stderr  # JSON only
 
     server = Served(guard, max_tokens=MAX_TOKENS)  # the server's limit per answer
     try:
         server.wait(400)
-        remote = classify("--server", server.url, "--model-family", "qwen3_vl")
+        remote, _ = classify("--server", server.url, "--model-family", "qwen3_vl")
     finally:
         server.stop()
-    local = classify("--model", guard, "--backend", "vllm", "--engine-kwargs", json.dumps(ENGINE))
+    # `gr-vl classify` as a pipeline runs it: stdout is JSON Lines, one verdict per item, while vLLM's engine, its
+    # EngineCore and its worker (child processes) log to stderr
+    local, log = classify("--model", guard, "--backend", "vllm", "--engine-kwargs", json.dumps(ENGINE))
+    assert "INFO" in log and "(EngineCore" in log, log[-3000:]
     assert len(remote) == len(local) == len(items)
+    for item, r in zip(items, local, strict=True):
+        # every field is the protocol's reading of the answer vLLM wrote (strict, the guard's default)
+        labels = predicted_labels(r["output"], "strict")
+        said = (labels.prompt_label, labels.response_label if "response" in item else None)
+        assert (r["request"], r["response"]) == said, r
+        think = parse_answer(r["output"]).think
+        assert r["reasoning"] == (think.strip() if think is not None else None)
+        assert r["label_source"] == {"request": "text", "response": "text"}
+        assert r["p_harmful"]["response"] is None or "response" in item
     drop = ("p_harmful", "label_source")  # the server gives no label log-probabilities
     assert [{k: v for k, v in r.items() if k not in drop} for r in remote] == [
         {k: v for k, v in r.items() if k not in drop} for r in local

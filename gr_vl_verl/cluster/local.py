@@ -149,9 +149,12 @@ class LocalCluster:
         node.lost = True
         return killed
 
-    def stop(self, timeout_s: float = 30.0) -> list[str]:
+    def stop(self, timeout_s: float = 30.0, grace_s: float = 10.0) -> list[str]:
         """Stop every node (SIGTERM to ``ray start``, which stops its node), then end whatever is left in the
-        nodes' sessions. Returns what had to be ended that way (``pid command`` each)."""
+        nodes' sessions. Returns what had to be ended that way (``pid command`` each).
+
+        A raylet ends its workers as it goes, without waiting for them: an actor's worker still tearing down its
+        vLLM engine can outlive ``ray start`` by a few seconds. Those get ``grace_s`` to end on their own."""
         for group in ([n for n in self.members if not n.head], [n for n in self.members if n.head]):
             for node in group:
                 if node.proc.poll() is None:
@@ -162,7 +165,11 @@ class LocalCluster:
                 except subprocess.TimeoutExpired:
                     node.proc.kill()
                     node.proc.wait(timeout=timeout_s)
+        deadline = time.monotonic() + grace_s
         left = self.processes()
+        while left and time.monotonic() < deadline:
+            time.sleep(0.2)
+            left = self.processes()
         end_all({pid: start for pid, (start, _cmd) in left.items()})
         if self.temp_dir is not None and not self.keep_logs:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
