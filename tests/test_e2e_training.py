@@ -3,7 +3,8 @@
 trainer, FSDP2 on gloo, a vLLM CPU rollout server, the plugin's reward manager and clip push), then a run
 resumed from its checkpoint on verl's legacy trainer (``trainer.use_v1=false``), so both trainer paths push the
 schedule to real workers; and a LoRA GRPO run from the same SFT model (verl's LoRA: peft on the actor, the
-adapter served to vLLM), merged by ``gr-vl merge-lora``. All on the tiny Qwen3-VL (32-pixel grid), with text,
+adapter served to vLLM) on a Ray cluster of two nodes of this machine (``trainer.nnodes=2``: FSDP across the
+nodes, a vLLM server on each), merged by ``gr-vl merge-lora``. All on the tiny Qwen3-VL (32-pixel grid), with text,
 image and text-image rows; ``tests/test_demo.py`` runs the same stages on the tiny Qwen2.5-VL.
 
 The GRPO model is the SFT'd tiny model with a response limit some answers finish within, so the answers of a
@@ -20,14 +21,14 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from data_helpers import VLTEST, VLTRAIN
-from ray_driver import run_cli, run_in_group
+from ray_driver import run_cli, run_driver, run_in_group
 
 from gr_vl_verl.protocol import predicted_labels
 from gr_vl_verl.trainer import launch
 
-# The runs below have time limits of their own (SFT_LIMIT + GRPO_LIMIT + RESUMED_LIMIT + LORA_LIMIT + EVAL_LIMIT
-# = 2900 s), all inside the module fixture or the first test, so they fit this ceiling.
-pytestmark = pytest.mark.timeout(3000)
+# The runs below have time limits of their own (SFT_LIMIT + GRPO_LIMIT + RESUMED_LIMIT + LORA_LIMIT + 120 s for
+# its cluster + EVAL_LIMIT = 3020 s), all inside the module fixture or the first test, so they fit this ceiling.
+pytestmark = pytest.mark.timeout(3200)
 SFT_LIMIT, GRPO_LIMIT, RESUMED_LIMIT, LORA_LIMIT, EVAL_LIMIT = 400, 900, 700, 600, 300
 
 # Small images on Qwen3-VL's 32-pixel grid: 1 to 16 vision tokens of 32 x 32 pixels.
@@ -87,10 +88,12 @@ def runs(tmp_path_factory, tiny_qwen3_vl_dir) -> dict[str, object]:
     lora_out = root / "lora"
     adapted = launch.grpo_command(sft_model, train, val, lora_out, LORA_STEPS, n=N, val_samples=VAL_ROWS,
                                   image_pixels=PIXELS, extra=[*HORIZON, *LORA])  # fmt: skip
-    lora = launch.run(adapted, root, "grpo_lora", timeout=LORA_LIMIT)
+    two_nodes = run_driver("cluster_drivers:grpo_on_two_nodes", [*adapted, "trainer.nnodes=2"], str(root),
+                           "grpo_lora", LORA_LIMIT, timeout=LORA_LIMIT + 120)  # fmt: skip
+    lora = launch.RunResult(root / "grpo_lora.log", root / "grpo_lora_metrics.jsonl", two_nodes["seconds"])
     return {"data": data, "train": train, "val": val, "sft": sft, "sft_model": sft_model, "grpo": grpo,
             "grpo_out": grpo_out, "resumed": resumed, "dumps": dumps, "tiny": tiny_qwen3_vl_dir, "lora": lora,
-            "lora_out": lora_out}  # fmt: skip
+            "lora_out": lora_out, "two_nodes": two_nodes}  # fmt: skip
 
 
 def _state(folder: Path) -> dict:
@@ -209,6 +212,23 @@ def _tensors(path: Path) -> dict:
     return load_file(str(path))
 
 
+def test_lora_grpo_runs_across_two_nodes_as_on_one(runs):
+    """World size 2 (a checkpoint shard per rank), a vLLM server on each node, the metrics a one-node run logs,
+    the clip range the workers' loss applied on the schedule (logged as the ranks' mean, so a rank off the
+    schedule would move it), and the cluster stopped leaving nothing."""
+    two = runs["two_nodes"]
+    actor = runs["lora_out"] / "checkpoints" / f"global_step_{LORA_STEPS}" / "actor"
+    assert sorted(p.name for p in actor.glob("model_world_size_*")) == [
+        "model_world_size_2_rank_0.pt", "model_world_size_2_rank_1.pt"]  # fmt: skip
+    assert sorted(two["servers"]) == ["0", "1"], two  # a rollout replica on each node
+    steps, one_node = runs["lora"].metrics(), runs["grpo"].metrics()
+    # the same metrics as the one-node run's first step (the time of each phase aside: that run dumps rollouts)
+    assert {k for k in steps[1] if not k.startswith("timing")} == {k for k in one_node[1] if not k.startswith("timing")}
+    for step, m in steps.items():
+        _check_clip(step, m)
+    assert two["left_after_stop"] == [] and two["stop_ended"] == []
+
+
 def test_lora_grpo_trains_only_the_adapters_and_the_merged_model_answers_as_the_adapter(runs, tmp_path):
     """verl's LoRA through the whole GRPO step (rollout on the served adapter, the reward, the clip push), then
     ``gr-vl merge-lora``: the base weights in the checkpoint are byte for byte the SFT model's, only adapters
@@ -249,9 +269,9 @@ def test_lora_grpo_trains_only_the_adapters_and_the_merged_model_answers_as_the_
     assert report["r"] == 8 and report["lora_alpha"] == 16
     adapter_bytes = (adapter / "adapter_model.safetensors").stat().st_size
     assert adapter_bytes < 0.15 * (merged / "model.safetensors").stat().st_size
-    full_optim = next((runs["grpo_out"] / "checkpoints" / f"global_step_{STEPS}" / "actor").glob("optim_*.pt"))
-    lora_optim = next((checkpoint / "actor").glob("optim_*.pt"))
-    assert lora_optim.stat().st_size < 0.3 * full_optim.stat().st_size
+    full_optim = (runs["grpo_out"] / "checkpoints" / f"global_step_{STEPS}" / "actor").glob("optim_*.pt")
+    lora_optim = (checkpoint / "actor").glob("optim_*.pt")  # one shard per rank
+    assert sum(p.stat().st_size for p in lora_optim) < 0.3 * sum(p.stat().st_size for p in full_optim)
 
     from peft import PeftModel
 
