@@ -66,9 +66,8 @@ def sft_env(tmp_path_factory) -> dict[str, str]:
 
 def dry_run(script: Path, env: dict[str, str], *extra: str) -> tuple[list[str], list[str]]:
     """The recipe's overrides and its launch command."""
-    run = subprocess.run(
-        ["bash", str(script), *extra], env=env, capture_output=True, text=True, check=True, timeout=120
-    )
+    argv = ["bash", str(script), *extra]
+    run = subprocess.run(argv, env=env, capture_output=True, text=True, check=True, timeout=120)
     (command,) = [line.removeprefix("command: ") for line in run.stderr.splitlines() if line.startswith("command: ")]
     return run.stdout.splitlines(), shlex.split(command)
 
@@ -142,14 +141,9 @@ def test_launch_command_runs_verls_sft_trainer_with_our_config(script: Path, sft
     trainer_args = command[module_at:]
     assert trainer_args[:2] == ["-m", "verl.trainer.sft_trainer"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    job = subprocess.run(
-        [sys.executable, *trainer_args, *overrides, "--cfg", "job"],
-        env=env,
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,  # hydra's run folder lands here, not in the checkout
-        timeout=300,
-    )
+    argv = [sys.executable, *trainer_args, *overrides, "--cfg", "job"]
+    # cwd: hydra's run folder lands there, not in the checkout
+    job = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert job.returncode == 0, job.stderr[-2000:]
     for line in ("train_batch_size: 192", "max_length: 2048", "lr: 5.0e-05", "total_epochs: 1", "- hf_model"):
         assert line in job.stdout
@@ -208,18 +202,16 @@ def test_recipe_refuses_to_start_without_required_paths(missing: str, sft_env) -
     env = {k: v for k, v in sft_env.items() if k != missing}
     run = subprocess.run(["bash", str(RECIPES[0])], env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and f"error: {missing} is not set" in run.stderr and run.stdout == ""
-    run = subprocess.run(
-        ["bash", str(RECIPES[0])], env=dict(env, **{missing: "/nonexistent/x"}), capture_output=True, timeout=120
-    )
+    bad = dict(env, **{missing: "/nonexistent/x"})
+    run = subprocess.run(["bash", str(RECIPES[0])], env=bad, capture_output=True, timeout=120)
     assert run.returncode == 2 and f"{missing}: '/nonexistent/x' does not exist".encode() in run.stderr
 
 
 def test_validation_files_are_optional_but_must_exist(sft_env) -> None:
     overrides, _ = dry_run(RECIPES[0], dict(sft_env, VAL_FILES=sft_env["TRAIN_FILES"]))
     assert compose_sft(overrides).data.val_files == [sft_env["TRAIN_FILES"]]
-    run = subprocess.run(
-        ["bash", str(RECIPES[0])], env=dict(sft_env, VAL_FILES="/nope.parquet"), capture_output=True, timeout=120
-    )
+    bad = dict(sft_env, VAL_FILES="/nope.parquet")
+    run = subprocess.run(["bash", str(RECIPES[0])], env=bad, capture_output=True, timeout=120)
     assert run.returncode == 2 and b"VAL_FILES: '/nope.parquet' does not exist" in run.stderr
 
 
@@ -291,11 +283,10 @@ def test_sft_refuses_a_leftover_verl_platform_beside_cuda(tmp_path) -> None:
     """``VERL_PLATFORM=cpu`` left in the environment, trainer.device=cuda: verl's SFT entry point stops with one
     line at ``auto_set_device``, before any process group or model (no torchrun needed to see it)."""
     env = dict(os.environ, VERL_PLATFORM="cpu")
-    run = subprocess.run(
-        [sys.executable, "-m", "verl.trainer.sft_trainer", "--config-path=pkg://gr_vl_verl.trainer.config",
-         "--config-name=gr_vl_sft", "trainer.device=cuda", "model.path=/nonexistent", f"hydra.run.dir={tmp_path}"],
-        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,
-    )  # fmt: skip
+    argv = [sys.executable, "-m", "verl.trainer.sft_trainer", "--config-path=pkg://gr_vl_verl.trainer.config",
+            "--config-name=gr_vl_sft", "trainer.device=cuda", "model.path=/nonexistent",
+            f"hydra.run.dir={tmp_path}"]  # fmt: skip
+    run = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert run.returncode == 1
     assert run.stderr.strip().splitlines()[-1] == (
         "gr_vl_verl: VERL_PLATFORM=cpu is set in the environment but the run says trainer.device=cuda; "
