@@ -51,7 +51,8 @@ from gr_vl_verl.cpu.vllm_dist import vllm_is_cpu_build
 from gr_vl_verl.data.schemas import row_id
 from gr_vl_verl.generation import GenerationConfig
 from gr_vl_verl.generation.config import sample_seeds
-from gr_vl_verl.generation.engines import CPU_KVCACHE_GIB, vllm_engine_kwargs, vllm_prompt, vllm_sampling_kwargs
+from gr_vl_verl.cpu.vllm_dist import CPU_KVCACHE_GIB
+from gr_vl_verl.generation.engines import vllm_engine_kwargs, vllm_prompt, vllm_sampling_kwargs
 from gr_vl_verl.generation.prompts import build_request
 from gr_vl_verl.harm_prob import label_tokens, wanted_ids
 if vllm_is_cpu_build():

@@ -18,6 +18,9 @@ from gr_vl_verl.process_group import run_in_group, wait_group
 RUN_LIMIT, SETTLE_S = 420, 60
 #: The GCS declares a node dead after health checks fail this often this far apart (Ray: 5 x 3 s).
 FAST_HEALTH = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}
+#: The actors' vLLM engines as vLLM runs them off the CPU build: an engine core and a worker in processes of their
+#: own (the CPU build's default in the plugin is one process; docs/cpu.md), whose fate the lost-node run checks.
+ENGINE_PROCESSES = {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
 
 
 def _gr_vl(argv: list[str], log: Path) -> subprocess.CompletedProcess:
@@ -84,7 +87,7 @@ def one_and_two_nodes_and_a_lost_node(data: str, model: str, work: str, flags: l
     done = _gr_vl([*base, "--out", str(one), "--concurrency", "1"], work_dir / "one.log")
     seen["one"] = {"rc": done.returncode, "stdout": done.stdout, "summary": _summary(one), "outputs": outputs(one)}
 
-    cluster = LocalCluster(nodes=2, num_cpus=1, env=FAST_HEALTH).start()
+    cluster = LocalCluster(nodes=2, num_cpus=1, env={**FAST_HEALTH, **ENGINE_PROCESSES}).start()
     try:
         seen["cluster"] = cluster.describe()
         two = work_dir / "two"

@@ -1,6 +1,6 @@
 """Stdout of a ``gr-vl`` command carries its output only: ``gr-vl classify ... > out.jsonl`` is JSON Lines.
 
-vLLM logs from the command's process, from its EngineCore and from its worker (child processes), Ray and verl
+vLLM logs from the command's process (and, off the CPU build, from its EngineCore and worker processes), Ray and verl
 from theirs; ``gr_vl_verl.stdio`` points all of it at stderr while a command runs. The real commands run here
 as a user's pipeline runs them (a child process, stdout parsed line by line); the mechanism itself is checked on
 every path output can take (``print``, ``sys.__stdout__``, fd 1, C's ``printf``, a child process, a logging

@@ -2,7 +2,8 @@
 
 Engines on both nodes write what one node writes, and the summary says which node served which rows; a node
 lost while its rows are in flight, and not replaced, loses no row and repeats none (Ray restarts its actor
-where there is room), and the lost actor's vLLM engine processes end with it; stopping the cluster leaves no
+where there is room, or Ray Data hands its rows to the other), and the lost actor's vLLM engine processes (an
+engine core and a worker, as vLLM runs them off the CPU build) end with it; stopping the cluster leaves no
 process.
 
 Real vLLM (its CPU build), the tiny Qwen2.5-VL, 16 rows, two samples each at temperature 1: every sample's seed
@@ -89,11 +90,12 @@ def test_a_node_lost_mid_run_loses_no_row_and_repeats_none(runs):
     assert lost["outputs"] == one["outputs"]
     head, gone = runs["cluster_after"]["nodes"]
     assert (head["lost"], gone["lost"]) == (False, True)
-    # No node replaced the lost one. Ray restarted the lost actor where there was room: on the head, once Ray
-    # Data had released the other actor, which had no rows left; there it served the rows it held when its
-    # node went (Ray retries an actor's tasks on its restart).
+    # No node replaced the lost one. Which actor serves the rows the lost one held is Ray's choice, by timing: its
+    # restart on the head once Ray Data has released the other actor (Ray retries an actor's tasks on its
+    # restart), or the surviving actor when Ray Data sends the failed blocks there first. Either way each row is
+    # served once, by an actor on a node of the cluster.
     actors = lost["summary"]["actors"]
-    assert len({a["actor"] for a in actors}) == 2 and sum(a["rows"] for a in actors) == ROWS
+    assert 1 <= len({a["actor"] for a in actors}) <= 2 and sum(a["rows"] for a in actors) == ROWS, actors
     assert all(a["rows"] > 0 for a in actors) and {a["node"] for a in actors} <= {head["node_id"], gone["node_id"]}
 
 

@@ -102,7 +102,14 @@ def test_vllm_arguments_are_built_without_vllm(tiny_model_dir):
         "model": str(tiny_model_dir), "tensor_parallel_size": 1, "distributed_executor_backend": "uni",
         "limit_mm_per_prompt": {"image": 2}, "seed": 7, "max_model_len": 8192,
         "enable_chunked_prefill": False,  # vLLM's CPU build here: seeded requests need whole-prompt prefill
+        "skip_mm_profiling": True,  # and nothing reads the vision encoder's memory profile (docs/cpu.md)
     }  # fmt: skip
+    assert (
+        vllm_engine_kwargs(
+            GenerationConfig(model=str(tiny_model_dir), backend="vllm", engine_kwargs={"skip_mm_profiling": False})
+        )["skip_mm_profiling"]
+        is False
+    )  # the user's engine arguments win
     assert gpu.gpus_per_actor == 0  # vLLM's CPU build here: its actors ask Ray for CPUs only
     with pytest.raises(ValueError, match="tensor_parallel_size > 1 needs vLLM's GPU build"):
         GenerationConfig(model=str(tiny_model_dir), backend="vllm", tensor_parallel_size=2)

@@ -31,7 +31,7 @@ from ray_driver import run_cli, run_driver
 from gr_vl_verl.guard import GuardInputError, load_guard
 from gr_vl_verl.guard_items import RESULT_KEYS, resume_point
 from gr_vl_verl.serving.client import GuardServerError, chat_messages
-from gr_vl_verl.serving.server import REQUEST_CHECK, ServerError, ServerProcess, server_argv
+from gr_vl_verl.serving.server import REQUEST_CHECK, ServerError, ServerProcess, server_argv, server_env
 
 pytestmark = pytest.mark.timeout(1800)  # above the sum of the inner limits of any test with its fixture
 
@@ -74,6 +74,13 @@ def test_server_argv_carries_the_guards_settings():
     assert argv[argv.index("--api-key") + 1] == "k"
     with pytest.raises(ValueError, match="'port' is set by the serve command"):
         server_argv("/m", engine_kwargs={"port": 1})
+    # vLLM's CPU build here: no vision-encoder memory profile, the model in the engine core's process (docs/cpu.md)
+    assert "--skip-mm-profiling" in argv and argv[argv.index("--distributed-executor-backend") + 1] == "uni"
+    assert server_env({})["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0" and server_env({})["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    kept = {"VLLM_ENABLE_V1_MULTIPROCESSING": "1", "VLLM_CPU_KVCACHE_SPACE": "4"}
+    assert {k: server_env(kept)[k] for k in kept} == kept  # the caller's environment wins
+    own = server_argv("/m", engine_kwargs={"skip_mm_profiling": False, "distributed_executor_backend": "mp"})
+    assert "--no-skip-mm-profiling" in own and own[own.index("--distributed-executor-backend") + 1] == "mp"
 
 
 def test_a_server_that_dies_is_reported_with_its_log():

@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from typing import IO, Any
 
 from gr_vl_verl.data.images import ImagePolicy
-from gr_vl_verl.generation.engines import CPU_KVCACHE_GIB, DEFAULT_IMAGE_LIMIT
+from gr_vl_verl.generation.engines import DEFAULT_IMAGE_LIMIT
 
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 #: Flags the guard's answers depend on; --engine-kwargs may not replace them.
@@ -73,6 +73,14 @@ def server_argv(
         "seed": 0,
         "override_generation_config": override,
     }
+    from gr_vl_verl.cpu.vllm_dist import CPU_ENGINE_DEFAULTS, vllm_is_cpu_build
+
+    if vllm_is_cpu_build():
+        # vLLM's server keeps its engine core in a process of its own; with ``server_env``'s
+        # VLLM_ENABLE_V1_MULTIPROCESSING=0 the model runs in that process instead of a third one (docs/cpu.md).
+        options.update(CPU_ENGINE_DEFAULTS)
+        if int((engine_kwargs or {}).get("tensor_parallel_size", 1)) == 1:
+            options["distributed_executor_backend"] = "uni"
     for key, value in (engine_kwargs or {}).items():
         if key in FIXED_FLAGS or key == "api_key":
             raise ValueError(f"engine_kwargs: {key!r} is set by the serve command itself")
@@ -103,12 +111,13 @@ def _flag(key: str, value: Any) -> list[str]:
 
 def server_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The child's environment: on vLLM's CPU build a 1 GiB KV cache unless ``VLLM_CPU_KVCACHE_SPACE`` is set
-    (vLLM's own default, most of the machine's memory, refuses to start beside anything else)."""
-    from gr_vl_verl.cpu.vllm_dist import vllm_is_cpu_build
+    (vLLM's own default, most of the machine's memory, refuses to start beside anything else), and the model in the
+    engine core's process (``cpu_engine_env``) unless ``VLLM_ENABLE_V1_MULTIPROCESSING`` is set."""
+    from gr_vl_verl.cpu.vllm_dist import cpu_engine_env, vllm_is_cpu_build
 
     env = dict(os.environ if base is None else base)
     if vllm_is_cpu_build():
-        env.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_GIB)
+        env.update(cpu_engine_env(env))
     return env
 
 
