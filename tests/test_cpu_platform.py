@@ -240,12 +240,12 @@ def test_plugin_imported_before_verl_registers_cleanly():
 
 
 # -- what main_ppo sets on the CPU, and only there ------------------------------------------------------------
-def _compose(device: str | None):
+def _compose(device: str | None, more: list[str] | None = None):
     from hydra import compose, initialize_config_module
 
     overrides = [f"trainer.device={device}"] if device else []
     with initialize_config_module("gr_vl_verl.trainer.config", version_base=None):
-        return compose("gr_vl_trainer", overrides=[*overrides, "trainer.n_gpus_per_node=2"])
+        return compose("gr_vl_trainer", overrides=[*overrides, "trainer.n_gpus_per_node=2", *(more or [])])
 
 
 def test_cpu_settings_are_applied_and_logged_one_line_each(caplog, monkeypatch):
@@ -254,7 +254,8 @@ def test_cpu_settings_are_applied_and_logged_one_line_each(caplog, monkeypatch):
 
     monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    config = _compose("cpu")
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
+    config = _compose("cpu", ["actor_rollout_ref.rollout.tensor_model_parallel_size=1"])  # verl's default is 2
     with caplog.at_level("WARNING", logger="gr_vl_verl.cpu.config"):
         applied = cpu_config.apply(config)
     assert len([r for r in caplog.records if "gr_vl cpu:" in r.getMessage()]) == len(applied)
@@ -266,6 +267,28 @@ def test_cpu_settings_are_applied_and_logged_one_line_each(caplog, monkeypatch):
     assert config.actor_rollout_ref.model.override_config.attn_implementation == "sdpa"
     assert config.actor_rollout_ref.rollout.enable_sleep_mode is False
     assert config.actor_rollout_ref.rollout.free_cache_engine is False
+    # the rollout model in vLLM's engine-core process, which needs the variable in every worker (docs/cpu.md)
+    from omegaconf import OmegaConf
+
+    engine = OmegaConf.to_container(config.actor_rollout_ref.rollout.engine_kwargs.vllm)
+    assert engine == {"skip_mm_profiling": True, "distributed_executor_backend": "uni"}
+    assert config.ray_kwargs.ray_init.runtime_env.env_vars.VLLM_ENABLE_V1_MULTIPROCESSING == "0"
+
+
+def test_the_runs_own_rollout_engine_keys_win_and_tensor_parallel_keeps_vllms_executor(monkeypatch):
+    from gr_vl_verl.cpu import config as cpu_config
+
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    tp1 = "actor_rollout_ref.rollout.tensor_model_parallel_size=1"
+    own = _compose("cpu", [tp1, "+actor_rollout_ref.rollout.engine_kwargs.vllm.skip_mm_profiling=false"])
+    cpu_config.apply(own)
+    assert own.actor_rollout_ref.rollout.engine_kwargs.vllm.skip_mm_profiling is False
+    assert own.actor_rollout_ref.rollout.engine_kwargs.vllm.distributed_executor_backend == "uni"
+    tp = _compose("cpu", ["actor_rollout_ref.rollout.tensor_model_parallel_size=2"])
+    cpu_config.apply(tp)
+    assert "distributed_executor_backend" not in tp.actor_rollout_ref.rollout.engine_kwargs.vllm
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in tp.ray_kwargs.ray_init.runtime_env.env_vars
 
 
 @pytest.mark.parametrize(
