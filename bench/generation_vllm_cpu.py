@@ -5,13 +5,15 @@ Baselines, measured in the same run, on the same RL rows (the bundled sample cor
 Qwen2.5-VL and the same sampling settings (n samples at temperature 1, per-sample seeds):
 
 * ``bare vLLM``: one ``vllm.LLM`` in a fresh process, prompts built as the pipeline builds them, one
-  ``generate`` call for all requests (what a hand-written script would do);
+  ``generate`` call for all requests (what a hand-written script would do), in vLLM's default layout (engine
+  core and model worker in processes of their own; the named baseline) and with the engine in the script's
+  process, as the plugin runs it on the CPU build (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, docs/cpu.md);
 * ``pipeline (vLLM)``: ``gr-vl generate --backend vllm`` end to end (Ray Data, one actor, sharded writes);
 * ``transformers``: ``gr-vl generate --backend transformers`` end to end, one actor.
 
 For each: engine start (seconds until the first request can go), rows/s and tokens/s of the generation itself.
-The pipeline's generation time is its run time less its engine start (measured as the bare engine's, in a
-process of its own).
+The pipeline's generation time is its run time less its engine start (measured as the in-process bare engine's,
+in a process of its own).
 
 A single size mixes fixed start-up with decoding, so bare vLLM and the pipeline also run on ``--rows-large``
 rows (default 4x ``--rows``), and the bench prints their **marginal** tokens/s: the extra tokens of the larger
@@ -21,8 +23,8 @@ start included in both sizes, so their difference is what the extra rows cost). 
 bare vLLM's marginal tokens/s. docs/generation.md records what was measured and where the time goes.
 
 Not a timed test: ``python bench/generation_vllm_cpu.py [--rows N] [--rows-large M] [--n K] [--max-tokens T]``;
-``--quick`` runs a few rows at one size, each of the three once (``make test`` runs it so a broken bench fails
-CI; the larger size repeats the same calls, so it is left out there).
+``--quick`` runs a few rows at one size, each of the three once, bare vLLM in process only (``make test`` runs it
+so a broken bench fails CI; the larger size repeats the same calls, so it is left out there).
 """
 
 from __future__ import annotations
@@ -87,12 +89,12 @@ print("BARE " + json.dumps({"start": ready - t0, "gen": done - ready, "rows": le
                             "gen_labels": (built - ready) + labels,  # prompts built once, counted in both
                             "tokens_labels": sum(len(o.outputs[0].token_ids) for o in outs)}))
 sys.stdout.flush()
-llm.llm_engine.engine_core.shutdown()  # vLLM's engine process is a child of its own
+llm.llm_engine.engine_core.shutdown()  # vLLM's engine process, when it has one, is a child of its own
 """
 
 
-def _run(argv: list[str], timeout: float) -> subprocess.CompletedProcess:
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+def _run(argv: list[str], timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
     if done.returncode != 0:
         raise SystemExit(f"failed: {' '.join(argv[:4])} ...\n{done.stderr[-3000:]}")
     return done
@@ -127,9 +129,12 @@ def prepare(work: Path, rows: int) -> tuple[Path, Path]:
     return model, path
 
 
-def bare(model: Path, data: Path, n: int, max_tokens: int) -> dict:
+def bare(model: Path, data: Path, n: int, max_tokens: int, in_process: bool) -> dict:
+    """``in_process``: vLLM's engine core and model in the script's process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``,
+    what the pipeline's actor does on the CPU build), else vLLM's default, three processes (docs/cpu.md)."""
+    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0" if in_process else "1")
     done = _run([sys.executable, "-c", _BARE, str(model), str(data), str(n), str(max_tokens),
-                 json.dumps(ENGINE_KWARGS)], timeout=1800)  # fmt: skip
+                 json.dumps(ENGINE_KWARGS)], timeout=1800, env=env)  # fmt: skip
     return json.loads(next(ln for ln in done.stdout.splitlines() if ln.startswith("BARE "))[5:])
 
 
@@ -162,21 +167,30 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="gr_vl_bench_") as tmp:
         work = Path(tmp)
         model, data = prepare(work, args.rows)
-        b = bare(model, data, args.n, args.max_tokens)
+        # the pipeline's engine layout; in the full run also vLLM's default one, the named baseline
+        ip = bare(model, data, args.n, args.max_tokens, in_process=True)
+        b = ip if args.quick else bare(model, data, args.n, args.max_tokens, in_process=False)
         p = pipeline(model, data, work / "pipe", "vllm", args.n, args.max_tokens)
         if not args.quick:
             _, data_large = prepare(work, large)
-            b_large = bare(model, data_large, args.n, args.max_tokens)
+            b_large = bare(model, data_large, args.n, args.max_tokens, in_process=False)
+            ip_large = bare(model, data_large, args.n, args.max_tokens, in_process=True)
             p_large = pipeline(model, data_large, work / "pipe_large", "vllm", args.n, args.max_tokens)
         t = pipeline(model, data, work / "hf", "transformers", args.n, args.max_tokens)
-    gen_p = max(p["total"] - b["start"], 1e-9)
+    gen_p = max(p["total"] - ip["start"], 1e-9)  # its engine starts as the in-process bare engine does
+    name = "bare vLLM, in process (baseline)" if args.quick else "bare vLLM, vLLM's processes (baseline)"
     rows = [
-        ("bare vLLM (baseline)", b["start"], b["rows"] / b["gen"], b["tokens"] / b["gen"]),
+        (name, b["start"], b["rows"] / b["gen"], b["tokens"] / b["gen"]),
         (
             "bare vLLM, label log-probabilities",
             b["start"],
             b["rows"] / b["gen_labels"],
             b["tokens_labels"] / b["gen_labels"],
+        ),
+        *(
+            []
+            if args.quick
+            else [("bare vLLM, in process", ip["start"], ip["rows"] / ip["gen"], ip["tokens"] / ip["gen"])]
         ),
         ("pipeline (vLLM)", p["total"] - gen_p, p["rows"] / gen_p, p["tokens"] / gen_p),
         ("pipeline (transformers), end to end", float("nan"), t["rows"] / t["total"], t["tokens"] / t["total"]),
@@ -187,17 +201,21 @@ def main() -> None:
     print(f"{'':38} {'start s':>8} {'rows/s':>8} {'tokens/s':>9} {'x bare tok/s':>13}")
     for name, start, rps, tps in rows:
         print(f"{name:38} {start:8.1f} {rps:8.2f} {tps:9.1f} {tps / (b['tokens'] / b['gen']):13.2f}")
-    print(f"pipeline end to end: {p['total']:.1f} s (engine start counted as bare vLLM's: {b['start']:.1f} s); "
+    print(f"pipeline end to end: {p['total']:.1f} s (engine start counted as in-process bare vLLM's: "
+          f"{ip['start']:.1f} s); "
           f"transformers end to end: {t['total']:.1f} s")  # fmt: skip
     if args.quick:
         print("quick: one size, no marginal figures")
         return
     bare_m = marginal(b["tokens"], b["gen"], b_large["tokens"], b_large["gen"])
     labels_m = marginal(b["tokens_labels"], b["gen_labels"], b_large["tokens_labels"], b_large["gen_labels"])
+    ip_m = marginal(ip["tokens"], ip["gen"], ip_large["tokens"], ip_large["gen"])
     pipe_m = marginal(p["tokens"], p["total"], p_large["tokens"], p_large["total"])
     print(f"marginal tokens/s, {args.rows} -> {large} rows: bare vLLM {bare_m:.0f} (generation call), bare vLLM "
-          f"with label log-probabilities {labels_m:.0f} ({labels_m / bare_m:.2f}x), pipeline {pipe_m:.0f} (whole "
-          f"run): {pipe_m / bare_m:.2f}x bare, {pipe_m / labels_m:.2f}x bare with label log-probabilities")  # fmt: skip
+          f"with label log-probabilities {labels_m:.0f} ({labels_m / bare_m:.2f}x), bare vLLM in process "
+          f"{ip_m:.0f} ({ip_m / bare_m:.2f}x), pipeline {pipe_m:.0f} (whole run): {pipe_m / bare_m:.2f}x bare, "
+          f"{pipe_m / labels_m:.2f}x bare with label log-probabilities, "
+          f"{pipe_m / ip_m:.2f}x bare in process")  # fmt: skip
 
 
 def marginal(tokens: int, seconds: float, tokens_large: int, seconds_large: float) -> float:

@@ -105,8 +105,9 @@ def one_and_two_nodes_and_a_lost_node(data: str, model: str, work: str, flags: l
                 cluster.address]  # fmt: skip
         with open(work_dir / "lost.log", "w") as log:
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            # the worker node's engine up (it may start after the head's), then rows flowing, then the loss
+            engines_at_loss = _engines_up(cluster, cluster.members[1], proc, limit_s=240)
             flowing = _first_shard_or_exit(proc, lost, RUN_LIMIT)
-            engines_at_loss = _engines_up(cluster, cluster.members[1], proc, limit_s=120)
             killed = cluster.lose_node(1)
             rc = wait_group(proc, timeout=RUN_LIMIT)  # no node replaces the lost one
         seen["lost"] = {

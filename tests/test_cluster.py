@@ -6,7 +6,7 @@ where there is room, or Ray Data hands its rows to the other), and the lost acto
 engine core and a worker, as vLLM runs them off the CPU build) end with it; stopping the cluster leaves no
 process.
 
-Real vLLM (its CPU build), the tiny Qwen2.5-VL, 16 rows, two samples each at temperature 1: every sample's seed
+Real vLLM (its CPU build), the tiny Qwen2.5-VL, 32 rows, two samples each at temperature 1: every sample's seed
 is its row's and its index's, so the outputs are the same whichever engine on whichever node draws them (the
 stronger claim; greedy decoding, which has no seed, is the special case). Five engine starts in all. Ray and
 vLLM run in child processes (``cluster_drivers.py``), never in the pytest process.
@@ -28,9 +28,11 @@ from ray_driver import run_driver
 from gr_vl_verl.process_group import kill_group, run_in_group
 
 pytestmark = pytest.mark.timeout(1500)
-ROWS, N = 16, 2
+# Enough rows and tokens that rows are still in flight on the worker node's engine, which can start 10 s after
+# the head's, when the first shard is written
+ROWS, N = 32, 2
 ENGINE = json.dumps({"max_model_len": 2048, "enforce_eager": True})
-FLAGS = ["--backend", "vllm", "--max-tokens", "24", "--seed", "3", "--temperature", "1.0", "--n", str(N),
+FLAGS = ["--backend", "vllm", "--max-tokens", "64", "--seed", "3", "--temperature", "1.0", "--n", str(N),
          "--batch-size", "1", "--shard-size", "2",
          "--engine-kwargs", ENGINE, "--min-pixels", "784", "--max-pixels", "12544", "--no-progress"]  # fmt: skip
 
@@ -45,8 +47,8 @@ def data(tmp_path_factory) -> Path:
     assert main(argv) == 0
     table = pq.read_table(out / "rl_train.parquet")
     assert table.num_rows > ROWS
-    pq.write_table(table.slice(0, ROWS), out / "rl_16.parquet")  # the schema's metadata (the kind) comes along
-    return out / "rl_16.parquet"
+    pq.write_table(table.slice(0, ROWS), out / "rl_rows.parquet")  # the schema's metadata (the kind) comes along
+    return out / "rl_rows.parquet"
 
 
 @pytest.fixture(scope="module")
