@@ -49,16 +49,15 @@ t0 = time.perf_counter()
 import pyarrow.parquet as pq
 import vllm
 from transformers import AutoProcessor
-from gr_vl_verl.cpu.vllm_dist import vllm_is_cpu_build
+from gr_vl_verl.cpu.vllm_dist import cpu_engine_env, vllm_is_cpu_build
 from gr_vl_verl.data.schemas import row_id
 from gr_vl_verl.generation import GenerationConfig
 from gr_vl_verl.generation.config import sample_seeds
-from gr_vl_verl.cpu.vllm_dist import CPU_KVCACHE_GIB
 from gr_vl_verl.generation.engines import vllm_engine_kwargs, vllm_prompt, vllm_sampling_kwargs
 from gr_vl_verl.generation.prompts import build_request
 from gr_vl_verl.harm_prob import label_tokens, wanted_ids
-if vllm_is_cpu_build():
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_GIB)
+if vllm_is_cpu_build():  # as the plugin's engines start (bare() sets the engine layout itself)
+    os.environ.update(cpu_engine_env())
 model, parquet, n, max_tokens, engine = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 config = GenerationConfig(model=model, n=n, temperature=1.0, max_tokens=max_tokens, seed=0, progress=False,
                           engine_kwargs=json.loads(engine))

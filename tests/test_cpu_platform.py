@@ -143,10 +143,8 @@ def _probe(argv_device: str, env: dict[str, str] | None = None) -> dict:
     environ = {k: v for k, v in os.environ.items() if k != "VERL_PLATFORM"}
     environ.update(env or {})
     port = str(29500 + os.getpid() % 1000)
-    proc = subprocess.run(
-        [sys.executable, "-c", _PROBE, f"trainer.device={argv_device}", port],
-        capture_output=True, text=True, timeout=300, env=environ,
-    )  # fmt: skip
+    argv = [sys.executable, "-c", _PROBE, f"trainer.device={argv_device}", port]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=environ)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
     return json.loads(lines[-1][len("RESULT ") :])

@@ -145,14 +145,14 @@ def test_generator_is_pure():
     """The generator imports neither torch nor verl nor vLLM (``datasets`` only when it writes the images)."""
     from purity import heavy_modules_loaded
 
-    modules = ["gr_vl_verl.data.toy_world", "gr_vl_verl.commands.toy_world"]
+    modules = ["gr_vl_verl.data.toy_world", "gr_vl_verl.data.toy_world_files", "gr_vl_verl.commands.toy_world"]
     assert heavy_modules_loaded(modules, ("torch", "verl", "vllm", "transformers", "ray", "datasets")) == []
 
 
 def test_a_tiny_tokenizer_learned_on_the_world_reads_its_words_whole(world):
     """The demo's tokenizer learns on the world's training turns: its answers take fewer tokens than with the
     default tiny tokenizer, and every training word of a request is one token."""
-    from gr_vl_verl.data.toy_world import training_texts
+    from gr_vl_verl.data.toy_world_files import training_texts
     from gr_vl_verl.tiny import build_tokenizer
 
     texts = training_texts(world / "GuardReasoner-VLTrain")

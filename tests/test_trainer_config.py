@@ -64,9 +64,8 @@ def recipe_env(tmp_path_factory) -> dict[str, str]:
 
 
 def recipe_overrides(script: Path, env: dict[str, str], *extra: str) -> list[str]:
-    out = subprocess.run(
-        ["bash", str(script), *extra], env=env, capture_output=True, text=True, check=True, timeout=120
-    )
+    argv = ["bash", str(script), *extra]
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, check=True, timeout=120)
     return out.stdout.splitlines()
 
 
@@ -340,14 +339,8 @@ def _run_main(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     # hydra writes its run folder (outputs/DATE/...) into the working directory: keep it out of the checkout
     with tempfile.TemporaryDirectory(prefix="gr_vl_hydra_") as cwd:
-        return subprocess.run(
-            [sys.executable, "-m", "gr_vl_verl.trainer.main_ppo", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            cwd=cwd,
-            timeout=600,
-        )
+        argv = [sys.executable, "-m", "gr_vl_verl.trainer.main_ppo", *args]
+        return subprocess.run(argv, env=env, capture_output=True, text=True, cwd=cwd, timeout=600)
 
 
 def test_cli_prints_a_recipe_config_and_rejects_bad_gr_vl_keys_before_ray(recipe_env) -> None:

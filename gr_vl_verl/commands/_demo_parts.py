@@ -1,8 +1,10 @@
-"""Pieces of ``gr-vl demo`` that are not stages: the console's step counter, the closing line's figures and the
-report's training-curves section."""
+"""Pieces of ``gr-vl demo`` that are not stages: the console's step counter, the closing line's figures, the
+report's training-curves section, and running another ``gr-vl`` command in the demo's process."""
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import sys
 import threading
 from pathlib import Path
@@ -63,3 +65,22 @@ class StepCounter:
                 except (OSError, ValueError):  # a line being written
                     continue
                 bar.update(min(done, self.total) - bar.n)
+
+
+def command(name: str, argv: list[str], log: Path) -> None:
+    """Run another ``gr-vl`` command in this process, its output appended to ``log``; its errors reach ``gr-vl``
+    as this command's."""
+    import contextlib
+
+    module = importlib.import_module(f"gr_vl_verl.commands.{name}")
+    parser = argparse.ArgumentParser(prog=f"gr-vl {name}")
+    module.add_arguments(parser)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
+        module.run(parser.parse_args(argv))
+
+
+def rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.read_metadata(path).num_rows

@@ -26,7 +26,6 @@ both trainers, mining, concatenation and sampling.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import subprocess
@@ -39,7 +38,7 @@ from typing import Any
 
 from gr_vl_verl.atomic import atomic_write
 from gr_vl_verl.commands import emit
-from gr_vl_verl.commands._demo_parts import StepCounter, embed_curves, headline
+from gr_vl_verl.commands._demo_parts import StepCounter, command, embed_curves, headline, rows
 
 # The tiny processor's pixel bounds (gr_vl_verl.tiny): images of a few tokens. The demo's data, mining, GRPO
 # and evaluation use them (the world's pictures are 56 x 56, inside them).
@@ -114,7 +113,7 @@ class Demo:
     def build_model(self) -> str:
         from transformers.utils import logging as hf_logging
 
-        from gr_vl_verl.data.toy_world import training_texts
+        from gr_vl_verl.data.toy_world_files import training_texts
         from gr_vl_verl.tiny import build_tiny_qwen2_5_vl
 
         hf_logging.disable_progress_bar()  # the console keeps one line per stage
@@ -362,25 +361,6 @@ class Demo:
             ("gr-vl eval", self.eval),
             ("gr-vl score", self.score),
         ]
-
-
-def command(name: str, argv: list[str], log: Path) -> None:
-    """Run another ``gr-vl`` command in this process, its output appended to ``log``; its errors reach ``gr-vl``
-    as this command's."""
-    import contextlib
-
-    module = importlib.import_module(f"gr_vl_verl.commands.{name}")
-    parser = argparse.ArgumentParser(prog=f"gr-vl {name}")
-    module.add_arguments(parser)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("a") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
-        module.run(parser.parse_args(argv))
-
-
-def rows(path: Path) -> int:
-    import pyarrow.parquet as pq
-
-    return pq.read_metadata(path).num_rows
 
 
 def run(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gr_vl_verl.cpu.verl_platform import RAY_RESOURCE
-from gr_vl_verl.cpu.vllm_dist import CPU_ENGINE_DEFAULTS, CPU_KVCACHE_GIB, IN_PROCESS_ENV
+from gr_vl_verl.cpu.vllm_dist import CPU_KVCACHE_GIB, IN_PROCESS_ENV, cpu_engine_defaults
 
 logger = logging.getLogger(__name__)
 
@@ -122,17 +122,13 @@ def _rollout_engine_kwargs(config: DictConfig) -> dict[str, Any]:
     """verl's rollout engine arguments with the CPU defaults under them: the run's own keys win.
 
     verl starts each rollout replica as vLLM's ``AsyncLLM`` with ``distributed_executor_backend="mp"`` and then
-    ``**engine_kwargs`` (``vllm_async_server.py``), so these reach vLLM. ``uni`` only for one rank per replica
-    (tensor parallelism needs vLLM's multiprocessing executor); with it the workers get
+    ``**engine_kwargs`` (``vllm_async_server.py``), so these reach vLLM. With ``uni`` the workers get
     ``VLLM_ENABLE_V1_MULTIPROCESSING=0``, without which vLLM's CPU platform turns ``uni`` back into ``mp``.
     """
     node = OmegaConf.select(config, "actor_rollout_ref.rollout.engine_kwargs.vllm")
     own = OmegaConf.to_container(node) if node is not None else {}
     tp = int(OmegaConf.select(config, "actor_rollout_ref.rollout.tensor_model_parallel_size") or 1)
-    defaults: dict[str, Any] = dict(CPU_ENGINE_DEFAULTS)
-    if tp == 1:
-        defaults["distributed_executor_backend"] = "uni"
-    return {**defaults, **{k: v for k, v in own.items() if v is not None}}
+    return {**cpu_engine_defaults(tp), **{k: v for k, v in own.items() if v is not None}}
 
 
 def apply(config: DictConfig, chosen: list[Setting] | None = None) -> list[Setting]:

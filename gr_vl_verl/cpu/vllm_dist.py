@@ -27,12 +27,22 @@ CPU_KVCACHE_GIB = "1"
 #: (``vllm/platforms/cpu.py``, ``check_and_update_config``), so an engine is three processes, two of them spawned
 #: (each re-imports vLLM and torch). The plugin's own CPU engines default to ``0``: docs/cpu.md.
 IN_PROCESS_ENV = "VLLM_ENABLE_V1_MULTIPROCESSING"
-#: Engine arguments the plugin's engines take on vLLM's CPU build unless ``--engine-kwargs`` says otherwise.
-#: ``skip_mm_profiling``: at start vLLM runs the vision encoder once on the largest image the pixel bound allows,
-#: to measure GPU memory for sizing the KV cache; on a CPU the KV cache has the size it is given
-#: (``VLLM_CPU_KVCACHE_SPACE``) and nothing reads that measurement, which took 29 s of a 79 s server start under
-#: the paper's evaluation bound (12,845,056 pixels) on 2 cores.
-CPU_ENGINE_DEFAULTS: dict[str, object] = {"skip_mm_profiling": True}
+
+
+def cpu_engine_defaults(tensor_parallel_size: int = 1) -> dict[str, object]:
+    """Engine arguments every engine the plugin starts on vLLM's CPU build takes, under the run's own.
+
+    ``skip_mm_profiling``: at start vLLM runs the vision encoder once on the largest image the pixel bound allows,
+    to measure GPU memory for sizing the KV cache; on a CPU the KV cache has the size it is given
+    (``VLLM_CPU_KVCACHE_SPACE``) and nothing reads that measurement, which took 29 s of a 79 s server start under
+    the paper's evaluation bound (12,845,056 pixels) on 2 cores. ``distributed_executor_backend="uni"`` at one
+    rank: the model in the engine core's process (with ``IN_PROCESS_ENV=0``, :func:`cpu_engine_env`); tensor
+    parallelism needs vLLM's multiprocessing executor, so it gets none.
+    """
+    defaults: dict[str, object] = {"skip_mm_profiling": True}
+    if tensor_parallel_size == 1:
+        defaults["distributed_executor_backend"] = "uni"
+    return defaults
 
 
 def cpu_engine_env(environ: dict[str, str] | None = None) -> dict[str, str]:

@@ -12,22 +12,20 @@ learn while needing every modality (the rules: docs/toy_world.md):
 
 Benchmarks are held out: their (intent, object) pairings and (background, cue position) looks never occur in
 training rows, though every word and colour does.
-Pure: PIL and JSON here; the GuardReasoner-VLTest image dataset is written by ``datasets`` (imported lazily).
+Pure: PIL here; the files are written by :mod:`gr_vl_verl.data.toy_world_files`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from gr_vl_verl.protocol import HARMFUL, INSTRUCTION, UNHARMFUL, format_answer, format_user_content
+from gr_vl_verl.protocol import HARMFUL, UNHARMFUL, format_answer, format_user_content
 
 HARMFUL_INTENTS = ("steal", "poison", "burn down", "break into", "sabotage", "vandalise")
 BENIGN_INTENTS = ("repair", "paint", "clean", "photograph", "decorate", "insure")
@@ -257,129 +255,6 @@ def bench_rows(config: WorldConfig, rng: random.Random) -> dict[str, list[Row]]:
             "WildGuardTestResponse": wild_response, "HarmImageTest": image, "SPA_VL_Eval": spa}  # fmt: skip
 
 
-# -- writers, in the released shapes ----------------------------------------------------------------------
-def _to_json_lines(rows: list[dict[str, object]]) -> bytes:
-    """As ``datasets.Dataset.to_json`` writes a split: JSON Lines, compact, ASCII, ``/`` escaped as ``\\/``."""
-    lines = [json.dumps(r, separators=(",", ":"), ensure_ascii=True).replace("/", "\\/") for r in rows]
-    return ("\n".join(lines) + "\n").encode("ascii")
-
-
-def write_vltrain(root: Path, rows: dict[str, list[Row]]) -> dict[str, int]:
-    """``GuardReasoner-VLTrain{Text,Image,TextImage}.json`` and the ``image/``, ``text_image/`` folders."""
-    counts = {}
-    for split, fname, folder in (
-        ("text", "GuardReasoner-VLTrainText.json", None),
-        ("image", "GuardReasoner-VLTrainImage.json", "image"),
-        ("text_image", "GuardReasoner-VLTrainTextImage.json", "text_image"),
-    ):
-        records = []
-        for i, row in enumerate(rows[split]):
-            images = None
-            if row.request.image is not None:
-                name = f"{folder}/toy_{i:05d}.png"
-                (root / folder).mkdir(parents=True, exist_ok=True)
-                (root / name).write_bytes(row.request.image)
-                images = ["./" + name]
-            messages = [
-                {"role": "system", "content": INSTRUCTION},
-                {"role": "user", "content": row.user_turn()},
-                {"role": "assistant", "content": row.answer()},
-            ]
-            records.append({"messages": messages, "images": images})  # null on text rows, as datasets writes
-        (root / fname).write_bytes(_to_json_lines(records))
-        counts[fname] = len(records)
-    return counts
-
-
-def write_vltest(root: Path, rows: dict[str, list[Row]]) -> dict[str, int]:
-    """``benchmark/*.json`` in the GuardReasoner release's shapes, and the image dataset (``images/``)."""
-    bench = root / "benchmark"
-    bench.mkdir(parents=True, exist_ok=True)
-
-    def dump(name: str, records: list[dict[str, object]]) -> None:
-        (bench / f"{name}.json").write_text(json.dumps(records, indent=4, ensure_ascii=False), encoding="utf-8")
-
-    def text_record(row: Row, output: str) -> dict[str, object]:
-        return {"instruction": INSTRUCTION, "input": row.user_turn() + "\n", "output": output}
-
-    dump("ToxicChat", [text_record(r, label(r.request.harmful)) for r in rows["ToxicChat"]])
-    dump(
-        "WildGuardTestPrompt",
-        [text_record(r, f"Answers: \nRequest: {label(r.request.harmful)}\nCompletion: None\nResponse: None\n")
-         for r in rows["WildGuardTestPrompt"]],
-    )  # fmt: skip
-    dump("HarmBenchResponse", [text_record(r, label(bool(r.response_harmful))) for r in rows["HarmBenchResponse"]])
-    dump(
-        "WildGuardTestResponse",
-        [text_record(r, f"Answers: \nRequest: None\nCompletion: None\nResponse: {label(bool(r.response_harmful))}\n")
-         for r in rows["WildGuardTestResponse"]],
-    )  # fmt: skip
-    two_tasks = INSTRUCTION.split("\n\nPut the reasoning process")[0]
-    (bench / "HarmImageTest").mkdir(exist_ok=True)
-    harm_image = []
-    for i, row in enumerate(rows["HarmImageTest"]):
-        name = f"HarmImageTest/toy_{i:05d}.png"
-        (bench / name).write_bytes(row.request.image or b"")
-        harm_image.append({
-            "messages": [
-                {"role": "user", "content": two_tasks + "\n\n" + row.user_turn()},
-                {"role": "assistant", "content": f"Answers: \nRequest: {label(row.request.harmful)}\nResponse: "
-                 "unharmful\n"},
-            ],
-            "images": ["./" + name],
-        })  # fmt: skip
-    dump("HarmImageTest", harm_image)
-    spa = [
-        {"messages": [{"role": "user", "content": INSTRUCTION + "\n" + r.user_turn()},
-                      {"role": "assistant", "content": r.answer()}]}
-        for r in rows["SPA_VL_Eval"]
-    ]  # fmt: skip
-    dump("SPA_VL_Eval", spa)
-    _write_image_dataset(root / "images", rows)
-    return {name: len(v) for name, v in rows.items()}
-
-
-def _write_image_dataset(path: Path, rows: dict[str, list[Row]]) -> None:
-    """The GuardReasoner-VLTest image dataset as ``save_to_disk`` writes it: ``image`` and ``label`` (0 =
-    HarmImageTest, 1 = SPA_VL_Eval), the two benchmarks' images interleaved; readers pair by order per label.
-
-    ``datasets`` stamps a random fingerprint into ``state.json``; it is replaced by a hash of the images so the
-    folder is byte-identical for a seed (``load_from_disk`` reads any fingerprint).
-    """
-    import datasets
-
-    datasets.disable_progress_bars()
-    a = [r.request.image for r in rows["HarmImageTest"]]
-    b = [r.request.image for r in rows["SPA_VL_Eval"]]
-    images, labels = [], []
-    for i in range(max(len(a), len(b))):
-        for k, src in ((0, a), (1, b)):
-            if i < len(src):
-                images.append(src[i])
-                labels.append(k)
-    ds = datasets.Dataset.from_dict(
-        {"image": [{"bytes": x, "path": None} for x in images], "label": labels},
-        features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")}),
-    )
-    ds.save_to_disk(str(path))
-    state = path / "state.json"
-    data = json.loads(state.read_text())
-    digest = hashlib.sha256(b"".join(x or b"" for x in images) + bytes(labels)).hexdigest()[:16]
-    data["_fingerprint"] = digest
-    state.write_text(json.dumps(data, indent=2, sort_keys=True))
-
-
-def training_texts(root: Path) -> list[str]:
-    """The user and assistant turns of a GuardReasoner-VLTrain folder's JSON Lines files: the text a tiny
-    tokenizer learns its vocabulary from (``gr_vl_verl.tiny.build_tokenizer(extra_texts=...)``)."""
-    texts = []
-    for path in sorted(Path(root).glob("GuardReasoner-VLTrain*.json")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                texts += [m["content"] for m in json.loads(line)["messages"] if m["role"] != "system"]
-    return texts
-
-
 def _harmful_share(rows: dict[str, list[Row]]) -> float:
     flat = [r.request.harmful for v in rows.values() for r in v]
     return round(sum(flat) / len(flat), 3)
@@ -396,6 +271,8 @@ def generate(out: Path, config: WorldConfig) -> dict[str, object]:
             raise FileExistsError(f"{out / sub} exists and is not empty: choose another --out or remove it")
     train = train_rows(config, random.Random(f"toy-world-train-{config.seed}"))
     bench = bench_rows(config, random.Random(f"toy-world-bench-{config.seed}"))
+    from gr_vl_verl.data.toy_world_files import write_vltest, write_vltrain
+
     (out / "GuardReasoner-VLTrain").mkdir(parents=True, exist_ok=True)
     counts = {"train": write_vltrain(out / "GuardReasoner-VLTrain", train)}
     counts["benchmarks"] = write_vltest(out / "GuardReasoner-VLTest", bench)

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gr_vl_verl.cpu.vllm_dist import CPU_ENGINE_DEFAULTS
+from gr_vl_verl.cpu.vllm_dist import cpu_engine_defaults, cpu_engine_env, vllm_is_cpu_build
 from gr_vl_verl.generation.config import GenerationConfig, GenerationError, sample_seeds
 from gr_vl_verl.generation.prompts import Request
 from gr_vl_verl.harm_prob import LabelTokens, harm_probabilities, label_tokens, wanted_ids
@@ -78,13 +78,11 @@ def vllm_engine_kwargs(config: GenerationConfig) -> dict[str, Any]:
     }
     if config.pixels:  # the processor's image bounds, as verl's rollout passes data.mm_processor_kwargs
         kwargs["mm_processor_kwargs"] = dict(config.pixels)
-    from gr_vl_verl.cpu.vllm_dist import vllm_is_cpu_build
-
     if vllm_is_cpu_build():
         # vLLM 0.24's CPU build fails a seeded request whose prompt is prefilled in chunks ("CPU Generator does
         # not use offset", gpu_model_runner._bookkeeping_sync rewinds the generator's offset): whole prompts only.
         kwargs["enable_chunked_prefill"] = False
-        kwargs.update(CPU_ENGINE_DEFAULTS)
+        kwargs.update(cpu_engine_defaults(config.tensor_parallel_size))
     kwargs.update(config.engine_kwargs)
     return kwargs
 
@@ -127,8 +125,6 @@ def vllm_prompt(request: Request) -> dict[str, Any]:
 class VLLMEngine:
     def __init__(self, config: GenerationConfig) -> None:
         import os
-
-        from gr_vl_verl.cpu.vllm_dist import cpu_engine_env, vllm_is_cpu_build
 
         if vllm_is_cpu_build():  # its KV cache, and the engine in this process (docs/cpu.md)
             os.environ.update(cpu_engine_env())

@@ -73,14 +73,12 @@ def server_argv(
         "seed": 0,
         "override_generation_config": override,
     }
-    from gr_vl_verl.cpu.vllm_dist import CPU_ENGINE_DEFAULTS, vllm_is_cpu_build
+    from gr_vl_verl.cpu.vllm_dist import cpu_engine_defaults, vllm_is_cpu_build
 
     if vllm_is_cpu_build():
         # vLLM's server keeps its engine core in a process of its own; with ``server_env``'s
         # VLLM_ENABLE_V1_MULTIPROCESSING=0 the model runs in that process instead of a third one (docs/cpu.md).
-        options.update(CPU_ENGINE_DEFAULTS)
-        if int((engine_kwargs or {}).get("tensor_parallel_size", 1)) == 1:
-            options["distributed_executor_backend"] = "uni"
+        options.update(cpu_engine_defaults(int((engine_kwargs or {}).get("tensor_parallel_size", 1))))
     for key, value in (engine_kwargs or {}).items():
         if key in FIXED_FLAGS or key == "api_key":
             raise ValueError(f"engine_kwargs: {key!r} is set by the serve command itself")
