@@ -190,7 +190,7 @@ def _released_truth(draw):
     return {"prompt_label": p, "response_label": r}, f"<think>\nreasoning\n</think>\n{opening}{body}{closing}"
 
 
-@settings(max_examples=2500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(_soup, _structured(), _spellings()), _released_truth())
 def test_compat_mode_is_exactly_the_original_code(solution, truth):
     """The `original` preset returns the released code's `overall`, float for float, for every non-empty
@@ -286,7 +286,7 @@ def test_a_correct_answer_scores_zero_under_every_preset(preset, n_tokens):
     assert compute_score(None, text, GT, extra, preset=preset)["score"] == 0.0
 
 
-@settings(max_examples=10000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_outputs, _label, st.one_of(st.none(), _label), st.integers(0, 10_000), st.sampled_from(sorted(PRESETS)))
 def test_parser_and_reward_never_raise_and_stay_finite(solution, p, r, n, preset):
     parsed = parse_answer(solution)
