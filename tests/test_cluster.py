@@ -1,7 +1,7 @@
 """Generation on a Ray cluster of two nodes of this machine (``gr_vl_verl.cluster.local``, ``gr-vl cluster``).
 
 Engines on both nodes write every row's own seeded samples, and the summary says which node served which rows
-(that the number of engines changes no sample is ``tests/test_generation_ray.py``'s check on one node); a node
+(that the number of engines changes no sample is ``tests/test_generation_ray.py``'s check, byte for byte); a node
 lost while its rows are in flight, and not replaced, loses no row and repeats none (Ray restarts its actor
 where there is room, or Ray Data hands its rows to the other), and the lost actor's vLLM engine processes (an
 engine core and a worker, as vLLM runs them off the CPU build) end with it; stopping the cluster leaves no

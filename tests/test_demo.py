@@ -1,5 +1,5 @@
 """`gr-vl demo`, the README's main job: every stage on a toy guard world through verl and vLLM, reduced to stay
-quick (a small world, a short SFT and three GRPO steps).
+quick (a small world, a short SFT and two GRPO steps).
 
 It runs as the README runs it, a `gr-vl` process of its own (verl's trainers, Ray and vLLM run in its children),
 and the assertions are ones a broken stage would fail: the world is the seeded generator's, verl's SFT loss
@@ -22,7 +22,7 @@ import pytest
 import sklearn_scores
 from ray_driver import run_in_group
 
-STEPS, PROMPTS, EPOCHS, MAX_TOKENS, SCALE, SEED = 3, 4, 2, 104, 0.15, 7
+STEPS, PROMPTS, EPOCHS, MAX_TOKENS, SCALE, SEED = 2, 4, 2, 104, 0.15, 7
 # The demo's process (and its trainers, Ray and vLLM, killed with it) has DEMO_LIMIT, inside this ceiling.
 DEMO_LIMIT = 1500
 pytestmark = pytest.mark.timeout(DEMO_LIMIT + 200)
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.timeout(DEMO_LIMIT + 200)
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> tuple[Path, dict, str, float]:
     out = tmp_path_factory.mktemp("demo") / "out"
-    argv = ["demo", "--out", str(out), "--seed", str(SEED), "--world-scale", str(SCALE), "--sft-steps", "40",
+    argv = ["demo", "--out", str(out), "--seed", str(SEED), "--world-scale", str(SCALE), "--sft-steps", "30",
             "--sft-batch", "4", "--k", "2", "--steps", str(STEPS), "--prompts", str(PROMPTS), "--n", "4",
             "--epochs", str(EPOCHS), "--max-new-tokens", str(MAX_TOKENS),
             "--gen-max-tokens", str(MAX_TOKENS)]  # fmt: skip
