@@ -1,6 +1,6 @@
 """The paper's ablations in miniature, on the toy guard world (docs/toy_world.md), run by hand.
 
-    python experiments/ablations.py [--seeds 0 1 2] [--out outputs/ablations] [demo options, e.g. --steps 16]
+    python experiments/ablations.py [--seeds 0 1 2] [--variants NAME ...] [--out outputs/ablations] [demo options]
 
 Per seed, the demo's stages up to concatenation run once (toy world, tiny model, R-SFT, mining, augmentation:
 :class:`gr_vl_verl.commands.demo.Demo`), the R-SFT model is evaluated, then one GRPO run per variant starts from
@@ -11,9 +11,13 @@ that same R-SFT model and is evaluated on the same held-out benchmarks:
 * ``Eco`` — ``gr_vl.reward.preset=gr-vl-eco`` (the length gain stops at 500 characters);
 * ``w/o length reward`` — ``gr_vl.reward.length_term=false`` (score = r_safety - 1, "w/o Len. Reward");
 * ``w/o mining`` — every RL row (concatenated as the method does) instead of the mined hard rows;
-* ``w/o aug`` — the mined rows without safety-aware concatenation ("w/o Aug.").
+* ``w/o aug`` — the mined rows without safety-aware concatenation ("w/o Aug.");
+* ``mining <= 2 right`` — not the paper's: rows with at most 2 of the k answers right (the paper keeps 0 of 4), from
+  the same answers (``gr-vl mine --generations``), concatenated as the method does: a toy world's warm start errs
+  mostly on one class, and keeping only rows it never gets right gives GRPO that class alone.
 
-Writes ``results.json``, ``results.md`` (held-out F1 and output tokens, mean ± std over seeds) and
+``--variants`` runs only the named ones (their names as above; R-SFT is always evaluated). Writes
+``results.json``, ``results.md`` (held-out F1 and output tokens, mean ± std over seeds) and
 ``curves_seed<S>.png`` (every variant's training curves overlaid) into ``--out``. Not a test: it takes about
 half an hour per seed on two CPU cores.
 """
@@ -38,6 +42,7 @@ VARIANTS: list[tuple[str, str, list[str]]] = [
     ("w/o length reward", "mined+aug", ["gr_vl.reward.length_term=false"]),
     ("w/o mining", "all+aug", []),
     ("w/o aug", "mined", []),
+    ("mining <= 2 right", "mined2+aug", []),
 ]
 FIGURES = ("average_f1", "prompt_all", "response_all", "mean_output_tokens")
 
@@ -58,9 +63,19 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, dict[s
     all_aug = demo.mined / "rl_all_aug.parquet"
     assert gr_vl(["augment", "--data", str(demo.data / "rl_train.parquet"), "--out", str(all_aug), "--ratio", "0.2",
                   "--seed", str(seed), "--no-progress", *demo_cmd.SMALL_IMAGES]) == 0  # fmt: skip
-    data = {"mined+aug": demo.rl_train, "all+aug": all_aug, "mined": demo.mined / "rl_train.parquet"}
+    mined2 = demo.out / "mined_2"
+    answers = demo.mined / "generations"  # the k answers mining drew: kept again with a wider bound
+    assert gr_vl(["mine", "--data", str(demo.data / "rl_train.parquet"), "--generations", str(answers),
+                  "--out", str(mined2), "--k", str(demo.args.k), "--max-correct", "2", "--sample-num", "all",
+                  "--val-fraction", "0.1", "--seed", str(seed)]) == 0  # fmt: skip
+    mined2_aug = mined2 / "rl_train_aug.parquet"
+    assert gr_vl(["augment", "--data", str(mined2 / "rl_train.parquet"), "--out", str(mined2_aug), "--ratio", "0.2",
+                  "--seed", str(seed), "--no-progress", *demo_cmd.SMALL_IMAGES]) == 0  # fmt: skip
+    data = {"mined+aug": demo.rl_train, "all+aug": all_aug, "mined": demo.mined / "rl_train.parquet",
+            "mined2+aug": mined2_aug}  # fmt: skip
     results = {"R-SFT": demo_cmd.headline(demo.eval_model("sft", "R-SFT", demo.sft_model))}
-    for name, train, extra in VARIANTS:
+    variants = [v for v in VARIANTS if v[0] in args.variants]
+    for name, train, extra in variants:
         t0 = time.perf_counter()
         _, step = demo.grpo_run(slug(name), data[train], extra)
         from gr_vl_verl.trainer.launch import hf_folder
@@ -68,14 +83,14 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, dict[s
         model = hf_folder(demo.models / f"{slug(name)}_run" / "checkpoints", step, actor=True)
         results[name] = demo_cmd.headline(demo.eval_model(slug(name), name, model))
         print(f"seed {seed}: {name}: {results[name]} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    runs = [str(demo.models / f"{slug(n)}_run" / "checkpoints") for n, _, _ in VARIANTS]
+    runs = [str(demo.models / f"{slug(n)}_run" / "checkpoints") for n, _, _ in variants]
     assert gr_vl(["curves", *runs, "--out", str(args.out / f"curves_seed{seed}.png"),
-                  "--labels", *[n for n, _, _ in VARIANTS]]) == 0  # fmt: skip
+                  "--labels", *[n for n, _, _ in variants]]) == 0  # fmt: skip
     return results
 
 
 def table(per_seed: dict[int, dict[str, dict[str, float]]]) -> str:
-    names = ["R-SFT", *[n for n, _, _ in VARIANTS]]
+    names = [n for n in ["R-SFT", *[n for n, _, _ in VARIANTS]] if all(n in r for r in per_seed.values())]
     lines = [
         f"Held-out F1 x100 (the paper's weighted averages) and mean output tokens; mean ± std over seeds "
         f"{sorted(per_seed)}.",
@@ -97,6 +112,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=Path("outputs/ablations"))
+    names = [n for n, _, _ in VARIANTS]
+    parser.add_argument("--variants", nargs="+", choices=names, default=names, metavar="NAME", help=", ".join(names))
     args, demo_args = parser.parse_known_args()
     args.demo_args = demo_args
     args.out.mkdir(parents=True, exist_ok=True)
