@@ -43,12 +43,8 @@ def _is_cache(path: str) -> bool:
 def untracked_paths(root: Path = ROOT) -> set[str] | None:
     """Untracked and ignored files of the work tree, caches left out; None outside a git checkout."""
     try:
-        done = subprocess.run(
-            ["git", "status", "--porcelain", "--ignored", "--untracked-files=all", "-z", "--", ".", ":!.venv"],
-            cwd=root,
-            capture_output=True,
-            timeout=120,
-        )
+        argv = ["git", "status", "--porcelain", "--ignored", "--untracked-files=all", "-z", "--", ".", ":!.venv"]
+        done = subprocess.run(argv, timeout=120, cwd=root, capture_output=True)
     except (OSError, subprocess.TimeoutExpired):
         return None
     if done.returncode != 0:

@@ -190,10 +190,8 @@ def test_a_moved_pinned_line_stops_a_cpu_run_before_ray_starts(tmp_path):
     """The pin table's entry for one adapter points at a line verl does not have: ``main_ppo`` exits with one
     line naming the adapter, verl's version and the line, before ``ray.init`` (poisoned here) is reached."""
     env = {k: v for k, v in os.environ.items() if k != "VERL_PLATFORM"}
-    proc = subprocess.run(
-        [sys.executable, "-c", _MOVED_PIN, str(tmp_path / "hydra")],
-        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
-    )  # fmt: skip
+    argv = [sys.executable, "-c", _MOVED_PIN, str(tmp_path / "hydra")]
+    proc = subprocess.run(argv, timeout=300, capture_output=True, text=True, env=env, cwd=tmp_path)
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "RAY STARTED" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]

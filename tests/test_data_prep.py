@@ -493,12 +493,8 @@ def test_sample_corpus_is_what_the_generator_writes(tmp_path):
     import sys
 
     repo = Path(__file__).resolve().parents[1]
-    done = subprocess.run(
-        [sys.executable, str(repo / "data_prep" / "make_sample_corpus.py"), "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    argv = [sys.executable, str(repo / "data_prep" / "make_sample_corpus.py"), "--out", str(tmp_path)]
+    done = subprocess.run(argv, timeout=120, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     for sub in ("GuardReasoner-VLTrain", "GuardReasoner-VLTest"):
         shipped = sorted(p.relative_to(VLTRAIN.parent) for p in (VLTRAIN.parent / sub).rglob("*") if p.is_file())

@@ -17,9 +17,8 @@ def test_entry_point_is_installed_and_loads():
 def test_importing_verl_does_not_pull_the_reward_loop_eagerly():
     """The plugin must keep `import verl` light: registration waits for verl's registry import."""
     code = "import sys, verl; print('gr_vl_verl.plugin' in sys.modules, 'gr_vl_verl.reward.manager' in sys.modules)"
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
-    ).stdout.split()
+    done = subprocess.run([sys.executable, "-c", code], timeout=120, capture_output=True, text=True, check=True)
+    out = done.stdout.split()
     assert out == ["True", "False"]
 
 
@@ -37,9 +36,8 @@ def test_name_resolves_in_a_new_process_whatever_is_imported_first(first_import)
         "from verl.experimental.reward_loop.reward_manager import get_reward_manager_cls\n"
         "print(get_reward_manager_cls('gr_vl').__name__)"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
-    ).stdout.split()
+    done = subprocess.run([sys.executable, "-c", code], timeout=120, capture_output=True, text=True, check=True)
+    out = done.stdout.split()
     assert out[-1] == "GuardRewardManager"
 
 
@@ -116,8 +114,8 @@ def test_import_finder_runs_callbacks_and_leaves_sys_meta_path_when_done(tmp_pat
     )
     (tmp_path / "pkg_c.py").write_text("")
     (tmp_path / "pkg_d.py").write_text("")
-    proc = subprocess.run([sys.executable, "-c", _FINDER_SCRIPT, str(tmp_path)], capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
+    argv = [sys.executable, "-c", _FINDER_SCRIPT, str(tmp_path)]
+    proc = subprocess.run(argv, timeout=120, capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-2000:]
     out = __import__("json").loads(lines[-1][len("RESULT ") :])

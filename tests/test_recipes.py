@@ -162,9 +162,8 @@ def test_eval_recipe_runs_for_real(eval_parquet, tiny_model_dir, tmp_path) -> No
     env.update(DATA=str(eval_parquet), MODEL_PATH=str(tiny_model_dir), OUT=str(out), GPUS="1", PYTHON=sys.executable)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     extra = ["--backend", "transformers", "--max-tokens", "4", "--shard-size", "10", "--no-progress", "--name", "tiny"]
-    run = subprocess.run(
-        ["bash", str(EVAL), *extra], env=env, capture_output=True, text=True, cwd=tmp_path, timeout=120
-    )
+    argv = ["bash", str(EVAL), *extra]
+    run = subprocess.run(argv, timeout=120, env=env, capture_output=True, text=True, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert report["name"] == "tiny" and report["mode"] == "compat"

@@ -25,8 +25,8 @@ def drive_checks() -> dict:
 
     from gr_vl_verl.trainer.main_ppo import GRTaskRunner, GRTaskRunnerV1
 
-    done = subprocess.run([sys.executable, "-m", "gr_vl_verl", "check", "--json"], capture_output=True, text=True,
-                          timeout=400)  # fmt: skip
+    argv = [sys.executable, "-m", "gr_vl_verl", "check", "--json"]
+    done = subprocess.run(argv, timeout=400, capture_output=True, text=True)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         try:
