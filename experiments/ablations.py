@@ -51,6 +51,13 @@ def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
 
 
+def _augmented(data: Path, out: Path, seed: int) -> Path:
+    """``data`` with safety-aware concatenation as the method does it (20 % of the output), into ``out``."""
+    assert gr_vl(["augment", "--data", str(data), "--out", str(out), "--ratio", "0.2", "--seed", str(seed),
+                  "--no-progress", *demo_cmd.SMALL_IMAGES]) == 0  # fmt: skip
+    return out
+
+
 def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, dict[str, float]]:
     parser = argparse.ArgumentParser()
     demo_cmd.add_arguments(parser)
@@ -60,21 +67,19 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, dict[s
     for name, stage in demo.stages()[:6]:  # world, model, prep, R-SFT, mining, concatenation
         t0 = time.perf_counter()
         print(f"seed {seed}: {name}: {stage()} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    all_aug = demo.mined / "rl_all_aug.parquet"
-    assert gr_vl(["augment", "--data", str(demo.data / "rl_train.parquet"), "--out", str(all_aug), "--ratio", "0.2",
-                  "--seed", str(seed), "--no-progress", *demo_cmd.SMALL_IMAGES]) == 0  # fmt: skip
-    mined2 = demo.out / "mined_2"
-    answers = demo.mined / "generations"  # the k answers mining drew: kept again with a wider bound
-    assert gr_vl(["mine", "--data", str(demo.data / "rl_train.parquet"), "--generations", str(answers),
-                  "--out", str(mined2), "--k", str(demo.args.k), "--max-correct", "2", "--sample-num", "all",
-                  "--val-fraction", "0.1", "--seed", str(seed)]) == 0  # fmt: skip
-    mined2_aug = mined2 / "rl_train_aug.parquet"
-    assert gr_vl(["augment", "--data", str(mined2 / "rl_train.parquet"), "--out", str(mined2_aug), "--ratio", "0.2",
-                  "--seed", str(seed), "--no-progress", *demo_cmd.SMALL_IMAGES]) == 0  # fmt: skip
-    data = {"mined+aug": demo.rl_train, "all+aug": all_aug, "mined": demo.mined / "rl_train.parquet",
-            "mined2+aug": mined2_aug}  # fmt: skip
-    results = {"R-SFT": demo_cmd.headline(demo.eval_model("sft", "R-SFT", demo.sft_model))}
     variants = [v for v in VARIANTS if v[0] in args.variants]
+    data = {"mined+aug": demo.rl_train, "mined": demo.mined / "rl_train.parquet"}
+    needed = {train for _, train, _ in variants}
+    if "all+aug" in needed:
+        data["all+aug"] = _augmented(demo.data / "rl_train.parquet", demo.mined / "rl_all_aug.parquet", seed)
+    if "mined2+aug" in needed:
+        mined2 = demo.out / "mined_2"
+        answers = demo.mined / "generations"  # the k answers mining drew: kept again with a wider bound
+        assert gr_vl(["mine", "--data", str(demo.data / "rl_train.parquet"), "--generations", str(answers),
+                      "--out", str(mined2), "--k", str(demo.args.k), "--max-correct", "2", "--sample-num", "all",
+                      "--val-fraction", "0.1", "--seed", str(seed)]) == 0  # fmt: skip
+        data["mined2+aug"] = _augmented(mined2 / "rl_train.parquet", mined2 / "rl_train_aug.parquet", seed)
+    results = {"R-SFT": demo_cmd.headline(demo.eval_model("sft", "R-SFT", demo.sft_model))}
     for name, train, extra in variants:
         t0 = time.perf_counter()
         _, step = demo.grpo_run(slug(name), data[train], extra)
