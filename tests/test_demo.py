@@ -1,18 +1,21 @@
-"""`gr-vl demo`, the README's main job: every stage on a toy guard world through verl and vLLM, reduced to stay
-quick (a small world, a short SFT and two GRPO steps).
+"""`gr-vl demo`, the README's main job, exactly as `make demo` runs it (its defaults, seed 0): every stage on a
+toy guard world through verl and vLLM, and the method learning on it.
 
 It runs as the README runs it, a `gr-vl` process of its own (verl's trainers, Ray and vLLM run in its children),
 and the assertions are ones a broken stage would fail: the world is the seeded generator's, verl's SFT loss
-falls, mining and concatenation produce the counts their rules give, verl's GRPO steps carry the linear clip
-schedule over the steps the data gives (pushed by the driver and read by the workers' loss) and the reward terms
-(eq. 8 and 10), the report's averages are an independent recomputation (scikit-learn) of the predictions file, and
-the closing line compares the two models' own reports.
+falls, concatenation produces the count its rule gives, verl's GRPO steps carry the linear clip schedule over
+the steps the data gives (pushed by the driver and read by the workers' loss) and the reward terms (eq. 8 and
+10), **GRPO raises verl's validation F1 on the held-out rows above its value before training** (the check that
+fails with a flipped reward sign, swapped request/response labels or advantages that carry nothing), the
+report's averages are an independent recomputation (scikit-learn) of the predictions file, and the closing line
+compares the two models' own reports.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -22,7 +25,13 @@ import pytest
 import sklearn_scores
 from ray_driver import run_in_group
 
-STEPS, PROMPTS, EPOCHS, MAX_TOKENS, SCALE, SEED = 2, 4, 2, 104, 0.15, 7
+# The demo's defaults, written out (a changed default shows here): GRPO steps, prompts per step, answer limit.
+STEPS, PROMPTS, MAX_TOKENS, SEED = 8, 8, 104, 0
+# The learning margin (F1 points) of verl's validation F1, response task, on the held-out rows: the mean of the
+# validations after training over the one before. Two runs of these settings gave +7.3 and +11.4; a policy
+# that does not learn keeps its greedy verdicts and stays within noise of zero (-0.3 in the run of seed 2 at
+# lr 1e-4). The runs: docs/toy_world.md, "What was tried for the GRPO settings".
+MARGIN = 4.0
 # The demo's process (and its trainers, Ray and vLLM, killed with it) has DEMO_LIMIT, inside this ceiling.
 DEMO_LIMIT = 1500
 pytestmark = pytest.mark.timeout(DEMO_LIMIT + 200)
@@ -31,10 +40,7 @@ pytestmark = pytest.mark.timeout(DEMO_LIMIT + 200)
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> tuple[Path, dict, str, float]:
     out = tmp_path_factory.mktemp("demo") / "out"
-    argv = ["demo", "--out", str(out), "--seed", str(SEED), "--world-scale", str(SCALE), "--sft-steps", "30",
-            "--sft-batch", "4", "--k", "2", "--steps", str(STEPS), "--prompts", str(PROMPTS), "--n", "4",
-            "--epochs", str(EPOCHS), "--max-new-tokens", str(MAX_TOKENS),
-            "--gen-max-tokens", str(MAX_TOKENS)]  # fmt: skip
+    argv = ["demo", "--out", str(out)]  # as `make demo`: every setting the default
     env = dict(os.environ, RAY_AUTH_MODE="disabled", TOKENIZERS_PARALLELISM="false")
     start = time.perf_counter()
     done = run_in_group([sys.executable, "-m", "gr_vl_verl", *argv], timeout=DEMO_LIMIT, env=env)
@@ -46,7 +52,7 @@ def demo(tmp_path_factory) -> tuple[Path, dict, str, float]:
 def test_every_stage_runs_and_every_artifact_exists(demo):
     out, summary, stdout, elapsed = demo
     assert list(summary["stages"]) == ["toy world", "tiny Qwen2.5-VL", "gr-vl prep", "reasoning SFT (verl)",
-                                       "gr-vl mine", "gr-vl augment", "GRPO (verl + vLLM)", "gr-vl eval",
+                                       "gr-vl augment", "GRPO (verl + vLLM)", "gr-vl eval",
                                        "gr-vl score"]  # fmt: skip
     # the reported times are the demo's own clock, stage by stage: they add up to at most its total (each is
     # rounded to 0.1 s), which is at most what this process saw the demo take (a consistency check, no bound)
@@ -55,31 +61,27 @@ def test_every_stage_runs_and_every_artifact_exists(demo):
     assert sum(stages) <= summary["seconds"] + 0.05 * len(stages) and summary["seconds"] <= elapsed + 0.05
     for name, path in summary["artifacts"].items():
         assert Path(path).exists(), name
-    assert "[9/9] gr-vl score" in stdout and "Artifacts:" in stdout and "ran through verl and vLLM" in stdout
+    assert "[8/8] gr-vl score" in stdout and "Artifacts:" in stdout and "ran through verl and vLLM" in stdout
     for model in ("R-SFT model", "GRPO model"):  # Hugging Face folders verl saved, which the next stage loads
         folder = Path(summary["artifacts"][model])
         assert (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
     # verl's and vLLM's own output went to log files, named on the console
     logs = summary["logs"]
-    assert set(logs) == {"prep", "sft", "mine", "augment", "grpo", "eval_sft", "eval_grpo", "score", "curves"}
+    assert set(logs) == {"prep", "sft", "augment", "grpo", "eval_sft", "eval_grpo", "score", "curves"}
     assert all(Path(p).stat().st_size > 0 and f"log: {p}" in stdout for p in logs.values())
     assert "rows in:" not in stdout and "rows in:" in Path(logs["prep"]).read_text()  # one line per stage
     assert "vLLM" in Path(logs["grpo"]).read_text() or "vllm" in Path(logs["grpo"]).read_text()
 
 
-def test_sft_learns_and_mining_and_concatenation_follow_their_rules(demo):
+def test_sft_learns_and_concatenation_follows_its_rule(demo):
     out, summary, _, _ = demo
     assert summary["sft"]["loss_last"] < summary["sft"]["loss_first"]
-    totals = summary["mining"]
+    assert "mining" not in summary and not (out / "mined").exists()  # --mining none: every RL row trains
     rl_rows = pq.read_metadata(out / "data" / "rl_train.parquet").num_rows
-    assert totals["rows"] == rl_rows == sum(totals["histogram"].values())
-    assert totals["kept"] == totals["histogram"]["0"]  # --max-correct 0: only rows with no right answer
-    assert totals["train"] + totals["val"] == totals["selected"] == totals["kept"]  # --sample-num all
-    mined = pq.read_metadata(out / "mined" / "rl_train.parquet").num_rows
-    augmented = pq.read_table(out / "mined" / "rl_train_aug.parquet").column("extra_info").to_pylist()
+    augmented = pq.read_table(out / "data" / "rl_train_aug.parquet").column("extra_info").to_pylist()
     concatenated = [info for info in augmented if info["concat_of"]]
-    assert mined == totals["train"] and len(augmented) == mined + len(concatenated)
-    assert len(concatenated) == int(mined * 0.2 / 0.8 + 0.5)  # 20 % of the output, rounded half up
+    assert len(augmented) == rl_rows + len(concatenated)
+    assert len(concatenated) == int(rl_rows * 0.2 / 0.8 + 0.5)  # 20 % of the output, rounded half up
 
 
 def test_the_world_is_the_seeded_generators(demo, tmp_path):
@@ -89,7 +91,7 @@ def test_the_world_is_the_seeded_generators(demo, tmp_path):
     from gr_vl_verl.data.toy_world import WorldConfig, generate
 
     out, summary, _, _ = demo
-    generate(tmp_path, WorldConfig.scaled(SCALE, seed=SEED))
+    generate(tmp_path, WorldConfig.scaled(1.0, seed=SEED))
 
     def digest(root: Path) -> dict[str, str]:
         return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*")
@@ -102,8 +104,8 @@ def test_grpo_pushes_the_scheduled_clip_and_scores_with_the_paper_reward(demo):
     out, summary, _, _ = demo
     history = [h for h in summary["grpo"] if h["step"] > 0]  # step 0: validation before training
     # the run takes the steps its data gives, at most STEPS (verl's dataloader drops the last partial batch)
-    rows = pq.read_metadata(out / "mined" / "rl_train_aug.parquet").num_rows
-    total = min(STEPS, rows // PROMPTS * EPOCHS)
+    rows = pq.read_metadata(out / "data" / "rl_train_aug.parquet").num_rows
+    total = min(STEPS, rows // PROMPTS * 4)  # 4 epochs at most (--epochs)
     assert [h["step"] for h in history] == list(range(1, total + 1))
     # linear schedule from 0.2 over the run's steps, written out: pushed by the driver, read by the workers' loss
     expected = [0.2 * (total - s) / total for s in range(1, total + 1)]
@@ -153,3 +155,36 @@ def test_the_closing_line_compares_the_two_models_reports(demo):
     )
     assert last.startswith("Held-out F1, R-SFT -> GRPO: ") and expected in last
     assert summary["comparison"] == last
+
+
+def test_grpo_raises_held_out_validation_f1_above_the_r_sft_start(demo):
+    """The method learns: verl validated (greedy) on the held-out benchmark rows before training and every
+    quarter of the run, and the response task's F1 after training is above its value before by MARGIN."""
+    out, summary, _, _ = demo
+    val = summary["grpo_validation"]
+    assert val["steps"] == [0, *range(STEPS // 4, STEPS + 1, STEPS // 4)]
+    # the validation rows are the benchmarks' rows, none of them a training row
+    held_out = {info["id"] for info in pq.read_table(out / "data" / "rl_test.parquet").column("extra_info").to_pylist()}
+    trained = {info["id"] for info in pq.read_table(out / "data" / "rl_train.parquet").column("extra_info").to_pylist()}
+    assert len(held_out) == pq.read_metadata(out / "data" / "rl_test.parquet").num_rows > 100
+    assert not held_out & trained
+    before, after = val["f1_response"][0], val["f1_response"][1:]
+    assert statistics.mean(after) >= before + MARGIN, val
+
+
+def test_mining_hard_is_the_papers_mining_before_concatenation():
+    """`--mining hard` (not run here: docs/toy_world.md has its runs) puts `gr-vl mine` between R-SFT and
+    concatenation, which then reads the mined rows."""
+    import argparse
+
+    from gr_vl_verl.commands import demo as demo_cmd
+
+    parser = argparse.ArgumentParser()
+    demo_cmd.add_arguments(parser)
+    default = demo_cmd.Demo(parser.parse_args([]))
+    hard = demo_cmd.Demo(parser.parse_args(["--mining", "hard", "--out", "elsewhere"]))
+    names = [name for name, _ in hard.stages()]
+    assert [name for name, _ in default.stages()] == [n for n in names if n != "gr-vl mine"]
+    assert names.index("reasoning SFT (verl)") < names.index("gr-vl mine") < names.index("gr-vl augment")
+    assert default.args.steps == STEPS and default.args.prompts == PROMPTS and default.args.seed == SEED
+    assert default.args.max_new_tokens == MAX_TOKENS and default.args.mining == "none"

@@ -5,13 +5,17 @@ Every stage of GuardReasoner-VL, in order, each through the same code a cluster 
 1. ``gr-vl toy-world``: a seeded guard world in GuardReasoner-VLTrain / VLTest's file shapes whose harm follows
    simple rules, with held-out benchmarks (docs/toy_world.md);
 2. a tiny Qwen2.5-VL built offline (its tokenizer learned on the world's training text, random weights);
-3. ``gr-vl prep``: the world's files into SFT, RL and eval parquets;
+3. ``gr-vl prep``: the world's files into SFT, RL and eval parquets, and the benchmarks as RL rows (GRPO's
+   validation set: verl's validation F1 is then held-out F1);
 4. reasoning SFT: verl's ``sft_trainer`` (torchrun, FSDP2) with ``gr_vl_sft.yaml``, deliberately short: a warm
    start that still makes mistakes;
-5. ``gr-vl mine --model``: k answers per RL row through the Ray Data pipeline and vLLM, hard rows kept;
+5. with ``--mining hard`` only, ``gr-vl mine --model``: k answers per RL row through the Ray Data pipeline and
+   vLLM, hard rows kept (the paper's mining; at this size it hurts, so by default GRPO trains on every RL row:
+   docs/toy_world.md);
 6. ``gr-vl augment``: safety-aware concatenation up to 20 % of the RL training rows;
 7. GRPO: ``python -m gr_vl_verl.trainer.main_ppo trainer.device=cpu`` — verl's trainer with FSDP2 workers, a
-   vLLM rollout server, the plugin's reward manager and the dynamic clip pushed every step;
+   vLLM rollout server, the plugin's reward manager and the dynamic clip pushed every step, validating (greedy)
+   on the held-out rows before training and every quarter of the run;
 8. ``gr-vl eval`` of the R-SFT and the GRPO model through vLLM on the held-out benchmarks;
 9. ``gr-vl score``: both models side by side (report.md, report.json, report.csv, charts) and ``gr-vl curves``
    of both training runs, embedded in the report.
@@ -49,8 +53,8 @@ ENGINE_KWARGS = json.dumps({"enforce_eager": True, "max_model_len": 4096})
 
 DONE = (
     "Everything above ran through verl and vLLM: verl's sft_trainer and its GRPO trainer (FSDP2 workers, a vLLM "
-    "rollout server, the plugin's reward manager and dynamic clip), vLLM for mining and evaluation, at toy size "
-    "on this machine's CPUs."
+    "rollout server, the plugin's reward manager and dynamic clip), vLLM for evaluation (and mining, with "
+    "--mining hard), at toy size on this machine's CPUs."
 )
 
 
@@ -65,15 +69,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sft-steps", type=int, default=100, help="reasoning-SFT steps (default %(default)s)")
     parser.add_argument("--sft-batch", type=int, default=8, help="rows per SFT step (default %(default)s)")
     parser.add_argument("--sft-lr", type=float, default=3e-3, help="SFT learning rate (tiny model)")
+    parser.add_argument(
+        "--mining",
+        choices=("none", "hard"),
+        default="none",
+        help="none: GRPO on every RL row (default; at this size it learns and the paper's mining does not, "
+        "docs/toy_world.md); hard: the paper's hard-sample mining with --k and --max-correct",
+    )
     parser.add_argument("--k", type=int, default=4, help="answers per row when mining (default %(default)s)")
     parser.add_argument(
         "--max-correct", type=int, default=0, help="mining keeps rows with at most this many right answers (default 0)"
     )
-    parser.add_argument("--steps", type=int, default=24, help="GRPO steps (default %(default)s)")
+    parser.add_argument("--steps", type=int, default=8, help="GRPO steps (default %(default)s)")
     parser.add_argument("--prompts", type=int, default=8, help="prompts per GRPO step (default %(default)s)")
     parser.add_argument("--n", type=int, default=4, help="answers per prompt, the GRPO group (default %(default)s)")
     parser.add_argument("--epochs", type=int, default=4, help="GRPO epochs over the mined data at most (default 4)")
-    parser.add_argument("--lr", type=float, default=1e-4, help="GRPO learning rate (tiny model; the paper: 1e-6)")
+    parser.add_argument("--lr", type=float, default=3e-5, help="GRPO learning rate (tiny model; the paper: 1e-6)")
     parser.add_argument(
         "--temperature", type=float, default=1.0, help="GRPO rollout temperature (the paper: 1.2; default 1.0)"
     )
@@ -131,12 +142,15 @@ class Demo:
         sft_images = ["--sft-min-pixels", str(TINY_PIXELS[0]), "--sft-max-pixels", str(TINY_PIXELS[1])]
         self.command("prep", ["vltrain", "--data-root", str(train), "--out", str(self.data), "--no-progress",
                          "--seed", str(self.args.seed), *sft_images, *SMALL_IMAGES])  # fmt: skip
+        # the benchmarks also as RL rows: GRPO validates on them (the rows with a request label; verl's F1 per
+        # task against the held-out labels, the curves' "validation F1")
         self.command("prep", ["vltest", "--benchmark-dir", str(bench / "benchmark"), "--image-dataset",
-                         str(bench / "images"), "--out", str(self.data), "--no-progress", *SMALL_IMAGES])  # fmt: skip
-        for name in ("sft_train.parquet", "rl_train.parquet", "eval.parquet"):
+                         str(bench / "images"), "--out", str(self.data), "--formats", "eval,rl", "--no-progress",
+                         *SMALL_IMAGES])  # fmt: skip
+        for name in ("sft_train.parquet", "rl_train.parquet", "eval.parquet", "rl_test.parquet"):
             self.artifact(name, self.data / name)
         return f"SFT {rows(self.data / 'sft_train.parquet')}, RL {rows(self.data / 'rl_train.parquet')}, " + (
-            f"eval {rows(self.data / 'eval.parquet')} rows"
+            f"eval {rows(self.data / 'eval.parquet')} rows (validation {rows(self.val_data)} of them)"
         )
 
     def sft(self) -> str:
@@ -166,7 +180,7 @@ class Demo:
         a = self.args
         self.gr_vl("mine", ["--data", str(self.data / "rl_train.parquet"), "--model", str(self.sft_model),
                             "--out", str(self.mined), "--k", str(a.k), "--max-correct", str(a.max_correct),
-                            "--sample-num", "all", "--val-fraction", "0.1", "--seed", str(a.seed), "--backend", "vllm",
+                            "--sample-num", "all", "--val-fraction", "0", "--seed", str(a.seed), "--backend", "vllm",
                             "--max-tokens", str(a.gen_max_tokens), "--engine-kwargs", ENGINE_KWARGS, "--no-progress",
                             *SMALL_IMAGES])  # fmt: skip
         stats = json.loads((self.mined / "mining_stats.json").read_text())
@@ -179,10 +193,12 @@ class Demo:
         )
 
     def augment(self) -> str:
-        argv = ["--data", str(self.mined / "rl_train.parquet"), "--out", str(self.rl_train), "--ratio", "0.2"]
+        source = self.mined / "rl_train.parquet" if self.args.mining == "hard" else self.data / "rl_train.parquet"
+        argv = ["--data", str(source), "--out", str(self.rl_train), "--ratio", "0.2"]
         self.command("augment", [*argv, "--seed", str(self.args.seed), "--no-progress", *SMALL_IMAGES])
         self.artifact("augmented RL data", self.rl_train)
-        return f"{rows(self.mined / 'rl_train.parquet')} rows -> {rows(self.rl_train)} rows"
+        what = "mined" if self.args.mining == "hard" else "every RL row, no mining:"
+        return f"{what} {rows(source)} rows -> {rows(self.rl_train)} rows"
 
     def grpo(self) -> str:
         a = self.args
@@ -195,10 +211,19 @@ class Demo:
         trained = [h for h in history if "actor/clip_eps_low" in h]
         acc = [h["reward/acc/mean"] for h in trained if "reward/acc/mean" in h]
         first, last = (sum(acc[:3]) / len(acc[:3]), sum(acc[-3:]) / len(acc[-3:])) if acc else (float("nan"),) * 2
+        validated = [h for h in history if "val/f1_prompt" in h]
+        self.summary["grpo_validation"] = {
+            "steps": [h["step"] for h in validated],
+            "f1_prompt": [h["val/f1_prompt"] for h in validated],
+            "f1_response": [h.get("val/f1_response") for h in validated],
+        }
+        v0, v1 = validated[0], validated[-1]
         return (
             f"verl GRPO trainer, {len(trained)} steps x {a.prompts} prompts x {a.n} answers; clip eps "
             f"{trained[0]['actor/clip_eps_low']:.3f} -> {trained[-1]['actor/clip_eps_low']:.3f}; "
-            f"rollout accuracy {first:.2f} -> {last:.2f}"
+            f"rollout accuracy {first:.2f} -> {last:.2f}; held-out validation F1 (step {v0['step']} -> "
+            f"{v1['step']}): prompt {v0['val/f1_prompt']:.1f} -> {v1['val/f1_prompt']:.1f}, response "
+            f"{v0.get('val/f1_response', float('nan')):.1f} -> {v1.get('val/f1_response', float('nan')):.1f}"
         )
 
     def grpo_run(self, name: str, train: Path, extra: Sequence[str] = ()) -> tuple[list[dict[str, Any]], int]:
@@ -211,12 +236,18 @@ class Demo:
         seeds = [f"data.seed={a.seed}", f"actor_rollout_ref.rollout.seed={a.seed}",
                  f"actor_rollout_ref.actor.fsdp_config.seed={a.seed}",
                  f"actor_rollout_ref.actor.data_loader_seed={a.seed}"]  # fmt: skip
+        # validation: greedy answers (temperature 0, as `gr-vl eval`) on every held-out row, before training and
+        # four times in the run; a group's n answers go through the model together (micro_batch)
+        greedy = [
+            "actor_rollout_ref.rollout.val_kwargs.do_sample=false",
+            "actor_rollout_ref.rollout.val_kwargs.temperature=0",
+        ]
         argv = launch.grpo_command(
-            self.sft_model, train, self.mined / "rl_val.parquet", out, a.steps, prompts=a.prompts, n=a.n,
-            response_length=a.max_new_tokens, lr=a.lr, image_pixels=TINY_PIXELS, val_samples=16,
+            self.sft_model, train, self.val_data, out, a.steps, prompts=a.prompts, n=a.n,
+            response_length=a.max_new_tokens, lr=a.lr, image_pixels=TINY_PIXELS, val_samples=-1, micro_batch=a.n,
             extra=[f"trainer.total_epochs={a.epochs}", f"trainer.test_freq={max(1, a.steps // 4)}",
-                   "trainer.val_before_train=true", f"actor_rollout_ref.rollout.temperature={a.temperature}", *seeds,
-                   *extra],
+                   "trainer.val_before_train=true", f"actor_rollout_ref.rollout.temperature={a.temperature}", *greedy,
+                   *seeds, *extra],
         )  # fmt: skip
         result = self.trainer_run(argv, name, a.steps, metrics=out / "checkpoints" / "metrics.jsonl")
         keep = ("actor/clip_eps_low", "actor/clip_eps_high", "actor/loss_clip_low", "actor/pg_loss",
@@ -294,7 +325,12 @@ class Demo:
 
     @property
     def rl_train(self) -> Path:
-        return self.mined / "rl_train_aug.parquet"
+        return self.data / "rl_train_aug.parquet"
+
+    @property
+    def val_data(self) -> Path:
+        """GRPO's validation rows: the held-out benchmarks' rows that have a request label."""
+        return self.data / "rl_test.parquet"
 
     @property
     def sft_model(self) -> Path:
@@ -355,7 +391,7 @@ class Demo:
             ("tiny Qwen2.5-VL", self.build_model),
             ("gr-vl prep", self.prep),
             ("reasoning SFT (verl)", self.sft),
-            ("gr-vl mine", self.mine),
+            *([("gr-vl mine", self.mine)] if self.args.mining == "hard" else []),
             ("gr-vl augment", self.augment),
             ("GRPO (verl + vLLM)", self.grpo),
             ("gr-vl eval", self.eval),

@@ -87,6 +87,7 @@ def grpo_command(
     prompt_length: int = 1024,
     lr: float = 1e-4,
     val_samples: int = 4,
+    micro_batch: int = 1,
     image_pixels: tuple[int, int] = (784, 12544),
     device: str = "cpu",
     extra: Sequence[str] = (),
@@ -95,6 +96,9 @@ def grpo_command(
 
     Each prompt is its own mini-batch (``ppo_mini_batch_size=1``), so a step makes ``prompts`` updates and the
     clip range has ratios to act on; the Hugging Face folder of the actor is saved with each checkpoint.
+    ``micro_batch`` answers go through the model at once (in the update and both log-prob passes): fewer,
+    larger passes, and verl's token-mean loss is taken over them together rather than answer by answer (the
+    demo's ``n`` = 4 on two CPU cores: the update 9-11 s a step instead of 12-14 s).
     """
     return [
         sys.executable, "-m", "gr_vl_verl.trainer.main_ppo", f"trainer.device={device}",
@@ -104,13 +108,14 @@ def grpo_command(
         f"data.mm_processor_kwargs.min_pixels={image_pixels[0]}",
         f"data.mm_processor_kwargs.max_pixels={image_pixels[1]}",
         f"actor_rollout_ref.model.path={model}", "actor_rollout_ref.model.enable_gradient_checkpointing=false",
-        "actor_rollout_ref.actor.ppo_mini_batch_size=1", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=1",
+        "actor_rollout_ref.actor.ppo_mini_batch_size=1",
+        f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={micro_batch}",
         "actor_rollout_ref.actor.use_dynamic_bsz=false", f"actor_rollout_ref.actor.optim.lr={lr}",
         "actor_rollout_ref.actor.checkpoint.save_contents=[model,optimizer,extra,hf_model]",
         f"actor_rollout_ref.rollout.n={n}", "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
         f"actor_rollout_ref.rollout.max_model_len={prompt_length + response_length}",
-        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=1",
-        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=1",
+        f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={micro_batch}",
+        f"actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu={micro_batch}",
         "trainer.n_gpus_per_node=1", "trainer.nnodes=1", f"trainer.total_training_steps={steps}",
         "trainer.logger=[console,file]", f"trainer.test_freq={steps}", f"trainer.save_freq={steps}",
         "trainer.val_before_train=false", f"trainer.default_local_dir={out / 'checkpoints'}",
