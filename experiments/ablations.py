@@ -35,6 +35,7 @@ from pathlib import Path
 
 from gr_vl_verl.cli import main as gr_vl
 from gr_vl_verl.commands import demo as demo_cmd
+from gr_vl_verl.commands._demo_parts import headline
 
 VARIANTS: list[tuple[str, str, list[str]]] = [
     # (name, training data: all+aug | all | mined+aug | mined2+aug, hydra overrides)
@@ -86,14 +87,14 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, dict[s
                       "--out", str(mined2), "--k", str(demo.args.k), "--max-correct", "2", "--sample-num", "all",
                       "--val-fraction", "0", "--seed", str(seed)]) == 0  # fmt: skip
         data["mined2+aug"] = _augmented(mined2 / "rl_train.parquet", mined2 / "rl_train_aug.parquet", seed)
-    results = {"R-SFT": demo_cmd.headline(demo.eval_model("sft", "R-SFT", demo.sft_model))}
+    results = {"R-SFT": headline(demo.eval_model("sft", "R-SFT", demo.sft_model))}
     for name, train, extra in variants:
         t0 = time.perf_counter()
         _, step = demo.grpo_run(slug(name), data[train], extra)
         from gr_vl_verl.trainer.launch import hf_folder
 
         model = hf_folder(demo.models / f"{slug(name)}_run" / "checkpoints", step, actor=True)
-        results[name] = demo_cmd.headline(demo.eval_model(slug(name), name, model))
+        results[name] = headline(demo.eval_model(slug(name), name, model))
         print(f"seed {seed}: {name}: {results[name]} ({time.perf_counter() - t0:.0f} s)", flush=True)
     runs = [str(demo.models / f"{slug(n)}_run" / "checkpoints") for n, _, _ in variants]
     assert gr_vl(["curves", *runs, "--out", str(args.out / f"curves_seed{seed}.png"),

@@ -80,7 +80,7 @@ _EVERY_PATH = textwrap.dedent(
         sys.__stdout__.write("noise: sys.__stdout__\\n")
         os.write(1, b"noise: fd 1\\n")
         ctypes.CDLL(None).printf(b"noise: C printf\\n")  # C's stdio buffer, flushed on the way out
-        subprocess.run([sys.executable, "-c", "print('noise: child process')"], check=True)
+        subprocess.run([sys.executable, "-c", "print('noise: child process')"], check=True, timeout=60)
         log = logging.getLogger("a_library")
         log.addHandler(logging.StreamHandler(sys.stdout))  # bound at import, as vLLM's handler is
         log.propagate = False

@@ -41,8 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from gr_vl_verl.atomic import atomic_write
+from gr_vl_verl.commands import _demo_parts as parts
 from gr_vl_verl.commands import emit
-from gr_vl_verl.commands._demo_parts import StepCounter, command, embed_curves, headline, rows
 
 # The tiny processor's pixel bounds (gr_vl_verl.tiny): images of a few tokens. The demo's data, mining, GRPO
 # and evaluation use them (the world's pictures are 56 x 56, inside them).
@@ -149,8 +149,10 @@ class Demo:
                          *SMALL_IMAGES])  # fmt: skip
         for name in ("sft_train.parquet", "rl_train.parquet", "eval.parquet", "rl_test.parquet"):
             self.artifact(name, self.data / name)
-        return f"SFT {rows(self.data / 'sft_train.parquet')}, RL {rows(self.data / 'rl_train.parquet')}, " + (
-            f"eval {rows(self.data / 'eval.parquet')} rows (validation {rows(self.val_data)} of them)"
+        n = {name: parts.rows(self.data / name) for name in ("sft_train.parquet", "rl_train.parquet", "eval.parquet")}
+        return (
+            f"SFT {n['sft_train.parquet']}, RL {n['rl_train.parquet']}, eval {n['eval.parquet']} rows "
+            f"(validation {parts.rows(self.val_data)} of them)"
         )
 
     def sft(self) -> str:
@@ -193,12 +195,13 @@ class Demo:
         )
 
     def augment(self) -> str:
-        source = self.mined / "rl_train.parquet" if self.args.mining == "hard" else self.data / "rl_train.parquet"
+        mined = self.args.mining == "hard"
+        source = (self.mined if mined else self.data) / "rl_train.parquet"
         argv = ["--data", str(source), "--out", str(self.rl_train), "--ratio", "0.2"]
         self.command("augment", [*argv, "--seed", str(self.args.seed), "--no-progress", *SMALL_IMAGES])
         self.artifact("augmented RL data", self.rl_train)
-        what = "mined" if self.args.mining == "hard" else "every RL row, no mining:"
-        return f"{what} {rows(source)} rows -> {rows(self.rl_train)} rows"
+        what = "mined" if mined else "every RL row, no mining:"
+        return f"{what} {parts.rows(source)} rows -> {parts.rows(self.rl_train)} rows"
 
     def grpo(self) -> str:
         a = self.args
@@ -208,23 +211,8 @@ class Demo:
         self.artifact("GRPO checkpoints", out)
         self.artifact("GRPO metrics", out / "metrics.jsonl")
         self.artifact("GRPO model", self.grpo_model)
-        trained = [h for h in history if "actor/clip_eps_low" in h]
-        acc = [h["reward/acc/mean"] for h in trained if "reward/acc/mean" in h]
-        first, last = (sum(acc[:3]) / len(acc[:3]), sum(acc[-3:]) / len(acc[-3:])) if acc else (float("nan"),) * 2
-        validated = [h for h in history if "val/f1_prompt" in h]
-        self.summary["grpo_validation"] = {
-            "steps": [h["step"] for h in validated],
-            "f1_prompt": [h["val/f1_prompt"] for h in validated],
-            "f1_response": [h.get("val/f1_response") for h in validated],
-        }
-        v0, v1 = validated[0], validated[-1]
-        return (
-            f"verl GRPO trainer, {len(trained)} steps x {a.prompts} prompts x {a.n} answers; clip eps "
-            f"{trained[0]['actor/clip_eps_low']:.3f} -> {trained[-1]['actor/clip_eps_low']:.3f}; "
-            f"rollout accuracy {first:.2f} -> {last:.2f}; held-out validation F1 (step {v0['step']} -> "
-            f"{v1['step']}): prompt {v0['val/f1_prompt']:.1f} -> {v1['val/f1_prompt']:.1f}, response "
-            f"{v0.get('val/f1_response', float('nan')):.1f} -> {v1.get('val/f1_response', float('nan')):.1f}"
-        )
+        self.summary["grpo_validation"] = parts.validation_curve(history)
+        return parts.grpo_detail(history, a.prompts, a.n)
 
     def grpo_run(self, name: str, train: Path, extra: Sequence[str] = ()) -> tuple[list[dict[str, Any]], int]:
         """A GRPO run from the R-SFT model on ``train`` into ``models/<name>_run``: (metrics per step, the step of
@@ -238,10 +226,8 @@ class Demo:
                  f"actor_rollout_ref.actor.data_loader_seed={a.seed}"]  # fmt: skip
         # validation: greedy answers (temperature 0, as `gr-vl eval`) on every held-out row, before training and
         # four times in the run; a group's n answers go through the model together (micro_batch)
-        greedy = [
-            "actor_rollout_ref.rollout.val_kwargs.do_sample=false",
-            "actor_rollout_ref.rollout.val_kwargs.temperature=0",
-        ]
+        greedy = ["actor_rollout_ref.rollout.val_kwargs.do_sample=false",
+                  "actor_rollout_ref.rollout.val_kwargs.temperature=0"]  # fmt: skip
         argv = launch.grpo_command(
             self.sft_model, train, self.val_data, out, a.steps, prompts=a.prompts, n=a.n,
             response_length=a.max_new_tokens, lr=a.lr, image_pixels=TINY_PIXELS, val_samples=-1, micro_batch=a.n,
@@ -250,14 +236,7 @@ class Demo:
                    *seeds, *extra],
         )  # fmt: skip
         result = self.trainer_run(argv, name, a.steps, metrics=out / "checkpoints" / "metrics.jsonl")
-        keep = ("actor/clip_eps_low", "actor/clip_eps_high", "actor/loss_clip_low", "actor/pg_loss",
-                "critic/score/mean", "critic/advantages/max", "response_length/mean", "timing_s/step")  # fmt: skip
-        history = []
-        for step, m in sorted(result.metrics().items()):
-            record = {"step": step, **{k: m[k] for k in keep if k in m}}
-            record.update({k: v for k, v in m.items() if k.startswith(("reward/", "val/f1_"))})
-            history.append(record)
-        return history, launch.last_step(out / "checkpoints")
+        return parts.grpo_history(result.metrics()), launch.last_step(out / "checkpoints")
 
     def eval(self) -> str:
         self.eval_model("sft", "R-SFT", self.sft_model)
@@ -284,26 +263,17 @@ class Demo:
         ):
             self.command("curves", [str(metrics), "--out", str(report / f"curves_{run}.png"), "--labels",
                                     "R-SFT" if run == "sft" else "GRPO"])  # fmt: skip
-        embed_curves(report / "report.md")
+        parts.embed_curves(report / "report.md")
         for name in sorted(p.name for p in report.iterdir()):
             self.artifact(name, report / name)
         grpo = json.loads((report / "report.json").read_text())
         sft = json.loads((self.out / "eval" / "sft" / "report.json").read_text())
-        self.summary["report"] = {name: headline(r) for name, r in (("R-SFT", sft), ("GRPO", grpo))}
+        self.summary["report"] = {name: parts.headline(r) for name, r in (("R-SFT", sft), ("GRPO", grpo))}
         return f"GRPO beside R-SFT in {report / 'report.md'}, training curves in curves_{{sft,grpo}}.png"
 
     def comparison(self) -> str:
         """The closing line: R-SFT against GRPO on the held-out benchmarks."""
-        sft, grpo = self.summary["report"]["R-SFT"], self.summary["report"]["GRPO"]
-
-        def pair(key: str, digits: int = 1) -> str:
-            return f"{sft[key]:.{digits}f} -> {grpo[key]:.{digits}f}"
-
-        delta = grpo["average_f1"] - sft["average_f1"]
-        return (
-            f"Held-out F1, R-SFT -> GRPO: prompt (All) {pair('prompt_all')}, response (All) {pair('response_all')}, "
-            f"average {pair('average_f1')} ({delta:+.1f}); mean output tokens {pair('mean_output_tokens', 0)}."
-        )
+        return parts.closing_line(self.summary["report"]["R-SFT"], self.summary["report"]["GRPO"])
 
     # -- bookkeeping --------------------------------------------------------------------------------
     def fresh(self) -> None:
@@ -350,7 +320,7 @@ class Demo:
         console counts its steps."""
         from gr_vl_verl.trainer import launch
 
-        with StepCounter(metrics, steps, name):
+        with parts.StepCounter(metrics, steps, name):
             result = launch.run(argv, self.logs, name, timeout=self.args.timeout, metrics=metrics)
         self.log_file(name, result.log)
         return result
@@ -374,7 +344,7 @@ class Demo:
     def command(self, name: str, argv: list[str]) -> None:
         """A light ``gr-vl`` command (no Ray, no vLLM) in this process, its output in ``logs/<name>.log``."""
         log = self.logs / f"{name}.log"
-        command(name, argv, log)
+        parts.command(name, argv, log)
         if self.summary.get("logs", {}).get(name) != str(log):
             self.log_file(name, log)
 
