@@ -16,7 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 #: Sections the ``gr_vl`` block may hold.
-SECTIONS: tuple[str, ...] = ("clip", "reward")
+SECTIONS: tuple[str, ...] = ("clip", "reward", "node_watch")
 
 
 def select(config: Any, path: str) -> Any:

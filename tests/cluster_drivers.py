@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from gr_vl_verl.process_group import run_in_group, wait_group
 
 #: Each `gr-vl` run's limit, and how long the lost node's engine processes get to end.
 RUN_LIMIT, SETTLE_S = 420, 60
+#: How long a trainer may take to stop once a node under it is lost (gloo's own timeout is 30 minutes).
+STOP_LIMIT = 120
 #: The GCS declares a node dead after health checks fail this often this far apart (Ray: 5 x 3 s).
 FAST_HEALTH = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}
 #: The actors' vLLM engines as vLLM runs them off the CPU build: an engine core and a worker in processes of their
@@ -124,16 +127,37 @@ def two_nodes_and_a_lost_node(data: str, model: str, work: str, flags: list[str]
     return seen
 
 
-def grpo_on_two_nodes(argv: list[str], out: str, name: str, limit_s: float) -> dict[str, Any]:
+def _setting(argv: list[str], key: str) -> str:
+    """The value of a ``key=value`` override in a trainer command (the last one wins, as with Hydra)."""
+    values = [a.split("=", 1)[1] for a in argv if a.startswith(f"{key}=")]
+    assert values, f"{key} not in the command"
+    return values[-1]
+
+
+def _wait_for_checkpoint(folder: Path, step: int, proc: subprocess.Popen, limit_s: float) -> bool:
+    """Wait until verl's tracker names ``step`` (checkpoint ``step`` complete); False if the run ended first."""
+    from gr_vl_verl.cluster.node_loss import last_checkpoint
+
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        if last_checkpoint(folder) == step:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def grpo_on_two_nodes(argv: list[str], out: str, name: str, limit_s: float, lose_after: int = 0) -> dict[str, Any]:
     """A verl trainer command (``trainer.nnodes=2``) against a two-node Ray cluster of this machine, each node
     with 8 CPUs and one ``gr_vl_cpu_device``: the run's result, and on which node each vLLM server ran (sampled
-    from the nodes' process tables while the run lasts)."""
-    import threading
+    from the nodes' process tables while the run lasts).
 
+    With ``lose_after`` = k > 0 the worker node is lost once checkpoint k is complete (step k + 1 under way),
+    the run must end within ``STOP_LIMIT`` s of that, and, with a new node in its place, the same command runs
+    again (``<name>_resumed``): verl's ``trainer.resume_mode=auto`` continues it from checkpoint k."""
     from gr_vl_verl.cluster.local import LocalCluster
     from gr_vl_verl.trainer import launch
 
-    cluster = LocalCluster(nodes=2, num_cpus=8, cpu_devices=1).start()
+    cluster = LocalCluster(nodes=2, num_cpus=8, cpu_devices=1, env=FAST_HEALTH).start()
     servers: dict[int, set[int]] = {}
     done = threading.Event()
 
@@ -147,13 +171,123 @@ def grpo_on_two_nodes(argv: list[str], out: str, name: str, limit_s: float) -> d
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     seen: dict[str, Any] = {"nodes": cluster.describe()["nodes"]}
+    env = {"RAY_ADDRESS": cluster.address}
     try:
-        result = launch.run(argv, Path(out), name, timeout=limit_s, env={"RAY_ADDRESS": cluster.address})
-        seen["seconds"] = result.seconds
+        if not lose_after:
+            seen["seconds"] = launch.run(argv, Path(out), name, timeout=limit_s, env=env).seconds
+        else:
+            seen["lost"] = _lose_a_node_mid_run(cluster, argv, Path(out), name, limit_s, lose_after)
+            seen["servers_before_loss"] = {str(k): sorted(v) for k, v in servers.items()}
+            cluster.add_node()
+            seen["nodes_resumed"] = cluster.describe()["nodes"]
+            seen["seconds"] = launch.run(argv, Path(out), f"{name}_resumed", timeout=limit_s, env=env).seconds
     finally:
         done.set()
         watcher.join(10)
         seen["servers"] = {str(k): sorted(v) for k, v in servers.items()}
         seen["stop_ended"] = cluster.stop()
         seen["left_after_stop"] = sorted(cluster.processes())
+    return seen
+
+
+def _lose_a_node_mid_run(cluster: Any, argv: list[str], out: Path, name: str, limit_s: float, after: int) -> dict:
+    from gr_vl_verl.cluster.node_loss import last_checkpoint
+    from gr_vl_verl.trainer import launch
+
+    checkpoints = Path(_setting(argv, "trainer.default_local_dir"))
+    run = launch.start(argv, out, name, env={"RAY_ADDRESS": cluster.address})
+    try:
+        reached = _wait_for_checkpoint(checkpoints, after, run.proc, limit_s)
+        time.sleep(2)  # the next step's rollout under way
+        task_runner = [n.index for n in cluster.members for _, cmd in cluster.processes(n).values()
+                       if "TaskRunner" in cmd]  # fmt: skip
+        lost_id = cluster.members[1].node_id
+        cluster.lose_node(1)
+        lost_at = time.monotonic()
+        rc = wait_group(run.proc, STOP_LIMIT)  # None: still running at the limit (then killed, group and all)
+        stop_s = time.monotonic() - lost_at
+    finally:
+        wait_group(run.proc, 0.1)
+    return {
+        "checkpoint_reached": reached,
+        "node_id": lost_id,
+        "task_runner_nodes": task_runner,
+        "rc": rc,
+        "stop_s": stop_s,
+        "said": [line for line in run.log.read_text(errors="replace").splitlines() if "gr_vl_verl: " in line],
+        "log": launch.log_tail(run.log, 40),
+        "checkpoint_after": last_checkpoint(checkpoints),
+        "step_folders": sorted(p.name for p in checkpoints.glob("global_step_*")),
+    }
+
+
+# A Ray driver under the node watch, waiting forever on an actor of the head node, as verl's surviving ranks
+# wait in a collective for a lost one; another actor of the job sits on ``node``. "deaf" also ignores the
+# watch's interrupt, as a driver stuck outside Python would, so only the watch's grace exit ends it.
+_STUCK = """
+import sys, time
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy as On
+from gr_vl_verl.cluster import node_watch
+from gr_vl_verl.cluster.node_loss import NodeWatchSettings, stop_message
+
+address, node, head, mode = sys.argv[1:5]
+
+
+@ray.remote(num_cpus=0)
+class Rank:
+    def wait(self):
+        time.sleep(3600)
+
+
+def work():
+    ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+    there, here = (Rank.options(scheduling_strategy=On(n, soft=False)).remote() for n in (node, head))
+    ray.get([there.__ray_ready__.remote(), here.__ray_ready__.remote()])
+    print("ready", flush=True)
+    while mode == "deaf":
+        try:
+            time.sleep(3600)
+        except KeyboardInterrupt:
+            print("interrupt ignored", flush=True)
+    ray.get(here.wait.remote())
+
+
+settings = NodeWatchSettings(poll_s=0.5, confirm_s=10.0, grace_s=5.0 if mode == "deaf" else 60.0)
+node_watch.run_watched(work, settings, lambda lost: stop_message(lost, None, "auto", None))
+"""
+
+
+def _stuck_driver(cluster: Any, node: Any, mode: str, log: Path) -> subprocess.Popen:
+    argv = [sys.executable, "-c", _STUCK, cluster.address, node.node_id, cluster.members[0].node_id, mode]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while "ready" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return proc
+
+
+def node_watch_on_stuck_drivers(work: str) -> dict[str, Any]:
+    """Three nodes: a driver stuck on the head, with an actor on node 1, outlives the loss of node 2 (none of its
+    actors there), and ends once node 1 is lost; a driver deaf to the interrupt ends by the watch's grace exit."""
+    from gr_vl_verl.cluster.local import LocalCluster
+
+    work_dir = Path(work)
+    seen: dict[str, Any] = {}
+    cluster = LocalCluster(nodes=3, num_cpus=1, env=FAST_HEALTH).start()
+    try:
+        ids = [n.node_id for n in cluster.members]
+        proc = _stuck_driver(cluster, cluster.members[1], "stuck", work_dir / "stuck.log")
+        cluster.lose_node(2)  # holds nothing of the job
+        time.sleep(8)  # Ray declares it dead after ~3 s (FAST_HEALTH); the watch reads the tables every 0.5 s
+        seen["alive_after_other_node"] = proc.poll() is None
+        cluster.lose_node(1)
+        seen["stuck"] = {"rc": wait_group(proc, 60), "log": (work_dir / "stuck.log").read_text(), "node": ids[1]}
+        spare = cluster.add_node()
+        proc = _stuck_driver(cluster, spare, "deaf", work_dir / "deaf.log")
+        cluster.lose_node(spare.index)
+        seen["deaf"] = {"rc": wait_group(proc, 60), "log": (work_dir / "deaf.log").read_text(), "node": spare.node_id}
+    finally:
+        seen["stop_ended"] = cluster.stop()
     return seen

@@ -21,16 +21,18 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from cluster_drivers import STOP_LIMIT
 from data_helpers import VLTEST, VLTRAIN
 from ray_driver import run_cli, run_driver, run_in_group
 
 from gr_vl_verl.protocol import predicted_labels
 from gr_vl_verl.trainer import launch
 
-# The runs below have time limits of their own (SFT_LIMIT + GRPO_LIMIT + 120 s for its cluster + EVAL_LIMIT =
-# 1420 s), all inside the module fixture or the first test, so they fit this ceiling.
-pytestmark = pytest.mark.timeout(1600)
-SFT_LIMIT, GRPO_LIMIT, EVAL_LIMIT = 400, 600, 300
+# The runs below have time limits of their own (SFT_LIMIT + two GRPO runs of GRPO_LIMIT + STOP_LIMIT for the
+# first to end once its node is lost + 120 s for the cluster + EVAL_LIMIT = 1780 s), all inside the module
+# fixture or the first test, so they fit this ceiling.
+pytestmark = pytest.mark.timeout(1900)
+SFT_LIMIT, GRPO_LIMIT, EVAL_LIMIT = 400, 480, 300
 
 # Small images on Qwen3-VL's 32-pixel grid: 1 to 16 vision tokens of 32 x 32 pixels.
 PIXELS = (1024, 16384)
@@ -44,6 +46,9 @@ VAL_ROWS = 4
 # run's steps all have a distinct, non-zero range to check: eps(s) = 0.2 * (8 - s) / 8, written out.
 HORIZON = ["gr_vl.clip.total_steps=8"]
 EPS = {1: 0.175, 2: 0.15, 3: 0.125}
+# The worker node is lost once checkpoint LOST_AFTER is complete (a checkpoint every step), and the run resumed
+# on a new node: steps 1-2 come from the first run, step 3 from the resumed one.
+LOST_AFTER = 2
 LEGACY = ["trainer.use_v1=false"]
 # LoRA as the recipes' LORA_RANK=8 switch sets it (recipes/common.sh): the vision tower is left out.
 LORA = ["actor_rollout_ref.model.lora_rank=8", "actor_rollout_ref.model.lora_alpha=16",
@@ -78,14 +83,21 @@ def runs(tmp_path_factory, tiny_qwen3_vl_dir) -> dict[str, object]:
     dumps = {"val": root / "val_grpo", "rollouts": root / "rollouts"}
     lora_out = root / "lora"
     extra = [*HORIZON, *LEGACY, *LORA, f"trainer.validation_data_dir={dumps['val']}",
-             f"trainer.rollout_data_dir={dumps['rollouts']}", "trainer.nnodes=2"]  # fmt: skip
+             f"trainer.rollout_data_dir={dumps['rollouts']}", "trainer.nnodes=2", "trainer.save_freq=1"]  # fmt: skip
     argv = launch.grpo_command(sft_model, train, val, lora_out, STEPS, n=N, val_samples=VAL_ROWS, image_pixels=PIXELS,
                                extra=extra)  # fmt: skip
-    two_nodes = run_driver("cluster_drivers:grpo_on_two_nodes", argv, str(root), "grpo", GRPO_LIMIT,
-                           timeout=GRPO_LIMIT + 120)  # fmt: skip
-    grpo = launch.RunResult(root / "grpo.log", root / "grpo_metrics.jsonl", two_nodes["seconds"])
+    two_nodes = run_driver("cluster_drivers:grpo_on_two_nodes", argv, str(root), "grpo", GRPO_LIMIT, LOST_AFTER,
+                           timeout=2 * GRPO_LIMIT + STOP_LIMIT + 120)  # fmt: skip
+    # verl's file logger starts its file afresh, so the resumed run's metrics are a file of their own: the
+    # run's metrics are the first run's steps up to the checkpoint, then the resumed run's
+    metrics = root / "grpo_all_metrics.jsonl"
+    first = [line for line in (root / "grpo_metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["step"] <= LOST_AFTER]  # fmt: skip
+    metrics.write_text("\n".join([*first, (root / "grpo_resumed_metrics.jsonl").read_text().strip()]) + "\n")
+    grpo = launch.RunResult(root / "grpo_resumed.log", metrics, two_nodes["seconds"])
     return {"data": data, "train": train, "val": val, "sft": sft, "sft_model": sft_model, "grpo": grpo,
-            "dumps": dumps, "tiny": tiny_qwen3_vl_dir, "lora_out": lora_out, "two_nodes": two_nodes}  # fmt: skip
+            "dumps": dumps, "tiny": tiny_qwen3_vl_dir, "lora_out": lora_out, "two_nodes": two_nodes,
+            "root": root}  # fmt: skip
 
 
 def _state(folder: Path) -> dict:
@@ -202,10 +214,41 @@ def test_lora_grpo_runs_across_two_nodes(runs):
     actor = runs["lora_out"] / "checkpoints" / f"global_step_{STEPS}" / "actor"
     assert sorted(p.name for p in actor.glob("model_world_size_*")) == [
         "model_world_size_2_rank_0.pt", "model_world_size_2_rank_1.pt"]  # fmt: skip
-    assert sorted(two["servers"]) == ["0", "1"], two  # a rollout replica on each node
+    # a rollout replica on each node: the two first ones, then the head and the node that replaced the lost one
+    assert sorted(two["servers_before_loss"]) == ["0", "1"], two
+    assert sorted(two["servers"]) == ["0", "1", "2"], two
     for step, m in runs["grpo"].metrics().items():
         _check_clip(step, m)
     assert two["left_after_stop"] == [] and two["stop_ended"] == []
+
+
+def test_a_node_lost_mid_step_stops_the_run_naming_it_and_a_rerun_resumes(runs):
+    """The worker node lost while step 3 is under way: the driver ends within STOP_LIMIT s (exit 1) with one
+    line naming the node and the last complete checkpoint; checkpoints 1 and 2 stay whole, step 3 was not saved;
+    the same command on the cluster with a new node resumes from step 2 (verl's ``resume_mode=auto``) and runs
+    step 3 only, its workers' loss on the schedule's step-3 range."""
+    lost = runs["two_nodes"]["lost"]
+    checkpoints = runs["lora_out"] / "checkpoints"
+    assert lost["checkpoint_reached"], lost["log"]
+    assert lost["rc"] is not None, f"the run did not end within {STOP_LIMIT} s of the loss:\n{lost['log']}"
+    assert lost["rc"] != 0
+    said = next((line for line in lost["said"] if "was lost mid-run" in line), lost["log"])
+    assert said.startswith(f"gr_vl_verl: Ray node {lost['node_id']} at "), said
+    assert "WorkerDict" in said and "vLLMHttpServer" in said  # a rank and a rollout server were there
+    assert f"The last complete checkpoint is step {LOST_AFTER} ({checkpoints / f'global_step_{LOST_AFTER}'})" in said
+    assert "trainer.resume_mode=auto continues from step 2" in said
+    assert lost["checkpoint_after"] == LOST_AFTER
+    assert lost["step_folders"] == [f"global_step_{s}" for s in range(1, LOST_AFTER + 1)]
+    for step in range(1, LOST_AFTER + 1):  # each rank's shard of every checkpoint written before the loss
+        shards = sorted(p.name for p in (checkpoints / f"global_step_{step}" / "actor").glob("model_world_size_*"))
+        assert shards == ["model_world_size_2_rank_0.pt", "model_world_size_2_rank_1.pt"], (step, shards)
+
+    resumed_log = (runs["root"] / "grpo_resumed.log").read_text(errors="replace")
+    assert f"Resuming from {checkpoints / f'global_step_{LOST_AFTER}'}" in resumed_log
+    resumed = launch.read_metrics(runs["root"] / "grpo_resumed_metrics.jsonl")
+    assert sorted(resumed) == list(range(LOST_AFTER + 1, STEPS + 1))
+    for step, m in resumed.items():
+        _check_clip(step, m)  # the schedule went on from the saved step, in the workers' loss
 
 
 def test_lora_grpo_trains_only_the_adapters_and_the_merged_model_answers_as_the_adapter(runs, tmp_path):

@@ -130,19 +130,34 @@ def hydra_dir(out: Path) -> list[str]:
     return [f"hydra.run.dir={Path(out) / 'hydra'}"]
 
 
-def run(
-    argv: Sequence[str],
-    out: Path,
-    name: str,
-    timeout: float,
-    env: dict[str, str] | None = None,
-    metrics: Path | None = None,
-) -> RunResult:
-    """Run ``argv`` with its log in ``out/<name>.log`` and its metrics in ``metrics`` (by default
-    ``out/<name>_metrics.jsonl``; the demo keeps them beside the run's checkpoints, for ``gr-vl curves``).
+@dataclass
+class Started:
+    """A trainer run under way (:func:`start`): its process, which leads a process group of its own."""
 
-    The run leads a process group of its own; on a timeout the whole group is killed, and whatever of it
-    outlives a normal exit too."""
+    proc: subprocess.Popen
+    log: Path
+    metrics_file: Path
+    started: float
+
+    def wait(self, timeout: float, name: str) -> RunResult:
+        """Wait up to ``timeout`` s; the whole group is killed past it (:class:`TrainingRunError` either way when
+        the run did not end with 0)."""
+        import time
+
+        returncode = wait_group(self.proc, timeout)
+        if returncode is None:
+            raise TrainingRunError(f"{name} ran past {timeout:.0f} s; log {self.log}:\n{log_tail(self.log)}")
+        if returncode != 0:
+            raise TrainingRunError(f"{name} exited {returncode}; log {self.log}:\n{log_tail(self.log)}")
+        return RunResult(log=self.log, metrics_file=self.metrics_file, seconds=time.perf_counter() - self.started)
+
+
+def start(
+    argv: Sequence[str], out: Path, name: str, env: dict[str, str] | None = None, metrics: Path | None = None
+) -> Started:
+    """Start ``argv`` with its log in ``out/<name>.log`` and its metrics in ``metrics`` (by default
+    ``out/<name>_metrics.jsonl``; the demo keeps them beside the run's checkpoints, for ``gr-vl curves``), in a
+    process group of its own."""
     import time
 
     out.mkdir(parents=True, exist_ok=True)
@@ -159,15 +174,23 @@ def run(
         **(env or {}),
     }
     argv = [*argv, *worker_env_overrides(argv, environ)]
-    start = time.perf_counter()
+    started = time.perf_counter()
     with log.open("wb") as fh:
         proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=environ, start_new_session=True)
-        returncode = wait_group(proc, timeout)
-    if returncode is None:
-        raise TrainingRunError(f"{name} ran past {timeout:.0f} s; log {log}:\n{log_tail(log)}")
-    if returncode != 0:
-        raise TrainingRunError(f"{name} exited {returncode}; log {log}:\n{log_tail(log)}")
-    return RunResult(log=log, metrics_file=metrics, seconds=time.perf_counter() - start)
+    return Started(proc=proc, log=log, metrics_file=metrics, started=started)
+
+
+def run(
+    argv: Sequence[str],
+    out: Path,
+    name: str,
+    timeout: float,
+    env: dict[str, str] | None = None,
+    metrics: Path | None = None,
+) -> RunResult:
+    """:func:`start`, then wait up to ``timeout`` s. The whole process group is killed on a timeout, and
+    whatever of it outlives a normal exit too."""
+    return start(argv, out, name, env, metrics).wait(timeout, name)
 
 
 #: What :func:`run` sets for the run and verl reads inside Ray's workers (its file logger is in the task runner).

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pprint import pprint
 
@@ -26,6 +27,8 @@ from verl.trainer.ppo.utils import need_critic, need_reference_policy
 from verl.utils.config import validate_config
 from verl.utils.device import auto_set_device
 
+from gr_vl_verl.cluster import node_watch
+from gr_vl_verl.cluster.node_loss import LostNode, NodeWatchSettings, stop_message
 from gr_vl_verl.cpu import config as cpu_config
 from gr_vl_verl.cpu import selection as cpu_selection
 from gr_vl_verl.cpu.pins import PinError
@@ -55,6 +58,7 @@ class SettingsError(ValueError):
 class PluginSettings:
     clip: ClipSchedule
     reward: RewardConfig
+    node_watch: NodeWatchSettings
 
 
 def validate_settings(config: DictConfig) -> PluginSettings:
@@ -68,6 +72,7 @@ def validate_settings(config: DictConfig) -> PluginSettings:
         return PluginSettings(
             clip=clip_schedule_from(config),
             reward=RewardConfig.from_settings(section(config, "reward"), response_length),
+            node_watch=NodeWatchSettings.from_mapping(section(config, "node_watch")),
         )
     except ValueError as e:
         raise SettingsError(str(e)) from None
@@ -211,15 +216,32 @@ def task_runner_class(config: DictConfig):
     return GRTaskRunnerV1 if config.trainer.use_v1 else GRTaskRunner
 
 
+def node_loss_message(config: DictConfig) -> Callable[[list[LostNode]], str]:
+    """The text said when a node is lost under this run: its checkpoint folder and resume setting."""
+    trainer = config.trainer
+    folder = trainer.get("default_local_dir")
+    folder = os.path.abspath(folder) if folder else None
+
+    def message(lost: list[LostNode]) -> str:
+        return stop_message(lost, folder, trainer.get("resume_mode"), trainer.get("save_freq"))
+
+    return message
+
+
 @hydra.main(config_path="config", config_name=CONFIG_NAME, version_base=None)
 def main(config: DictConfig) -> None:
     try:
-        prepare(config)
+        settings = prepare(config)
     except SettingsError as e:  # a bad setting: say which, without a hydra traceback
         raise SystemExit(f"gr_vl_verl: {e}") from None
     if not config.trainer.use_v1:
         logger.warning("trainer.use_v1=false: running verl's legacy RayPPOTrainer with the dynamic clip")
-    run_ppo(config, task_runner_class=task_runner_class(config))
+    # A Ray node lost under the run ends it at once, with one message naming the node and the checkpoint
+    node_watch.run_watched(
+        lambda: run_ppo(config, task_runner_class=task_runner_class(config)),
+        settings.node_watch,
+        node_loss_message(config),
+    )
 
 
 if __name__ == "__main__":
