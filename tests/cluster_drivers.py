@@ -6,6 +6,7 @@ pytest one ever holds a Ray driver.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import threading
@@ -258,10 +259,16 @@ node_watch.run_watched(work, settings, lambda lost: stop_message(lost, None, "au
 """
 
 
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _stuck_driver(cluster: Any, node: Any, mode: str, log: Path) -> subprocess.Popen:
+    """The driver, started as from a script's ``cmd &`` (SIGINT ignored, so Python installs no handler for it)."""
     argv = [sys.executable, "-c", _STUCK, cluster.address, node.node_id, cluster.members[0].node_id, mode]
     with open(log, "w") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=_ignore_sigint)  # fmt: skip
     deadline = time.monotonic() + 120
     while "ready" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -5,7 +5,7 @@ either the task runner was on it (the driver gets ``ActorUnavailableError``, whi
 surviving ranks wait in a collective for the lost one until gloo's or NCCL's timeout (30 minutes by default).
 This thread, in the driver, reads Ray's node table and this job's actor table every ``poll_s``; when a node
 that held one of the job's live actors is no longer alive, it logs which node and what it held,
-interrupts the driver's main thread (SIGINT to it: a ``KeyboardInterrupt`` out of ``ray.get``),
+interrupts the driver's main thread (a signal of its own, SIGUSR1: :class:`NodeLost` out of ``ray.get``),
 and, if the process still runs ``grace_s`` later, ends it. The driver turns either ending into one message
 (:func:`gr_vl_verl.cluster.node_loss.stop_message`); checkpoints already written stay as they are.
 
@@ -44,6 +44,18 @@ def _job_actors() -> dict[str, Counter[str]] | None:
     return actors_by_node(reader(job_id=job_id).values())
 
 
+#: Signals the watch may take for its interrupt, the first one nobody handles. Not SIGINT: a driver started in
+#: the background (``cmd &`` in a script, ``nohup``) inherits SIGINT ignored, and Python then installs no
+#: handler for it, so an interrupt by SIGINT would do nothing there.
+SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
+
+
+class NodeLost(KeyboardInterrupt):
+    """Raised in the driver's main thread when the watch sees a loss. A ``KeyboardInterrupt``: Ray's ``ray.get``
+    checks for signals while it waits and stops for a ``KeyboardInterrupt`` only (it comes out as a plain one);
+    any other exception a handler raises there is lost, and ``ray.get`` waits on (Ray 2.60, tried)."""
+
+
 class NodeWatch:
     """See the module docstring. ``message`` builds the text said on a loss (and at the forced exit)."""
 
@@ -55,12 +67,29 @@ class NodeWatch:
         self._done = threading.Event()
         self._lock = threading.Lock()
         self._driver_ended = False  # the driver's work returned or raised: nothing left to interrupt
+        self._signal: signal.Signals | None = None
+        self._previous: object = None
+        self._sent = False
         self._thread = threading.Thread(target=self._run, name="gr_vl-node-watch", daemon=True)
 
     # -- driver side -----------------------------------------------------------------------------
     def start(self) -> NodeWatch:
+        """Take a free signal for the interrupt (in the main thread; elsewhere, or with none free, a loss ends
+        the process by the grace exit only) and start polling."""
+        if threading.current_thread() is threading.main_thread():
+            for sig in SIGNALS:
+                if signal.getsignal(sig) in (signal.SIG_DFL, None):
+                    self._previous = signal.signal(sig, self._interrupted)
+                    self._signal = sig
+                    break
+        if self._signal is None:
+            logger.warning("node watch: no free signal to interrupt the driver; a lost node ends it after grace_s")
         self._thread.start()
         return self
+
+    def _interrupted(self, signum: int, frame: object) -> None:
+        if not self._driver_ended:
+            raise NodeLost(self._message(self._lost))
 
     def stop(self) -> None:
         self._done.set()
@@ -72,9 +101,14 @@ class NodeWatch:
         return list(self._lost)
 
     def driver_ended(self) -> None:
-        """The driver's work is over (returned or raised): a loss seen from now on interrupts nothing."""
+        """The driver's work is over (returned or raised): a loss seen from now on interrupts nothing. The
+        signal's disposition is given back unless an interrupt was sent (one still in flight must not meet the
+        default action, which ends the process); the handler is then a no-op."""
         with self._lock:
             self._driver_ended = True
+            if self._signal is not None and not self._sent:
+                signal.signal(self._signal, self._previous)  # type: ignore[arg-type]
+                self._signal = None
 
     # -- the thread ------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -109,20 +143,14 @@ class NodeWatch:
         text = self._message(lost)
         logger.error("%s", text)
         with self._lock:
-            if not self._driver_ended:
-                _interrupt_main()
+            if not self._driver_ended and self._signal is not None:
+                self._sent = True
+                # a real signal to the main thread: one blocked in a system call wakes up too
+                signal.pthread_kill(threading.main_thread().ident, self._signal)
         time.sleep(self.settings.grace_s)  # a daemon thread: a driver that ends first ends it too
         sys.stderr.write(f"gr_vl_verl: {text} (the driver did not end within {self.settings.grace_s:g} s)\n")
         sys.stderr.flush()
         os._exit(1)
-
-
-def _interrupt_main() -> None:
-    """SIGINT to the main thread, where Python's handler raises ``KeyboardInterrupt``: a real signal, so a main
-    thread blocked in a system call wakes up too (``_thread.interrupt_main`` only flags it for the next bytecode).
-    Where SIGINT has no Python handler the grace exit ends the process instead."""
-    if callable(signal.getsignal(signal.SIGINT)):
-        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
 
 def watch(settings: NodeWatchSettings, message: Callable[[list[LostNode]], str]) -> NodeWatch | None:
@@ -155,7 +183,10 @@ def run_watched(
         logger.warning("the run ended with %s: %s", type(e).__name__, first)
         raise SystemExit(f"gr_vl_verl: {message(lost)}") from None
     finally:
-        watcher.driver_ended()
+        try:
+            watcher.driver_ended()
+        except KeyboardInterrupt:  # the watch's, in flight; a loss is already being reported
+            pass
         watcher.stop()
 
 
