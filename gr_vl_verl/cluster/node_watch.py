@@ -70,6 +70,7 @@ class NodeWatch:
         self._signal: signal.Signals | None = None
         self._previous: object = None
         self._sent = False
+        self._clean = False  # the driver's work returned: a loss seen after that ends nothing
         self._thread = threading.Thread(target=self._run, name="gr_vl-node-watch", daemon=True)
 
     # -- driver side -----------------------------------------------------------------------------
@@ -99,6 +100,10 @@ class NodeWatch:
         if wait_s > 0:
             self._seen.wait(wait_s)
         return list(self._lost)
+
+    def returned(self) -> None:
+        """The driver's work returned: a loss seen after this neither interrupts nor ends the process."""
+        self._clean = True
 
     def driver_ended(self) -> None:
         """The driver's work is over (returned or raised): a loss seen from now on interrupts nothing. The
@@ -148,6 +153,8 @@ class NodeWatch:
                 # a real signal to the main thread: one blocked in a system call wakes up too
                 signal.pthread_kill(threading.main_thread().ident, self._signal)
         time.sleep(self.settings.grace_s)  # a daemon thread: a driver that ends first ends it too
+        if self._clean:
+            return
         sys.stderr.write(f"gr_vl_verl: {text} (the driver did not end within {self.settings.grace_s:g} s)\n")
         sys.stderr.flush()
         os._exit(1)
@@ -171,6 +178,7 @@ def run_watched(
         return
     try:
         run()
+        watcher.returned()
     except BaseException as e:
         try:
             watcher.driver_ended()
