@@ -10,7 +10,7 @@ nor any other part of the package.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -42,12 +42,17 @@ def as_dict(node: Any, where: str) -> dict[str, Any]:
     return dict(node)
 
 
+def check_keys(values: Mapping[str, Any], known: Sequence[str], where: str) -> None:
+    """Unknown keys in a block are an error naming them and the known ones (in ``known``'s order), not ignored."""
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in {where}; expected some of {list(known)}")
+
+
 def gr_vl_block(config: Any) -> dict[str, Any]:
     """The whole ``gr_vl`` block; an unknown section is an error naming it."""
     block = as_dict(select(config, "gr_vl"), "gr_vl")
-    unknown = sorted(set(block) - set(SECTIONS))
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in gr_vl; expected some of {list(SECTIONS)}")
+    check_keys(block, SECTIONS, "gr_vl")
     return block
 
 

@@ -137,7 +137,7 @@ def _setting(argv: list[str], key: str) -> str:
 
 def _wait_for_checkpoint(folder: Path, step: int, proc: subprocess.Popen, limit_s: float) -> bool:
     """Wait until verl's tracker names ``step`` (checkpoint ``step`` complete); False if the run ended first."""
-    from gr_vl_verl.cluster.node_loss import last_checkpoint
+    from gr_vl_verl.trainer.launch import last_checkpoint
 
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline and proc.poll() is None:
@@ -177,7 +177,7 @@ def grpo_on_two_nodes(argv: list[str], out: str, name: str, limit_s: float, lose
         if not lose_after:
             seen["seconds"] = launch.run(argv, Path(out), name, timeout=limit_s, env=env).seconds
         else:
-            seen["lost"] = _lose_a_node_mid_run(cluster, argv, Path(out), name, limit_s, lose_after)
+            seen["lost"] = _lose_a_node_mid_run(cluster, argv, Path(out), name, env, limit_s, lose_after)
             seen["servers_before_loss"] = {str(k): sorted(v) for k, v in servers.items()}
             cluster.add_node()
             seen["nodes_resumed"] = cluster.describe()["nodes"]
@@ -191,12 +191,13 @@ def grpo_on_two_nodes(argv: list[str], out: str, name: str, limit_s: float, lose
     return seen
 
 
-def _lose_a_node_mid_run(cluster: Any, argv: list[str], out: Path, name: str, limit_s: float, after: int) -> dict:
-    from gr_vl_verl.cluster.node_loss import last_checkpoint
+def _lose_a_node_mid_run(
+    cluster: Any, argv: list[str], out: Path, name: str, env: dict[str, str], limit_s: float, after: int
+) -> dict:
     from gr_vl_verl.trainer import launch
 
     checkpoints = Path(_setting(argv, "trainer.default_local_dir"))
-    run = launch.start(argv, out, name, env={"RAY_ADDRESS": cluster.address})
+    run = launch.start(argv, out, name, env=env)
     try:
         reached = _wait_for_checkpoint(checkpoints, after, run.proc, limit_s)
         time.sleep(2)  # the next step's rollout under way
@@ -217,7 +218,7 @@ def _lose_a_node_mid_run(cluster: Any, argv: list[str], out: Path, name: str, li
         "stop_s": stop_s,
         "said": [line for line in run.log.read_text(errors="replace").splitlines() if "gr_vl_verl: " in line],
         "log": launch.log_tail(run.log, 40),
-        "checkpoint_after": last_checkpoint(checkpoints),
+        "checkpoint_after": launch.last_checkpoint(checkpoints),
         "step_folders": sorted(p.name for p in checkpoints.glob("global_step_*")),
     }
 

@@ -20,9 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-#: verl's checkpoint tracker (``verl.utils.checkpoint.checkpoint_manager.get_checkpoint_tracker_filename``):
-#: written after a checkpoint is complete, so the step it names is whole even if a later save was cut off.
-TRACKER = "latest_checkpointed_iteration.txt"
+from gr_vl_verl.settings import check_keys
+from gr_vl_verl.trainer.launch import last_checkpoint
 
 
 @dataclass(frozen=True)
@@ -52,10 +51,7 @@ class NodeWatchSettings:
     def from_mapping(cls, values: Mapping[str, Any] | None) -> NodeWatchSettings:
         """From the ``gr_vl.node_watch`` block; unknown keys are an error."""
         values = dict(values or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown key(s) {unknown} in gr_vl.node_watch; expected some of {sorted(known)}")
+        check_keys(values, sorted(f.name for f in dataclasses.fields(cls)), "gr_vl.node_watch")
         return cls(**values)
 
 
@@ -110,18 +106,6 @@ def lost_nodes(held: Mapping[str, Counter[str]], nodes: Iterable[Mapping[str, An
             )
         )
     return sorted(lost, key=lambda n: n.node_id)
-
-
-def last_checkpoint(checkpoint_dir: str | Path | None) -> int | None:
-    """The step of the last complete checkpoint under ``checkpoint_dir`` (verl's tracker file), or None."""
-    if not checkpoint_dir:
-        return None
-    tracker = Path(checkpoint_dir) / TRACKER
-    try:
-        step = int(tracker.read_text().strip())
-    except (OSError, ValueError):
-        return None
-    return step if (Path(checkpoint_dir) / f"global_step_{step}").is_dir() else None
 
 
 def stop_message(

@@ -160,22 +160,15 @@ class NodeWatch:
         os._exit(1)
 
 
-def watch(settings: NodeWatchSettings, message: Callable[[list[LostNode]], str]) -> NodeWatch | None:
-    """A started :class:`NodeWatch`, or None when ``settings.enable`` is false."""
-    if not settings.enable:
-        return None
-    return NodeWatch(settings, message).start()
-
-
 def run_watched(
     run: Callable[[], object], settings: NodeWatchSettings, message: Callable[[list[LostNode]], str]
 ) -> None:
     """``run()`` (a Ray driver's work; it may call ``ray.init`` itself) under a :class:`NodeWatch`: if a node
     holding the job's actors is lost, whatever ``run`` raised becomes ``SystemExit`` with ``message``."""
-    watcher = watch(settings, message)
-    if watcher is None:
+    if not settings.enable:
         run()
         return
+    watcher = NodeWatch(settings, message).start()
     try:
         run()
         watcher.returned()

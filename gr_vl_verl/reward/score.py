@@ -40,6 +40,7 @@ from gr_vl_verl.protocol import (
     normalize_label,
     parse_answer,
 )
+from gr_vl_verl.settings import check_keys
 
 LengthUnit = Literal["tokens", "chars"]
 FormatMode = Literal["paper", "compat"]
@@ -116,9 +117,7 @@ class RewardConfig:
         ``max_length: null`` in token mode means the rollout's ``response_length`` (the paper normalises by
         the rollout's maximum response length); character mode keeps the preset's 3072.
         """
-        unknown = sorted(set(block) - set(SETTINGS_KEYS))
-        if unknown:
-            raise ValueError(f"unknown key(s) {unknown} in gr_vl.reward; expected some of {list(SETTINGS_KEYS)}")
+        check_keys(block, SETTINGS_KEYS, "gr_vl.reward")
         kwargs = {k: v for k, v in block.items() if v is not None}
         config = cls.from_kwargs(**kwargs)
         if "max_length" not in kwargs and config.length_unit == "tokens" and response_length is not None:

@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from gr_vl_verl.settings import check_keys
+
 ScheduleKind = Literal["linear", "product", "cosine", "constant"]
 KINDS: tuple[str, ...] = ("linear", "product", "cosine", "constant")
 
@@ -110,8 +112,5 @@ class ClipSchedule:
     def from_mapping(cls, values: Mapping[str, Any] | None) -> ClipSchedule:
         """Build from the ``gr_vl.clip`` block; unknown keys are an error, not silently ignored."""
         values = dict(values or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown key(s) {unknown} in gr_vl.clip; expected some of {sorted(known)}")
+        check_keys(values, sorted(f.name for f in dataclasses.fields(cls)), "gr_vl.clip")
         return cls(**values)

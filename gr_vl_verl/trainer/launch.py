@@ -221,13 +221,29 @@ def log_tail(log: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text[-lines:])
 
 
+#: verl's checkpoint tracker (``verl.utils.checkpoint.checkpoint_manager.get_checkpoint_tracker_filename``):
+#: written after a checkpoint is complete, so the step it names is whole even if a later save was cut off.
+TRACKER = "latest_checkpointed_iteration.txt"
+
+
+def last_checkpoint(checkpoints: str | Path | None) -> int | None:
+    """The step of the last complete checkpoint under ``checkpoints`` (verl's tracker, its folder there), or None."""
+    if not checkpoints:
+        return None
+    try:
+        step = int((Path(checkpoints) / TRACKER).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return step if (Path(checkpoints) / f"global_step_{step}").is_dir() else None
+
+
 def last_step(checkpoints: Path) -> int:
-    """The step of the last checkpoint a run wrote: verl's ``latest_checkpointed_iteration.txt`` where it wrote
-    one, else the highest ``global_step_<N>`` folder. A run can end before its configured step count (the data
-    ran out), so later stages look here rather than at the step they asked for."""
-    marker = Path(checkpoints) / "latest_checkpointed_iteration.txt"
-    if marker.is_file() and marker.read_text().strip().isdigit():
-        return int(marker.read_text().strip())
+    """The step of the last checkpoint a run wrote: verl's tracker where it wrote one (:func:`last_checkpoint`),
+    else the highest ``global_step_<N>`` folder. A run can end before its configured step count (the data ran
+    out), so later stages look here rather than at the step they asked for."""
+    step = last_checkpoint(checkpoints)
+    if step is not None:
+        return step
     steps = [int(p.name.removeprefix("global_step_")) for p in Path(checkpoints).glob("global_step_*")
              if p.name.removeprefix("global_step_").isdigit()]  # fmt: skip
     if not steps:
