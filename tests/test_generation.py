@@ -118,6 +118,52 @@ def test_vllm_arguments_are_built_without_vllm(tiny_model_dir):
     assert vllm_prompt(Request("x", "t", img)) == {"prompt": "t", "multi_modal_data": {"image": img}}
 
 
+def test_vllms_thread_warning_is_dropped_and_its_other_warnings_kept():
+    import importlib.util
+    import logging
+    import re
+
+    from gr_vl_verl.cpu.vllm_dist import THREAD_WARNING, THREAD_WARNING_LOGGER, quiet_thread_warning
+
+    # the text and the logger are vLLM's own (the pinned build's source, read without importing it)
+    source = Path(importlib.util.find_spec(THREAD_WARNING_LOGGER).origin).read_text()
+    assert THREAD_WARNING in re.sub(r'"\s*\n\s*"', "", source)  # adjacent literals joined, as Python does
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    log, keep = logging.getLogger(THREAD_WARNING_LOGGER), Keep()
+    log.addHandler(keep)
+    try:
+        quiet_thread_warning()
+        quiet_thread_warning()
+        log.warning(THREAD_WARNING + " after the thread binding, skip it.")
+        log.warning("KV cache of 1 GiB")
+    finally:
+        log.removeHandler(keep)
+    assert seen == ["KV cache of 1 GiB"] and len(log.filters) == 1
+
+
+def test_a_failure_in_the_actor_is_named_by_its_own_type_and_message():
+    from ray.exceptions import UserCodeException
+
+    from gr_vl_verl.generation.pipeline import _root_message
+
+    # Ray Data's wrapper carries the UDF's exception as its cause, whose text alone is the key
+    try:
+        try:
+            {}["179"]
+        except KeyError as e:
+            raise UserCodeException("UDF failed to process a data block.") from e
+    except UserCodeException as e:
+        assert _root_message(e) == "KeyError: '179'"
+    # a worker's traceback carried as text: its last exception line
+    text = RuntimeError("Traceback (most recent call last):\n  File x\nValueError: bad attn")
+    assert _root_message(text) == "ValueError: bad attn"
+
+
 # --------------------------------------------------------------------------------------------------
 # Rows into model input, as verl builds them
 # --------------------------------------------------------------------------------------------------

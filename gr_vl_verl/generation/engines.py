@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gr_vl_verl.cpu.vllm_dist import cpu_engine_defaults, cpu_engine_env, vllm_is_cpu_build
+from gr_vl_verl.cpu.vllm_dist import cpu_engine_defaults, cpu_engine_env, quiet_thread_warning, vllm_is_cpu_build
 from gr_vl_verl.generation.config import GenerationConfig, GenerationError, sample_seeds
 from gr_vl_verl.generation.prompts import Request
 from gr_vl_verl.harm_prob import LabelTokens, harm_probabilities, label_tokens, wanted_ids
@@ -142,6 +142,8 @@ class VLLMEngine:
         # vLLM's engine-core process is tied to nothing that ends with this one: a Ray actor killed with its node,
         # or a caller killed outright, would leave it running (gr_vl_verl.fate_share). Once per process.
         children_die_with_this_process()
+        if vllm_is_cpu_build():
+            quiet_thread_warning()
         self.llm = vllm.LLM(**vllm_engine_kwargs(config))
         self.labels, self.label_ids = _labels(self.processor.tokenizer)
 

@@ -280,7 +280,9 @@ _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)(
 
 def _root_message(exc: BaseException) -> str:
     """One line saying what failed: the last ``SomeError: message`` line of the innermost exception that has
-    one. Ray carries a worker's exception as traceback text inside its own (ActorDiedError, RayTaskError)."""
+    one. Ray carries a worker's exception as traceback text inside its own (ActorDiedError, RayTaskError), or as
+    the cause of its own (Ray Data's ``UserCodeException``, whose cause's text is only its message, e.g. a
+    KeyError's key): an exception that is not Ray's is named by its type and message."""
     chain: list[BaseException] = []
     e: BaseException | None = exc
     while e is not None and all(e is not c for c in chain):
@@ -291,8 +293,14 @@ def _root_message(exc: BaseException) -> str:
         found = [line for line in lines if _EXCEPTION_LINE.match(line)]
         if found:
             return found[-1]
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".strip()
+        if not type(e).__module__.startswith("ray."):
+            return _first_line(e)
+    return _first_line(exc)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}".strip()
 
 
 def _run(plan: sh.ShardPlan, todo: list[int], out_dir: Path, config: GenerationConfig, summary: GenerationSummary):
