@@ -4,7 +4,8 @@ the transformers engine, on this machine's CPUs.
 Baselines, measured in the same run, on the same RL rows (the bundled sample corpus repeated), the same tiny
 Qwen2.5-VL and the same sampling settings (n samples at temperature 1, per-sample seeds):
 
-* ``bare vLLM``: one ``vllm.LLM`` in a fresh process, prompts built as the pipeline builds them, one
+* ``bare vLLM``: one ``vllm.LLM`` in a fresh process, prompts built as the pipeline builds them and the image
+  bounds the pipeline gives vLLM's processor for this input (the RL stage's), one
   ``generate`` call for all requests (what a hand-written script would do), in vLLM's default layout (engine
   core and model worker in processes of their own; the named baseline) and with the engine in the script's
   process, as the plugin runs it on the CPU build (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, docs/cpu.md);
@@ -52,19 +53,23 @@ from transformers import AutoProcessor
 from gr_vl_verl.cpu.vllm_dist import cpu_engine_env, vllm_is_cpu_build
 from gr_vl_verl.data.schemas import row_id
 from gr_vl_verl.generation import GenerationConfig
-from gr_vl_verl.generation.config import sample_seeds
+from gr_vl_verl.generation.config import input_pixels, sample_seeds
+from gr_vl_verl.models.detect import family_of_model
 from gr_vl_verl.generation.engines import vllm_engine_kwargs, vllm_prompt, vllm_sampling_kwargs
 from gr_vl_verl.generation.prompts import build_request
 from gr_vl_verl.harm_prob import label_tokens, wanted_ids
 if vllm_is_cpu_build():  # as the plugin's engines start (bare() sets the engine layout itself)
     os.environ.update(cpu_engine_env())
 model, parquet, n, max_tokens, engine = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+kind = pq.read_schema(parquet).metadata[b"gr_vl_verl.kind"].decode()
+# the image bounds the pipeline gives vLLM's processor for this input (the RL stage's: every sample image is
+# scaled up to at least 512x512 pixels, ~340 vision tokens); without them vLLM keeps its own, ~40x fewer tokens
+low, high = input_pixels(kind, family_of_model(model))
 config = GenerationConfig(model=model, n=n, temperature=1.0, max_tokens=max_tokens, seed=0, progress=False,
-                          engine_kwargs=json.loads(engine))
+                          engine_kwargs=json.loads(engine), min_pixels=low, max_pixels=high)
 llm = vllm.LLM(**vllm_engine_kwargs(config))
 processor = AutoProcessor.from_pretrained(model)
 ready = time.perf_counter()
-kind = pq.read_schema(parquet).metadata[b"gr_vl_verl.kind"].decode()
 rows = [{**r, "id": row_id(kind, r)} for r in pq.read_table(parquet).to_pylist()]
 prompts, params = [], []
 for r in rows:
