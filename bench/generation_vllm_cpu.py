@@ -9,7 +9,8 @@ Qwen2.5-VL and the same sampling settings (n samples at temperature 1, per-sampl
   ``generate`` call for all requests (what a hand-written script would do), in vLLM's default layout (engine
   core and model worker in processes of their own; the named baseline) and with the engine in the script's
   process, as the plugin runs it on the CPU build (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, docs/cpu.md);
-* ``pipeline (vLLM)``: ``gr-vl generate --backend vllm`` end to end (Ray Data, one actor, sharded writes);
+* ``pipeline (vLLM)``: ``gr-vl generate --backend vllm`` end to end (Ray Data, one actor given every core, as the
+  bare script has them: ``--num-cpus``, sharded writes);
 * ``transformers``: ``gr-vl generate --backend transformers`` end to end, one actor.
 
 For each: engine start (seconds until the first request can go), rows/s and tokens/s of the generation itself.
@@ -147,7 +148,9 @@ def pipeline(model: Path, data: Path, out: Path, backend: str, n: int, max_token
             str(out), "--backend", backend, "--n", str(n), "--temperature", "1.0", "--max-tokens", str(max_tokens),
             "--seed", "0", "--no-progress"]  # fmt: skip
     if backend == "vllm":
-        argv += ["--engine-kwargs", json.dumps(ENGINE_KWARGS)]
+        # the cores bare vLLM's script has: Ray gives an actor OMP_NUM_THREADS = its num_cpus (1 by default), and
+        # the engine's matrix products run on that many threads (docs/generation.md, run 6)
+        argv += ["--engine-kwargs", json.dumps(ENGINE_KWARGS), "--num-cpus", str(os.cpu_count() or 1)]
     t0 = time.perf_counter()
     _run(argv, timeout=3600)
     total = time.perf_counter() - t0
