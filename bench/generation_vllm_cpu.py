@@ -55,10 +55,10 @@ from gr_vl_verl.cpu.vllm_dist import cpu_engine_env, vllm_is_cpu_build
 from gr_vl_verl.data.schemas import row_id
 from gr_vl_verl.generation import GenerationConfig
 from gr_vl_verl.generation.config import input_pixels, sample_seeds
-from gr_vl_verl.models.detect import family_of_model
 from gr_vl_verl.generation.engines import vllm_engine_kwargs, vllm_prompt, vllm_sampling_kwargs
 from gr_vl_verl.generation.prompts import build_request
 from gr_vl_verl.harm_prob import label_tokens, wanted_ids
+from gr_vl_verl.models.detect import family_of_model
 if vllm_is_cpu_build():  # as the plugin's engines start (bare() sets the engine layout itself)
     os.environ.update(cpu_engine_env())
 model, parquet, n, max_tokens, engine = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]

@@ -137,7 +137,7 @@ def _setting(argv: list[str], key: str) -> str:
 
 def _wait_for_checkpoint(folder: Path, step: int, proc: subprocess.Popen, limit_s: float) -> bool:
     """Wait until verl's tracker names ``step`` (checkpoint ``step`` complete); False if the run ended first."""
-    from gr_vl_verl.trainer.launch import last_checkpoint
+    from gr_vl_verl.checkpoints import last_checkpoint
 
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline and proc.poll() is None:
@@ -194,6 +194,7 @@ def grpo_on_two_nodes(argv: list[str], out: str, name: str, limit_s: float, lose
 def _lose_a_node_mid_run(
     cluster: Any, argv: list[str], out: Path, name: str, env: dict[str, str], limit_s: float, after: int
 ) -> dict:
+    from gr_vl_verl.checkpoints import last_checkpoint
     from gr_vl_verl.trainer import launch
 
     checkpoints = Path(_setting(argv, "trainer.default_local_dir"))
@@ -218,7 +219,7 @@ def _lose_a_node_mid_run(
         "stop_s": stop_s,
         "said": [line for line in run.log.read_text(errors="replace").splitlines() if "gr_vl_verl: " in line],
         "log": launch.log_tail(run.log, 40),
-        "checkpoint_after": launch.last_checkpoint(checkpoints),
+        "checkpoint_after": last_checkpoint(checkpoints),
         "step_folders": sorted(p.name for p in checkpoints.glob("global_step_*")),
     }
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from ray_driver import run_driver
 
+from gr_vl_verl.checkpoints import TRACKER, last_checkpoint
 from gr_vl_verl.cluster.node_loss import LostNode, NodeWatchSettings, actors_by_node, lost_nodes, stop_message
-from gr_vl_verl.trainer.launch import TRACKER, last_checkpoint
 
 A, B, C = "a" * 56, "b" * 56, "c" * 56
 

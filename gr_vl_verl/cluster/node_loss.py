@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gr_vl_verl.checkpoints import last_checkpoint
 from gr_vl_verl.settings import check_keys
-from gr_vl_verl.trainer.launch import last_checkpoint
 
 
 @dataclass(frozen=True)

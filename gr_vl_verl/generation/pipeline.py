@@ -294,11 +294,7 @@ def _root_message(exc: BaseException) -> str:
         if found:
             return found[-1]
         if not type(e).__module__.startswith("ray."):
-            return _first_line(e)
-    return _first_line(exc)
-
-
-def _first_line(e: BaseException) -> str:
+            break  # else the loop ends on ``exc`` itself, the outermost
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0] if text else ''}".strip()
 

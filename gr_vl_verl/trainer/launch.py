@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gr_vl_verl.checkpoints import last_checkpoint
 from gr_vl_verl.process_group import wait_group
 from gr_vl_verl.trainer.metrics_file import read_metrics
 
@@ -219,22 +220,6 @@ def _quoted(value: str) -> str:
 def log_tail(log: Path, lines: int = LOG_TAIL_LINES) -> str:
     text = log.read_text(errors="replace").splitlines() if log.exists() else []
     return "\n".join(text[-lines:])
-
-
-#: verl's checkpoint tracker (``verl.utils.checkpoint.checkpoint_manager.get_checkpoint_tracker_filename``):
-#: written after a checkpoint is complete, so the step it names is whole even if a later save was cut off.
-TRACKER = "latest_checkpointed_iteration.txt"
-
-
-def last_checkpoint(checkpoints: str | Path | None) -> int | None:
-    """The step of the last complete checkpoint under ``checkpoints`` (verl's tracker, its folder there), or None."""
-    if not checkpoints:
-        return None
-    try:
-        step = int((Path(checkpoints) / TRACKER).read_text().strip())
-    except (OSError, ValueError):
-        return None
-    return step if (Path(checkpoints) / f"global_step_{step}").is_dir() else None
 
 
 def last_step(checkpoints: Path) -> int:
