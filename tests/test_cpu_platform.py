@@ -263,9 +263,15 @@ def test_cpu_settings_are_applied_and_logged_one_line_each(caplog, monkeypatch):
     assert config.actor_rollout_ref.model.override_config.attn_implementation == "sdpa"
     assert config.actor_rollout_ref.rollout.enable_sleep_mode is False
     assert config.actor_rollout_ref.rollout.free_cache_engine is False
-    # the rollout model in vLLM's engine-core process, which needs the variable in every worker (docs/cpu.md)
+    # fp32 compute in the actor (and a reference model) and the rollout engine: no bf16 arithmetic on this CPU
+    fp32 = {"param_dtype": "fp32", "reduce_dtype": "fp32", "buffer_dtype": "fp32"}
     from omegaconf import OmegaConf
 
+    for role in ("actor", "ref"):
+        assert OmegaConf.to_container(config.actor_rollout_ref[role].fsdp_config.mixed_precision) == fp32
+    assert config.actor_rollout_ref.rollout.dtype == "float32"
+    # the rollout model in vLLM's engine-core process, which needs the variable in every worker (docs/cpu.md);
+    # the dtype goes through verl's own rollout.dtype, not the engine arguments that override it
     engine = OmegaConf.to_container(config.actor_rollout_ref.rollout.engine_kwargs.vllm)
     assert engine == {"skip_mm_profiling": True, "distributed_executor_backend": "uni"}
     assert config.ray_kwargs.ray_init.runtime_env.env_vars.VLLM_ENABLE_V1_MULTIPROCESSING == "0"

@@ -103,6 +103,7 @@ def test_vllm_arguments_are_built_without_vllm(tiny_model_dir):
         "limit_mm_per_prompt": {"image": 2}, "seed": 7, "max_model_len": 8192,
         "enable_chunked_prefill": False,  # vLLM's CPU build here: seeded requests need whole-prompt prefill
         "skip_mm_profiling": True,  # and nothing reads the vision encoder's memory profile (docs/cpu.md)
+        "dtype": "float32",  # no bf16 arithmetic on this CPU (docs/cpu.md, "Precision")
     }  # fmt: skip
     assert (
         vllm_engine_kwargs(

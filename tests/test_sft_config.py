@@ -216,11 +216,14 @@ def test_validation_files_are_optional_but_must_exist(sft_env) -> None:
 
 
 # -- on a CPU: the settings in the yaml, the platform from the run's own config file ------------------------------
+FP32 = {"param_dtype": "fp32", "reduce_dtype": "fp32", "buffer_dtype": "fp32"}
+
+
 @pytest.mark.parametrize(
-    ("device", "remove_padding", "attn"),
-    [("cpu", False, "sdpa"), ("cuda", True, "flash_attention_2"), ("npu", True, "flash_attention_2")],
+    ("device", "remove_padding", "attn", "precision"),
+    [("cpu", False, "sdpa", FP32), ("cuda", True, "flash_attention_2", None), ("npu", True, "flash_attention_2", None)],
 )
-def test_device_settings_and_dataset_class_are_configuration(device, remove_padding, attn) -> None:
+def test_device_settings_and_dataset_class_are_configuration(device, remove_padding, attn, precision) -> None:
     """The SFT settings a CPU needs are in gr_vl_sft.yaml (no code writes them), by trainer.device; the mixed-batch
     dataset is verl's ``data.custom_cls``."""
     from verl.utils.config import omega_conf_to_dataclass
@@ -234,6 +237,8 @@ def test_device_settings_and_dataset_class_are_configuration(device, remove_padd
     assert load_extern_object(cfg.data.custom_cls.path, cfg.data.custom_cls.name) is GuardSFTDataset
     engine = omega_conf_to_dataclass(cfg.engine)
     assert engine.strategy == "fsdp2"
+    # fp32 compute on a CPU (no bf16 arithmetic there, docs/cpu.md); elsewhere verl's bf16 default (None)
+    assert (dict(engine.mixed_precision) if engine.mixed_precision is not None else None) == precision
 
 
 _PROBE_DATASET = '''

@@ -15,7 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gr_vl_verl.cpu.verl_platform import RAY_RESOURCE
-from gr_vl_verl.cpu.vllm_dist import CPU_KVCACHE_GIB, IN_PROCESS_ENV, cpu_engine_defaults
+from gr_vl_verl.cpu.vllm_dist import CPU_DTYPE, CPU_KVCACHE_GIB, IN_PROCESS_ENV, cpu_engine_defaults
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +23,11 @@ logger = logging.getLogger(__name__)
 #: controller and storage, the agent loop and vLLM server actors, each asking for a CPU; a 2-core machine must
 #: still fit them all (they mostly wait).
 MIN_RAY_CPUS = 16
+#: FSDP's compute in float32 (verl's default is bf16 parameters over fp32 master weights): on a CPU without bf16
+#: arithmetic (AVX2 only) torch's bf16 matrix product is ~100x slower than fp32 (docs/cpu.md, "Precision").
+#: ``gr_vl_sft.yaml`` sets the same for SFT on a CPU.
+FP32_COMPUTE = {"param_dtype": "fp32", "reduce_dtype": "fp32", "buffer_dtype": "fp32"}
+FP32_WHY = "fp32 compute: a CPU without bf16 arithmetic runs verl's bf16 matrix products on a slow path"
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,9 @@ def settings(config: DictConfig) -> list[Setting]:
         ),
         Setting("actor_rollout_ref.model.use_remove_padding", False, "padding-free attention needs flash-attn"),
         Setting("actor_rollout_ref.model.use_fused_kernels", False, "fused log-prob kernels are Triton (GPU)"),
+        Setting("actor_rollout_ref.actor.fsdp_config.mixed_precision", FP32_COMPUTE, FP32_WHY),
+        Setting("actor_rollout_ref.ref.fsdp_config.mixed_precision", FP32_COMPUTE, FP32_WHY),
+        Setting("actor_rollout_ref.rollout.dtype", CPU_DTYPE, "the rollout engine in fp32, as the actor computes"),
         Setting(
             "actor_rollout_ref.rollout.enable_sleep_mode",
             False,
@@ -123,12 +131,14 @@ def _rollout_engine_kwargs(config: DictConfig) -> dict[str, Any]:
 
     verl starts each rollout replica as vLLM's ``AsyncLLM`` with ``distributed_executor_backend="mp"`` and then
     ``**engine_kwargs`` (``vllm_async_server.py``), so these reach vLLM. With ``uni`` the workers get
-    ``VLLM_ENABLE_V1_MULTIPROCESSING=0``, without which vLLM's CPU platform turns ``uni`` back into ``mp``.
+    ``VLLM_ENABLE_V1_MULTIPROCESSING=0``, without which vLLM's CPU platform turns ``uni`` back into ``mp``. The
+    dtype is not among them: verl passes its own ``rollout.dtype``, which :func:`settings` sets.
     """
     node = OmegaConf.select(config, "actor_rollout_ref.rollout.engine_kwargs.vllm")
     own = OmegaConf.to_container(node) if node is not None else {}
     tp = int(OmegaConf.select(config, "actor_rollout_ref.rollout.tensor_model_parallel_size") or 1)
-    return {**cpu_engine_defaults(tp), **{k: v for k, v in own.items() if v is not None}}
+    defaults = {k: v for k, v in cpu_engine_defaults(tp).items() if k != "dtype"}
+    return {**defaults, **{k: v for k, v in own.items() if v is not None}}
 
 
 def apply(config: DictConfig, chosen: list[Setting] | None = None) -> list[Setting]:

@@ -27,6 +27,11 @@ CPU_KVCACHE_GIB = "1"
 #: (``vllm/platforms/cpu.py``, ``check_and_update_config``), so an engine is three processes, two of them spawned
 #: (each re-imports vLLM and torch). The plugin's own CPU engines default to ``0``: docs/cpu.md.
 IN_PROCESS_ENV = "VLLM_ENABLE_V1_MULTIPROCESSING"
+#: The dtype of every engine the plugin starts on vLLM's CPU build unless the run says otherwise. vLLM's ``auto``
+#: picks bfloat16 for a float32 checkpoint, and on a CPU without bf16 arithmetic (no AVX512-BF16 or AMX: this
+#: project's 2-core AVX2 machines) torch computes bf16 matrix products on a slow path: decoding the tiny Qwen2.5-VL
+#: ran 4,771 tokens/s in bfloat16 against 9,744 in float32 (docs/cpu.md, "Precision").
+CPU_DTYPE = "float32"
 
 
 def cpu_engine_defaults(tensor_parallel_size: int = 1) -> dict[str, object]:
@@ -37,9 +42,9 @@ def cpu_engine_defaults(tensor_parallel_size: int = 1) -> dict[str, object]:
     (``VLLM_CPU_KVCACHE_SPACE``) and nothing reads that measurement, which took 29 s of a 79 s server start under
     the paper's evaluation bound (12,845,056 pixels) on 2 cores. ``distributed_executor_backend="uni"`` at one
     rank: the model in the engine core's process (with ``IN_PROCESS_ENV=0``, :func:`cpu_engine_env`); tensor
-    parallelism needs vLLM's multiprocessing executor, so it gets none.
+    parallelism needs vLLM's multiprocessing executor, so it gets none. ``dtype``: :data:`CPU_DTYPE`.
     """
-    defaults: dict[str, object] = {"skip_mm_profiling": True}
+    defaults: dict[str, object] = {"skip_mm_profiling": True, "dtype": CPU_DTYPE}
     if tensor_parallel_size == 1:
         defaults["distributed_executor_backend"] = "uni"
     return defaults
