@@ -80,11 +80,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-correct", type=int, default=0, help="mining keeps rows with at most this many right answers (default 0)"
     )
-    parser.add_argument("--steps", type=int, default=8, help="GRPO steps (default %(default)s)")
+    parser.add_argument("--steps", type=int, default=16, help="GRPO steps (default %(default)s)")
     parser.add_argument("--prompts", type=int, default=8, help="prompts per GRPO step (default %(default)s)")
     parser.add_argument("--n", type=int, default=4, help="answers per prompt, the GRPO group (default %(default)s)")
     parser.add_argument("--epochs", type=int, default=4, help="GRPO epochs over the mined data at most (default 4)")
-    parser.add_argument("--lr", type=float, default=3e-5, help="GRPO learning rate (tiny model; the paper: 1e-6)")
+    parser.add_argument("--lr", type=float, default=1e-4, help="GRPO learning rate (tiny model; the paper: 1e-6)")
     parser.add_argument(
         "--temperature", type=float, default=1.0, help="GRPO rollout temperature (the paper: 1.2; default 1.0)"
     )
