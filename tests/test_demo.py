@@ -29,11 +29,12 @@ from ray_driver import run_in_group
 STEPS, PROMPTS, MAX_TOKENS, SEED = 16, 8, 104, 0
 # The learning margins (F1 points) of verl's validation F1, response task, on the held-out rows, over the
 # validation before training: the best of the four validations after it, and their mean. Runs of seed 0 with
-# fp32 compute (the CPU default, docs/cpu.md) at lr 1e-4: 16 steps, best +9.7, mean +6.7; 8 steps, best +8.9 and
-# +7.2, mean +7.6 and +1.8. Six earlier runs in bf16 (lr 3e-5, 8 steps): best +7.2 to +17.2, mean +2.8 to +12.6.
-# A policy that does not learn keeps its greedy verdicts and stays within noise of zero (seed 1 at these
-# settings: best +1.6, mean 0.0; seed 0 at lr 3e-5 in fp32, 8 steps: best 0.0, mean -2.0); one that rose and collapsed
-# (bf16, lr 1e-4: 85.4 / 85.7 / 65.0 / 72.1 from 76.3) has a mean of +0.75. The runs: docs/toy_world.md.
+# fp32 compute (the CPU default, docs/cpu.md) at lr 1e-4: 16 steps, best +11.5 and +9.7, mean +7.0 and +6.7;
+# 8 steps, best +8.9 and +7.2, mean +7.6 and +1.8. Six earlier runs in bf16 (lr 3e-5, 8 steps): best +7.2 to
+# +17.2, mean +2.8 to +12.6. A policy that does not learn keeps its greedy verdicts and stays within noise of
+# zero (seed 1 at these settings: best +1.6, mean 0.0; seed 0 at lr 3e-5 in fp32, 8 steps: best 0.0, mean
+# -2.0); one that rose and collapsed (bf16, lr 1e-4: 85.4 / 85.7 / 65.0 / 72.1 from 76.3) has a mean of +0.75.
+# The runs: docs/toy_world.md.
 MARGIN_BEST, MARGIN_MEAN = 4.0, 1.0
 # The demo's process (and its trainers, Ray and vLLM, killed with it) has DEMO_LIMIT, inside this ceiling.
 DEMO_LIMIT = 1500
