@@ -20,8 +20,10 @@ variant changes one thing:
 
 ``--variants`` runs only the named ones (their names as above; R-SFT is always evaluated). Writes
 ``results.json``, ``results.md`` (held-out F1 and output tokens, mean ± std over seeds) and
-``curves_seed<S>.png`` (every variant's training curves overlaid) into ``--out``. Not a test: about 7 minutes
-per seed for R-SFT, 2 more for mining when a mining variant runs, and 8 to 10 per GRPO variant, on two CPU cores.
+``curves_seed<S>.png`` (every variant's training curves overlaid) into ``--out``. Not a test: on two CPU cores in
+fp32 (docs/cpu.md), about 2 minutes per seed for R-SFT and its evaluation, 2 more for mining when a mining
+variant runs, and about 6 per GRPO variant (16 steps) with its evaluation: some 2 hours for every variant over
+three seeds.
 """
 
 from __future__ import annotations
