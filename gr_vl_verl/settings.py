@@ -16,7 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 #: Sections the ``gr_vl`` block may hold.
-SECTIONS: tuple[str, ...] = ("clip", "reward", "node_watch")
+SECTIONS: tuple[str, ...] = ("clip", "reward", "node_watch", "replay_buffer")
 
 
 def select(config: Any, path: str) -> Any:

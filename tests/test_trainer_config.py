@@ -309,6 +309,8 @@ def test_default_config_selects_the_plugin_pieces() -> None:
         ("gr_vl.clip.kind=step", "kind must be one of"),
         ("gr_vl.reward.preset=gr-vl-tiny", "unknown reward preset"),
         ("gr_vl.reward.beta=-1", "beta must be a number > 0"),
+        ("gr_vl.replay_buffer.poll_s=0", "poll_s must be a number of seconds > 0 or null"),
+        ("+gr_vl.replay_buffer.every=1", r"unknown key\(s\) \['every'\] in gr_vl.replay_buffer"),
     ],
 )
 def test_bad_gr_vl_settings_fail_before_anything_starts(override: str, message: str) -> None:
@@ -333,6 +335,32 @@ def test_trainer_and_task_runner_classes_follow_use_v1() -> None:
     assert issubclass(main_ppo.GRTaskRunnerV1.__ray_actor_class__, TaskRunnerV1.__ray_actor_class__)
     assert main_ppo.task_runner_class(legacy) is main_ppo.GRTaskRunner
     assert issubclass(main_ppo.GRTaskRunner.__ray_actor_class__, BaseTaskRunner)
+
+
+def _replay_buffer(overrides: list[str]):
+    """The replay buffer verl's own ``PPOTrainer._build_replay_buffer`` builds for the plugin's trainer class
+    (the trainer made as verl's CPU tests make them: ``__new__`` plus the attributes the builder reads)."""
+    cfg = compose_cfg(overrides)
+    cls = main_ppo.trainer_class(cfg)
+    trainer = cls.__new__(cls)
+    trainer.config = cfg
+    trainer.trainer_mode = cfg.trainer.v1.trainer_mode
+    trainer._add_prompts_to_generate = lambda n: None
+    return trainer._build_replay_buffer()
+
+
+def test_the_sync_replay_buffer_polls_at_the_plugins_interval() -> None:
+    from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer, ReplayBufferAsync
+
+    sync = _replay_buffer([])
+    assert type(sync) is ReplayBuffer and sync.poll_interval == 0.25
+    assert _replay_buffer(["gr_vl.replay_buffer.poll_s=0.5"]).poll_interval == 0.5
+    # null keeps verl's own value; the async modes read poll_interval as their idle threshold: left to verl
+    default = ReplayBuffer.__init__.__defaults__[0]
+    assert default == 2.0
+    assert _replay_buffer(["gr_vl.replay_buffer.poll_s=null"]).poll_interval == default
+    async_buffer = _replay_buffer(["trainer.v1.trainer_mode=separate_async"])
+    assert isinstance(async_buffer, ReplayBufferAsync) and async_buffer.poll_interval == default
 
 
 def _run_main(*args: str) -> subprocess.CompletedProcess:

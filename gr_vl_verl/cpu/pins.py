@@ -96,11 +96,17 @@ SFT_SELECTION = Pin(
     "sft_selection", "verl", "verl.trainer.sft_trainer", "    auto_set_device(config)\n    run_sft(config)"
 )
 
+#: verl's sync V1 replay buffer sleeps ``poll_interval`` seconds between looks for finished rollouts
+#: (``verl/trainer/ppo/v1/replay_buffer.py``, ``_wait_for_next_poll``); the plugin's V1 trainers set that attribute
+#: (:mod:`gr_vl_verl.trainer.replay_poll`).
+REPLAY_POLL = Pin("replay_poll", "verl", "verl.trainer.ppo.v1.replay_buffer", "time.sleep(self.poll_interval)")
+
 #: The adapters of a CPU run (installed only there), in the order ``docs/cpu.md`` lists them.
 CPU_ADAPTER_PINS: tuple[Pin, ...] = (GLOO_BACKEND, CPU_ENGINES, ACCELERATOR_IDS, RESOURCE_CHECK, LIVE_WEIGHT_GEMM)
 #: Every pin, by the adapter that needs it: the CPU adapters, and what every run has (the verl fix, the SFT
-#: selection hook). What the adapters, ``gr-vl check`` and the tests read; a test may replace an entry.
-PINS: dict[str, Pin] = {p.adapter: p for p in (*CPU_ADAPTER_PINS, TEXT_ONLY_FORWARD, SFT_SELECTION)}
+#: selection hook, the replay buffer's poll interval). What the adapters, ``gr-vl check`` and the tests read; a
+#: test may replace an entry.
+PINS: dict[str, Pin] = {p.adapter: p for p in (*CPU_ADAPTER_PINS, TEXT_ONLY_FORWARD, SFT_SELECTION, REPLAY_POLL)}
 #: The ``vllm`` metadata alias relies on two lines, one in verl and one in vLLM.
 ALIAS_PINS: tuple[Pin, ...] = (VLLM_DIST_NAME, VLLM_CPU_VERSION)
 

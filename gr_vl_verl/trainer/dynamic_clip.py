@@ -38,6 +38,7 @@ from verl.trainer.ppo.ray_trainer import RayPPOTrainer
 
 from gr_vl_verl.settings import section
 from gr_vl_verl.trainer.clip_schedule import ClipSchedule
+from gr_vl_verl.trainer.replay_poll import ReplayPollMixin
 from gr_vl_verl.trainer.reward_metrics import columns_to_rows, term_means
 from gr_vl_verl.trainer.run_length import planned_steps
 from gr_vl_verl.trainer.val_f1 import f1_metrics
@@ -349,10 +350,11 @@ class DynamicClipV1Mixin(DynamicClipMixin):
 @cache
 def v1_trainer_cls(trainer_mode: str = "sync") -> type:
     """verl's V1 trainer for ``trainer_mode`` (``sync``, ``colocate_async``, ``separate_async`` or a
-    registered one) with the dynamic clip. Built on demand (``verl.trainer.ppo.v1`` needs ``transfer_queue``).
+    registered one) with the dynamic clip and the replay buffer's poll interval
+    (:mod:`gr_vl_verl.trainer.replay_poll`). Built on demand (``verl.trainer.ppo.v1`` needs ``transfer_queue``).
     """
     from verl.trainer.ppo.v1 import get_trainer_cls
 
     base = get_trainer_cls(trainer_mode)
     name = f"GR{base.__name__}"
-    return type(name, (DynamicClipV1Mixin, base), {"__module__": __name__, "__qualname__": name})
+    return type(name, (DynamicClipV1Mixin, ReplayPollMixin, base), {"__module__": __name__, "__qualname__": name})

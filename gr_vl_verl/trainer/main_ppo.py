@@ -43,6 +43,7 @@ from gr_vl_verl.trainer.dynamic_clip import (
     clip_warning,
     v1_trainer_cls,
 )
+from gr_vl_verl.trainer.replay_poll import ReplayPollSettings
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class PluginSettings:
     clip: ClipSchedule
     reward: RewardConfig
     node_watch: NodeWatchSettings
+    replay_buffer: ReplayPollSettings
 
 
 def validate_settings(config: DictConfig) -> PluginSettings:
@@ -73,6 +75,7 @@ def validate_settings(config: DictConfig) -> PluginSettings:
             clip=clip_schedule_from(config),
             reward=RewardConfig.from_settings(section(config, "reward"), response_length),
             node_watch=NodeWatchSettings.from_mapping(section(config, "node_watch")),
+            replay_buffer=ReplayPollSettings.from_mapping(section(config, "replay_buffer")),
         )
     except ValueError as e:
         raise SettingsError(str(e)) from None
