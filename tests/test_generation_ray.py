@@ -149,6 +149,9 @@ def test_two_actors_write_every_row_and_sample_in_input_order(prepared, ray_resu
     assert len(actors) == 2 and len({a["actor"] for a in actors}) == 2
     assert all(a["rows"] > 0 for a in actors) and sum(a["rows"] for a in actors) == 34
     assert all(len(a["node"]) == 56 for a in actors)  # Ray node ids (hex); one local node here
+    # each actor's time in its engine's generate calls: part of the run, summed in the total
+    assert all(0 < a["engine_seconds"] < saved["seconds"] for a in actors)
+    assert saved["engine_seconds"] == pytest.approx(sum(a["engine_seconds"] for a in actors), abs=2e-3)
     assert "actors: 2, rows each: " in seen["two"]["printed"]
     manifest = json.loads((two / sh.MANIFEST).read_text())
     assert '"min_pixels": 262144' in json.dumps(manifest)  # an RL parquet: the RL config's processor bounds

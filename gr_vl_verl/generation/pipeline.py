@@ -52,6 +52,9 @@ class GenerationSummary:
     finish_reasons: Counter = field(default_factory=Counter)
     # rows generated per (Ray actor id, Ray node id): which engines did the work
     served: Counter = field(default_factory=Counter)
+    # seconds each (actor, node) spent in its engine's generate calls: the run's seconds less Ray's start, the
+    # engines' start and the time between calls (a per-engine rate that start-up does not blur)
+    engine_seconds: Counter = field(default_factory=Counter)
     seconds: float = 0.0
     config: dict[str, Any] = field(default_factory=dict)
 
@@ -69,9 +72,11 @@ class GenerationSummary:
             "output_tokens": self.output_tokens,
             "finish_reasons": dict(sorted(self.finish_reasons.items())),
             "actors": [
-                {"actor": actor, "node": node, "rows": rows} for (actor, node), rows in sorted(self.served.items())
+                {"actor": key[0], "node": key[1], "rows": rows, "engine_seconds": round(self.engine_seconds[key], 3)}
+                for key, rows in sorted(self.served.items())
             ],
             "seconds": round(self.seconds, 3),
+            "engine_seconds": round(sum(self.engine_seconds.values()), 3),
             "rows_per_s": round(self.rows / secs, 3) if self.rows else 0.0,
             "output_tokens_per_s": round(self.output_tokens / secs, 3) if self.rows else 0.0,
             "config": self.config,
@@ -87,6 +92,7 @@ class GenerationSummary:
                 f"actors: {len(d['actors'])}, rows each: "
                 + (", ".join(f"{a['rows']} (actor {a['actor'][:8]} node {a['node'][:8]})" for a in d["actors"]) or "-"),
                 f"seconds: {d['seconds']}  rows/s: {d['rows_per_s']}  output tokens/s: {d['output_tokens_per_s']}",
+                f"in the engines' generate calls: {d['engine_seconds']} s (all actors together)",
             ]
         )
 
@@ -131,7 +137,10 @@ class GenerateBatch:
                 failed = {sh.SHARD: row[sh.SHARD], sh.ROW: row[sh.ROW], "id": row["id"], sh.ERROR: str(e)}
                 return _result([{**failed, **self.where}])
         out = []
-        for row, completions in zip(rows, self.engine.generate(requests), strict=True):
+        start = time.perf_counter()
+        generated = self.engine.generate(requests)
+        call_s = time.perf_counter() - start
+        for row, completions in zip(rows, generated, strict=True):
             for j, c in enumerate(completions):
                 out.append(
                     {
@@ -145,6 +154,7 @@ class GenerateBatch:
                         "p_harmful_request": c.p_harmful_request,
                         "p_harmful_response": c.p_harmful_response,
                         **self.where,
+                        sh.ENGINE_S: 0.0 if out else call_s,
                     }
                 )
         return _result(out)
@@ -338,6 +348,10 @@ def _run(plan: sh.ShardPlan, todo: list[int], out_dir: Path, config: GenerationC
             firsts = table.filter(pc.equal(table.column("sample"), 0))  # one per input row
             where = zip(firsts.column(sh.ACTOR).to_pylist(), firsts.column(sh.NODE).to_pylist(), strict=True)
             summary.served.update(where)
+            called = table.filter(pc.greater(table.column(sh.ENGINE_S), 0.0))
+            columns = [called.column(c).to_pylist() for c in (sh.ACTOR, sh.NODE, sh.ENGINE_S)]
+            for actor, node, secs in zip(*columns, strict=True):
+                summary.engine_seconds[(actor, node)] += secs
             bar.update(firsts.num_rows)
     finally:
         batches.close()  # a generator: closing it shuts the streaming executor down when we leave early

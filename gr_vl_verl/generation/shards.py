@@ -34,9 +34,10 @@ SUMMARY = "generate_summary.json"
 MANIFEST_FORMAT = 1
 #: Input kinds generation reads: RL rows (``extra_info.id``) and evaluation rows (``id``).
 INPUT_KINDS = ("rl", "eval")
-#: Columns the pipeline carries beside GENERATIONS_SCHEMA: input shard and row index, a row's error, and the Ray
-#: actor and node that generated the row (the run's summary counts rows per actor from them).
-SHARD, ROW, ERROR, ACTOR, NODE = "_shard", "_row", "_error", "_actor", "_node"
+#: Columns the pipeline carries beside GENERATIONS_SCHEMA: input shard and row index, a row's error, the Ray
+#: actor and node that generated the row (the run's summary counts rows per actor from them), and the seconds
+#: of the engine call that generated it, on the call's first result row (0 on the others, so they sum per actor).
+SHARD, ROW, ERROR, ACTOR, NODE, ENGINE_S = "_shard", "_row", "_error", "_actor", "_node", "_engine_s"
 REQUEST_SCHEMA = pa.schema(
     [
         (SHARD, pa.int64()),
@@ -54,6 +55,7 @@ RESULT_SCHEMA = pa.schema(
         (ERROR, pa.string()),
         (ACTOR, pa.string()),
         (NODE, pa.string()),
+        (ENGINE_S, pa.float64()),
     ]
 )
 
