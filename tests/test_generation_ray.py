@@ -33,6 +33,23 @@ def _cli(argv: list[str]) -> tuple[int, str, str]:
     return rc, out.getvalue(), err.getvalue()
 
 
+class ThreadProbe:
+    """A UDF in the pipeline's actor pool that says whether each call runs on the thread that built it."""
+
+    def __init__(self, config) -> None:
+        import threading
+
+        self.built_on = threading.get_ident()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import threading
+
+        same = threading.get_ident() == self.built_on
+        return pa.table(
+            {"same_thread": [same] * batch.num_rows, "main": [threading.current_thread().name] * batch.num_rows}
+        )
+
+
 def drive_pipeline(prepared_dir: str, model: str, work: str) -> dict:
     """Everything that needs Ray, in one local cluster; returns what each step printed, raised or counted."""
     import ray
@@ -96,6 +113,15 @@ def drive_pipeline(prepared_dir: str, model: str, work: str) -> dict:
             seen["failed_actor"] = None
         except GenerationError as e:
             seen["failed_actor"] = {"message": str(e), "type": type(e).__name__}
+
+        # the pool's calls run on the thread that built the engine, the actor's main one (Ray Data's default
+        # would hand them to a thread of its own)
+        import ray.data
+
+        from gr_vl_verl.generation.pipeline import _pool_args
+
+        probe = ray.data.range(6, override_num_blocks=3).map_batches(ThreadProbe, **_pool_args(config(model)))
+        seen["threads"] = probe.take_all()
 
         seen["unplaceable"] = []
         for name, cfg in (("cpu", config(model, concurrency=8)), ("gpu", config(model, num_gpus=1))):
@@ -191,6 +217,12 @@ def test_a_failed_engine_actor_stops_the_run_in_one_line(ray_results):
     assert failed["message"].startswith("generation failed: ValueError: Specified `attn_implementation=")
     assert "no_such_attention" in failed["message"] and len(failed["message"].splitlines()) == 1
     assert not list((work / "failed").glob("shard-*")) and not (work / "failed" / sh.SUMMARY).exists()
+
+
+def test_engine_calls_run_on_the_thread_that_built_the_engine(ray_results):
+    _, seen = ray_results
+    assert len(seen["threads"]) == 6
+    assert all(t["same_thread"] and t["main"] == "MainThread" for t in seen["threads"])
 
 
 def test_a_pool_this_ray_cannot_place_is_refused_before_it_starts(ray_results):

@@ -246,7 +246,10 @@ def _pool_args(config: GenerationConfig) -> dict[str, Any]:
     import ray
 
     args: dict[str, Any] = {
-        "compute": ray.data.ActorPoolStrategy(size=config.concurrency),
+        # Ray Data runs a class UDF's calls on a thread of its own, not the actor's main thread that built the
+        # engine (``make_callable_class_single_threaded``); true multi-threading at Ray's default of one call at a
+        # time runs them on the main thread, as a script drives vLLM (docs/generation.md, "Against bare vLLM")
+        "compute": ray.data.ActorPoolStrategy(size=config.concurrency, enable_true_multi_threading=True),
         "batch_size": config.batch_size,
         "batch_format": "pyarrow",
         "num_cpus": config.num_cpus,
