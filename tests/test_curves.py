@@ -6,7 +6,7 @@ import json
 import pytest
 from PIL import Image
 
-from gr_vl_verl.charts.training import panels_with_data
+from gr_vl_verl.charts.training import curves_figure, panels_with_data
 from gr_vl_verl.cli import main
 from gr_vl_verl.trainer.metrics_file import read_run
 
@@ -43,6 +43,23 @@ def test_two_grpo_runs_and_an_sft_run_in_one_figure(tmp_path, monkeypatch, capsy
                                  "Clip range ε", "Policy loss", "Entropy", "SFT loss"]  # fmt: skip
     img = Image.open(io.BytesIO(out.read_bytes()))
     assert img.format == "PNG" and img.size == (3 * 440, 3 * 310)  # 7 panels: 3 columns x 3 rows at 100 dpi
+
+
+def test_several_runs_get_one_legend_of_runs_and_panels_name_only_their_metrics():
+    a, b = dict(grpo_steps(4, 1)), dict(grpo_steps(4, -1))
+    b[3] = {**b[3], "critic/score/mean": -36864.0}  # one outlier step (a near-empty answer under the Eco reward)
+    fig = curves_figure([a, b], ["GRPO", "Eco"])
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["GRPO", "Eco"]  # the runs, once, by colour
+    panels = {ax.get_title(): ax for ax in fig.axes if ax.get_visible()}
+    accuracy = panels["Accuracy and format rate"].get_legend()
+    assert [t.get_text() for t in accuracy.get_texts()] == ["acc", "format"]  # metrics by style, not run x metric
+    assert panels["Policy loss"].get_legend() is None  # one metric: the runs' legend says it all
+    # the outlier would flatten the other lines: that panel only is on a symmetric log scale
+    assert panels["Reward (mean score) (symlog)"].get_yscale() == "symlog"
+    assert panels["Entropy"].get_yscale() == "linear"
+    single = curves_figure([a], ["GRPO"])
+    assert not single.legends  # one run: each panel's legend names its metrics by colour
+    assert [t.get_text() for t in single.axes[1].get_legend().get_texts()] == ["acc", "format"]
 
 
 def test_a_resumed_run_merges_its_files_and_a_half_written_line_is_left_out(tmp_path, monkeypatch):

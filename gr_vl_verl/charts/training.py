@@ -72,7 +72,21 @@ def panels_with_data(runs: Sequence[Metrics]) -> list[tuple[str, list[str]]]:
 
 
 def training_curves(runs: Sequence[Metrics], labels: Sequence[str], columns: int = 3) -> bytes:
-    """A grid of panels, one colour per run and one line style per metric in a panel."""
+    """A grid of panels, one colour per run and one line style per metric in a panel (PNG bytes)."""
+    return png(curves_figure(runs, labels, columns))
+
+
+#: A panel whose largest value is this many times its typical one (median of the non-zero magnitudes) is drawn on
+#: a symmetric log scale: one run's outlier step (a reward of -36,864 beside -1) would flatten every other line.
+SPREAD_FOR_LOG = 100.0
+
+
+def curves_figure(runs: Sequence[Metrics], labels: Sequence[str], columns: int = 3) -> Figure:
+    """The figure :func:`training_curves` draws. With several runs, one legend names the runs (their colours)
+    above the panels, and each panel's legend only its metrics (their line styles), so that six runs of six
+    metrics do not make a 36-line legend that hides the panel."""
+    from matplotlib.lines import Line2D
+
     if len(runs) != len(labels):
         raise ValueError(f"{len(runs)} runs but {len(labels)} labels")
     panels = panels_with_data(runs)
@@ -82,25 +96,50 @@ def training_curves(runs: Sequence[Metrics], labels: Sequence[str], columns: int
     rows = math.ceil(len(panels) / columns)
     fig = Figure(figsize=(4.4 * columns, 3.1 * rows))
     axes = fig.subplots(rows, columns, squeeze=False)
+    several = len(runs) > 1
     colours = [f"C{i % 10}" for i in range(len(runs))]
-    styles = ("-", "--", ":", "-.")
+    styles = ("-", "--", ":", "-.", (0, (6, 1, 1, 1, 1, 1)), (0, (1, 4)))  # six: the reward terms' panel
     for i, (title, keys) in enumerate(panels):
         ax = axes[i // columns][i % columns]
-        for run, label, colour in zip(runs, labels, colours, strict=True):
+        values: list[float] = []
+        for run, colour in zip(runs, colours, strict=True):
             for j, key in enumerate(keys):
                 xs, ys = _series(run, key)
                 if not xs:
                     continue
-                name = label if len(keys) == 1 else f"{label}: {_short(key)}" if len(runs) > 1 else _short(key)
-                marker = "o" if len(xs) <= 30 else None
-                ax.plot(xs, ys, color=colour if len(runs) > 1 else f"C{j}", linestyle=styles[j % len(styles)],
-                        marker=marker, markersize=3, linewidth=1.3, label=name)  # fmt: skip
+                values += ys
+                ax.plot(xs, ys, color=colour if several else f"C{j}", linestyle=styles[j % len(styles)],
+                        marker="o" if len(xs) <= 30 else None, markersize=3, linewidth=1.3,
+                        label=None if several else _short(key))  # fmt: skip
+        if _spread(values) > SPREAD_FOR_LOG:
+            ax.set_yscale("symlog", linthresh=_typical(values))
+            title += " (symlog)"
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6, loc="best")
+        if several and len(keys) > 1:
+            handles = [Line2D([], [], color="0.3", linestyle=styles[j % len(styles)], label=_short(key))
+                       for j, key in enumerate(keys)]  # fmt: skip
+            ax.legend(handles=handles, fontsize=6, loc="best")
+        elif not several:
+            ax.legend(fontsize=6, loc="best")
     for k in range(len(panels), rows * columns):
         axes[k // columns][k % columns].set_visible(False)
-    fig.tight_layout()
-    return png(fig)
+    top = 1.0
+    if several:
+        handles = [Line2D([], [], color=c, linewidth=2, label=label) for c, label in zip(colours, labels, strict=True)]
+        ncol = min(len(runs), 6)
+        fig.legend(handles=handles, loc="upper center", ncol=ncol, fontsize=8, frameon=False)
+        top = 1.0 - (0.35 * math.ceil(len(runs) / ncol)) / (3.1 * rows)
+    fig.tight_layout(rect=(0, 0, 1, top))
+    return fig
+
+
+def _typical(values: Sequence[float]) -> float:
+    nonzero = sorted(abs(v) for v in values if v != 0)
+    return nonzero[len(nonzero) // 2] if nonzero else 1.0
+
+
+def _spread(values: Sequence[float]) -> float:
+    return max((abs(v) for v in values), default=0.0) / _typical(values)
