@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -27,15 +26,16 @@ from ray_driver import run_in_group
 
 # The demo's defaults, written out (a changed default shows here): GRPO steps, prompts per step, answer limit.
 STEPS, PROMPTS, MAX_TOKENS, SEED = 16, 8, 104, 0
-# The learning margins (F1 points) of verl's validation F1, response task, on the held-out rows, over the
-# validation before training: the best of the four validations after it, and their mean. Runs of seed 0 with
-# fp32 compute (the CPU default, docs/cpu.md) at lr 1e-4: 16 steps, best +11.5 and +9.7, mean +7.0 and +6.7;
-# 8 steps, best +8.9 and +7.2, mean +7.6 and +1.8. Six earlier runs in bf16 (lr 3e-5, 8 steps): best +7.2 to
-# +17.2, mean +2.8 to +12.6. A policy that does not learn keeps its greedy verdicts and stays within noise of
-# zero (seed 1 at these settings: best +1.6, mean 0.0; seed 0 at lr 3e-5 in fp32, 8 steps: best 0.0, mean
-# -2.0); one that rose and collapsed (bf16, lr 1e-4: 85.4 / 85.7 / 65.0 / 72.1 from 76.3) has a mean of +0.75.
-# The runs: docs/toy_world.md.
-MARGIN_BEST, MARGIN_MEAN = 4.0, 1.0
+# The learning margin (F1 points): verl's validation F1, response task, on the held-out rows, at the last
+# validation (the model the demo hands over) over the validation before training. Four runs of seed 0 at these
+# settings (fp32 compute, the CPU default, docs/cpu.md; lr 1e-4, 16 steps), 76.3 before: 79.2 / 82.8 / 87.8 / 83.5,
+# 86.0 / 79.6 / 83.5 / 82.8, 73.7 / 57.1 / 82.4 / 81.6 and 55.4 / 59.5 / 77.6 / 80.4 at steps 4 / 8 / 12 / 16: the
+# last validation +7.2, +6.5, +5.3 and +4.1, while the early ones swing (down to -20.9), so neither the best nor the
+# mean of the validations is a stable margin. A policy that does not learn keeps its greedy verdicts and ends
+# within noise of zero (seed 0 at lr 3e-5 in fp32, 8 steps: 76.3 / 71.0 / 75.0 / 75.0, last -1.3; seed 1 at these
+# settings: last +1.6); one that rose and collapsed (bf16, lr 1e-4: 85.4 / 85.7 / 65.0 / 72.1 from 76.3) ends at
+# -4.2; a flipped reward sign drives the verdicts away from the labels. The runs: docs/toy_world.md.
+MARGIN_LAST = 2.0
 # The demo's process (and its trainers, Ray and vLLM, killed with it) has DEMO_LIMIT, inside this ceiling.
 DEMO_LIMIT = 1500
 pytestmark = pytest.mark.timeout(DEMO_LIMIT + 200)
@@ -163,8 +163,8 @@ def test_the_closing_line_compares_the_two_models_reports(demo):
 
 def test_grpo_raises_held_out_validation_f1_above_the_r_sft_start(demo):
     """The method learns: verl validated (greedy) on the held-out benchmark rows before training and every
-    quarter of the run; the response task's F1 at its best is MARGIN_BEST above its value before, and on
-    average over the run's validations MARGIN_MEAN above it (no lucky point before a collapse)."""
+    quarter of the run; the response task's F1 of the trained policy, at the last validation, is MARGIN_LAST
+    above its value before (a collapse or a policy that does not learn ends near or below it)."""
     out, summary, _, _ = demo
     val = summary["grpo_validation"]
     assert val["steps"] == [0, *range(STEPS // 4, STEPS + 1, STEPS // 4)]
@@ -176,8 +176,8 @@ def test_grpo_raises_held_out_validation_f1_above_the_r_sft_start(demo):
     held_out = ids("rl_test.parquet")
     assert len(set(held_out)) == len(held_out) > 100  # every held-out row once
     assert not set(held_out) & set(ids("rl_train.parquet"))
-    before, after = val["f1_response"][0], val["f1_response"][1:]
-    assert max(after) >= before + MARGIN_BEST and statistics.mean(after) >= before + MARGIN_MEAN, val
+    before, last = val["f1_response"][0], val["f1_response"][-1]
+    assert last >= before + MARGIN_LAST, val
 
 
 def test_mining_hard_is_the_papers_mining_before_concatenation():
