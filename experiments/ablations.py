@@ -23,8 +23,8 @@ paper's ablations; R-SFT is always evaluated). Writes ``results.json``, ``result
 tokens, mean ± std over seeds) and ``curves_seed<S>.png`` (every variant's training curves overlaid) into
 ``--out``. Not a test: on two CPU cores in fp32 (docs/cpu.md) the default six variants over three seeds took
 107 minutes (per seed: R-SFT ~63 s, mining ~91 s, each GRPO variant with its evaluation 288-359 s), measured
-before the replay buffer's 0.25 s poll (``gr_vl.replay_buffer.poll_s``), which should take some 13 minutes off
-that. The results are in docs/toy_world.md, "The paper's ablations in miniature".
+before the replay buffer's 0.25 s poll (``gr_vl.replay_buffer.poll_s``), which took about 1 s off each GRPO step
+(some 5 minutes over the 18 runs). The results are in docs/toy_world.md, "The paper's ablations in miniature".
 """
 
 from __future__ import annotations
