@@ -10,8 +10,9 @@ Importing this package loads neither torch, Ray nor vLLM; ``generate`` does, whe
 """
 
 from gr_vl_verl.generation.config import GenerationConfig, GenerationError, sample_seed
-from gr_vl_verl.generation.pipeline import BadRowError, GenerationSummary, generate
+from gr_vl_verl.generation.pipeline import BadRowError, generate
 from gr_vl_verl.generation.shards import FolderMismatch
+from gr_vl_verl.generation.summary import GenerationSummary
 
 __all__ = [
     "BadRowError",
