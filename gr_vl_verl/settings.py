@@ -10,10 +10,14 @@ nor any other part of the package.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
+
+T = TypeVar("T")
 
 #: Sections the ``gr_vl`` block may hold.
 SECTIONS: tuple[str, ...] = ("clip", "reward", "node_watch", "replay_buffer")
@@ -47,6 +51,18 @@ def check_keys(values: Mapping[str, Any], known: Sequence[str], where: str) -> N
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ValueError(f"unknown key(s) {unknown} in {where}; expected some of {list(known)}")
+
+
+def is_seconds(value: Any) -> bool:
+    """Whether ``value`` is a finite number of seconds > 0 (not a bool)."""
+    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+def from_block(cls: type[T], values: Mapping[str, Any] | None, where: str) -> T:
+    """A settings dataclass from its block: unknown keys are an error naming ``where``; absent keys default."""
+    values = dict(values or {})
+    check_keys(values, sorted(f.name for f in dataclasses.fields(cls)), where)  # type: ignore[arg-type]
+    return cls(**values)
 
 
 def gr_vl_block(config: Any) -> dict[str, Any]:

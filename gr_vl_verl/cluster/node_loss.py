@@ -12,8 +12,6 @@ actors it held, the last complete checkpoint, and the command that continues fro
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -21,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gr_vl_verl.checkpoints import last_checkpoint
-from gr_vl_verl.settings import check_keys
+from gr_vl_verl.settings import from_block, is_seconds
 
 
 @dataclass(frozen=True)
@@ -43,16 +41,13 @@ class NodeWatchSettings:
         if not isinstance(self.enable, bool):
             raise ValueError(f"gr_vl.node_watch.enable must be true or false, got {self.enable!r}")
         for name in ("poll_s", "confirm_s", "grace_s"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+            if not is_seconds(value := getattr(self, name)):
                 raise ValueError(f"gr_vl.node_watch.{name} must be a number of seconds > 0, got {value!r}")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None) -> NodeWatchSettings:
         """From the ``gr_vl.node_watch`` block; unknown keys are an error."""
-        values = dict(values or {})
-        check_keys(values, sorted(f.name for f in dataclasses.fields(cls)), "gr_vl.node_watch")
-        return cls(**values)
+        return from_block(cls, values, "gr_vl.node_watch")
 
 
 @dataclass(frozen=True)

@@ -20,15 +20,13 @@ costs the controller little and the step at most 0.25 s.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from gr_vl_verl.cpu import pins
-from gr_vl_verl.settings import check_keys, section
+from gr_vl_verl.settings import from_block, is_seconds, section
 
 logger = logging.getLogger(__name__)
 
@@ -44,18 +42,13 @@ class ReplayPollSettings:
     poll_s: float | None = 0.25
 
     def __post_init__(self) -> None:
-        value = self.poll_s
-        if value is None:
-            return
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-            raise ValueError(f"gr_vl.replay_buffer.poll_s must be a number of seconds > 0 or null, got {value!r}")
+        if self.poll_s is not None and not is_seconds(self.poll_s):
+            raise ValueError(f"gr_vl.replay_buffer.poll_s must be a number of seconds > 0 or null, got {self.poll_s!r}")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None) -> ReplayPollSettings:
         """From the ``gr_vl.replay_buffer`` block; unknown keys are an error."""
-        values = dict(values or {})
-        check_keys(values, sorted(f.name for f in dataclasses.fields(cls)), "gr_vl.replay_buffer")
-        return cls(**values)
+        return from_block(cls, values, "gr_vl.replay_buffer")
 
 
 def apply(buffer: Any, settings: ReplayPollSettings) -> bool:
