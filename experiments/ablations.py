@@ -19,12 +19,13 @@ variant changes one thing:
   (``gr-vl mine --generations``), concatenated.
 
 ``--variants`` runs the named ones (their names as above; default: every one but ``mining <= 2 right``, i.e. the
-paper's ablations; R-SFT is always evaluated). Writes ``results.json``, ``results.md`` (held-out F1 and output
+paper's ablations; R-SFT is always evaluated). The GRPO runs skip verl's in-training validation (before training
+and every four steps, ~10 s each on two cores, five per run): each model is scored once, by ``gr-vl eval`` on all
+held-out rows, and verl's validation would only repeat that on a subset of them. ``--validate`` keeps the demo's
+validations (and the curves' validation F1 panel). Writes ``results.json``, ``results.md`` (held-out F1 and output
 tokens, mean ± std over seeds) and ``curves_seed<S>.png`` (every variant's training curves overlaid) into
-``--out``. Not a test: on two CPU cores in fp32 (docs/cpu.md) the default six variants over three seeds took
-107 minutes (per seed: R-SFT ~63 s, mining ~91 s, each GRPO variant with its evaluation 288-359 s), measured
-before the replay buffer's 0.25 s poll (``gr_vl.replay_buffer.poll_s``), which took about 1 s off each GRPO step
-(some 5 minutes over the 18 runs). The results are in docs/toy_world.md, "The paper's ablations in miniature".
+``--out``. Not a test: on two CPU cores in fp32 (docs/cpu.md) the default six variants over three seeds take
+RUN_TIME (docs/toy_world.md, "The paper's ablations in miniature", has the results and the time of each part).
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ VARIANTS: list[tuple[str, str, list[str]]] = [
     ("hard mining", "mined+aug", []),
     ("mining <= 2 right", "mined2+aug", []),
 ]
+#: verl's in-training validation off (the variants are scored by ``gr-vl eval``; see the module's docstring)
+NO_VALIDATION = ["trainer.val_before_train=false", "trainer.test_freq=-1"]
 FIGURES = ("average_f1", "prompt_all", "response_all", "mean_output_tokens")
 
 
@@ -90,14 +93,17 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, dict[s
                       "--out", str(mined2), "--k", str(demo.args.k), "--max-correct", "2", "--sample-num", "all",
                       "--val-fraction", "0", "--seed", str(seed)]) == 0  # fmt: skip
         data["mined2+aug"] = _augmented(mined2 / "rl_train.parquet", mined2 / "rl_train_aug.parquet", seed)
+    t0 = time.perf_counter()
     results = {"R-SFT": headline(demo.eval_model("sft", "R-SFT", demo.sft_model))}
+    results["R-SFT"]["seconds"] = round(time.perf_counter() - t0, 1)
     for name, train, extra in variants:
         t0 = time.perf_counter()
-        _, step = demo.grpo_run(slug(name), data[train], extra)
+        _, step = demo.grpo_run(slug(name), data[train], [*extra, *([] if args.validate else NO_VALIDATION)])
         from gr_vl_verl.trainer.launch import hf_folder
 
         model = hf_folder(demo.models / f"{slug(name)}_run" / "checkpoints", step, actor=True)
         results[name] = headline(demo.eval_model(slug(name), name, model))
+        results[name]["seconds"] = round(time.perf_counter() - t0, 1)
         print(f"seed {seed}: {name}: {results[name]} ({time.perf_counter() - t0:.0f} s)", flush=True)
     runs = [str(demo.models / f"{slug(n)}_run" / "checkpoints") for n, _, _ in variants]
     assert gr_vl(["curves", *runs, "--out", str(args.out / f"curves_seed{seed}.png"),
@@ -131,15 +137,19 @@ def main() -> int:
     names = [n for n, _, _ in VARIANTS]
     papers = [n for n in names if n != "mining <= 2 right"]
     parser.add_argument("--variants", nargs="+", choices=names, default=papers, metavar="NAME", help=", ".join(names))
+    parser.add_argument("--validate", action="store_true", help="keep verl's validations in the GRPO runs")
     args, demo_args = parser.parse_known_args()
     args.demo_args = demo_args
     args.out.mkdir(parents=True, exist_ok=True)
     per_seed = {}
+    t0 = time.perf_counter()
     for seed in args.seeds:
         per_seed[seed] = run_seed(args, seed, args.out / f"seed_{seed}")
         (args.out / "results.json").write_text(json.dumps(per_seed, indent=2) + "\n")
-    (args.out / "results.md").write_text(table(per_seed))
-    print(table(per_seed))
+    minutes = (time.perf_counter() - t0) / 60
+    text = table(per_seed) + f"\nWall time: {minutes:.1f} min for {len(args.seeds)} seeds.\n"
+    (args.out / "results.md").write_text(text)
+    print(text)
     return 0
 
 

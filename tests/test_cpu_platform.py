@@ -331,6 +331,27 @@ def test_a_run_joining_a_cluster_leaves_num_cpus_and_resources_to_the_nodes(monk
     }
 
 
+@pytest.mark.parametrize(("own", "applied"), [(None, False), (True, True), (False, False)])
+def test_a_local_cpu_run_starts_ray_without_its_dashboard_unless_the_run_asks(monkeypatch, own, applied):
+    """No dashboard processes beside a local CPU run (they take seconds of two cores to start); the run's own
+    ``ray_init.include_dashboard`` wins; a run joining a cluster gets no such key (its head decides)."""
+    from omegaconf import open_dict
+
+    from gr_vl_verl.cpu import config as cpu_config
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    config = _compose("cpu")
+    if own is not None:
+        with open_dict(config):
+            config.ray_kwargs.ray_init.include_dashboard = own
+    cpu_config.apply(config)
+    assert config.ray_kwargs.ray_init.include_dashboard is applied
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    joining = _compose("cpu")
+    cpu_config.apply(joining)
+    assert "include_dashboard" not in joining.ray_kwargs.ray_init
+
+
 def test_a_launch_joining_a_cluster_hands_its_environment_to_rays_workers(monkeypatch):
     """Ray's workers on a cluster started before have their node's environment, not the driver's: what
     ``launch.run`` sets for verl's workers (the metrics file) goes into ``ray_init.runtime_env`` as strings,

@@ -69,6 +69,7 @@ def settings(config: DictConfig) -> list[Setting]:
     rollout_engine = _rollout_engine_kwargs(config)
     if rollout_engine.get("distributed_executor_backend") == "uni":
         env[IN_PROCESS_ENV] = os.environ.get(IN_PROCESS_ENV, "0")
+    dashboard = OmegaConf.select(config, "ray_kwargs.ray_init.include_dashboard")
     own_cluster = [
         Setting(
             "ray_kwargs.ray_init.resources",
@@ -79,6 +80,11 @@ def settings(config: DictConfig) -> list[Setting]:
             "ray_kwargs.ray_init.num_cpus",
             max(int(num_cpus or 0), MIN_RAY_CPUS, os.cpu_count() or 1),
             "logical CPUs enough for verl's helper actors on a small machine",
+        ),
+        Setting(
+            "ray_kwargs.ray_init.include_dashboard",
+            bool(dashboard) if dashboard is not None else False,
+            "no dashboard processes for a local run (its own value wins): Ray starts ~2.5 s sooner on 2 cores",
         ),
     ]
     out = [
