@@ -27,7 +27,8 @@ summary's ``engine_seconds``: the actor's time inside its engine's ``generate``)
 decodes slower in the actor or the time goes between its calls. Goal: the pipeline keeps >= 0.9x bare vLLM's
 marginal tokens/s. docs/generation.md records what was measured and where the time goes.
 
-Not a timed test: ``python bench/generation_vllm_cpu.py [--rows N] [--rows-large M] [--n K] [--max-tokens T]``;
+Not a timed test: ``python bench/generation_vllm_cpu.py [--rows N] [--rows-large M] [--n K] [--max-tokens T]
+[--batch-size B]`` (``B``: the pipeline's rows per engine call, its default 64; bare vLLM always makes one call);
 ``--quick`` runs a few rows at one size, each of the three once, bare vLLM in process only (``make test`` runs it
 so a broken bench fails CI; the larger size repeats the same calls, so it is left out there).
 """
@@ -146,10 +147,10 @@ def bare(model: Path, data: Path, n: int, max_tokens: int, in_process: bool) -> 
     return json.loads(next(ln for ln in done.stdout.splitlines() if ln.startswith("BARE "))[5:])
 
 
-def pipeline(model: Path, data: Path, out: Path, backend: str, n: int, max_tokens: int) -> dict:
+def pipeline(model: Path, data: Path, out: Path, backend: str, n: int, max_tokens: int, batch_size: int) -> dict:
     argv = [sys.executable, "-m", "gr_vl_verl", "generate", "--data", str(data), "--model", str(model), "--out",
             str(out), "--backend", backend, "--n", str(n), "--temperature", "1.0", "--max-tokens", str(max_tokens),
-            "--seed", "0", "--no-progress"]  # fmt: skip
+            "--batch-size", str(batch_size), "--seed", "0", "--no-progress"]  # fmt: skip
     if backend == "vllm":
         # the cores bare vLLM's script has: Ray gives an actor OMP_NUM_THREADS = its num_cpus (1 by default), and
         # the engine's matrix products run on that many threads (docs/generation.md, run 6)
@@ -172,6 +173,7 @@ def main() -> None:
     parser.add_argument("--rows-large", type=int, default=None, help="the larger size of the marginal (default 4x)")
     parser.add_argument("--n", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64, help="the pipeline's rows per engine call (its default)")
     parser.add_argument("--quick", action="store_true", help="8 rows x 2 samples x 8 tokens")
     args = parser.parse_args()
     if args.quick:
@@ -185,13 +187,13 @@ def main() -> None:
         # the pipeline's engine layout; in the full run also vLLM's default one, the named baseline
         ip = bare(model, data, args.n, args.max_tokens, in_process=True)
         b = ip if args.quick else bare(model, data, args.n, args.max_tokens, in_process=False)
-        p = pipeline(model, data, work / "pipe", "vllm", args.n, args.max_tokens)
+        p = pipeline(model, data, work / "pipe", "vllm", args.n, args.max_tokens, args.batch_size)
         if not args.quick:
             _, data_large = prepare(work, large)
             b_large = bare(model, data_large, args.n, args.max_tokens, in_process=False)
             ip_large = bare(model, data_large, args.n, args.max_tokens, in_process=True)
-            p_large = pipeline(model, data_large, work / "pipe_large", "vllm", args.n, args.max_tokens)
-        t = pipeline(model, data, work / "hf", "transformers", args.n, args.max_tokens)
+            p_large = pipeline(model, data_large, work / "pipe_large", "vllm", args.n, args.max_tokens, args.batch_size)
+        t = pipeline(model, data, work / "hf", "transformers", args.n, args.max_tokens, args.batch_size)
     gen_p = max(p["total"] - ip["start"], 1e-9)  # its engine starts as the in-process bare engine does
     name = "bare vLLM, in process (baseline)" if args.quick else "bare vLLM, vLLM's processes (baseline)"
     rows = [
@@ -212,7 +214,8 @@ def main() -> None:
         ("pipeline (transformers), end to end", float("nan"), t["rows"] / t["total"], t["tokens"] / t["total"]),
     ]
     print(
-        f"{args.rows} rows x {args.n} samples, up to {args.max_tokens} tokens, tiny Qwen2.5-VL, {os.cpu_count()} CPUs"
+        f"{args.rows} rows x {args.n} samples, up to {args.max_tokens} tokens, tiny Qwen2.5-VL, {os.cpu_count()} CPUs; "
+        f"the pipeline's engine calls take {args.batch_size} rows"
     )
     print(f"{'':38} {'start s':>8} {'rows/s':>8} {'tokens/s':>9} {'x bare tok/s':>13}")
     for name, start, rps, tps in rows:
