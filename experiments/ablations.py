@@ -35,11 +35,13 @@ import json
 import statistics
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from gr_vl_verl.cli import main as gr_vl
 from gr_vl_verl.commands import demo as demo_cmd
 from gr_vl_verl.commands._demo_parts import headline
+from gr_vl_verl.trainer.launch import hf_folder
 
 VARIANTS: list[tuple[str, str, list[str]]] = [
     # (name, training data: all+aug | all | mined+aug | mined2+aug, hydra overrides)
@@ -85,6 +87,7 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, dict[s
     for name in steps:
         t0 = time.perf_counter()
         print(f"seed {seed}: {name}: {stages[name]()} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    train_seconds: dict[str, float] = {}
     data = {"all+aug": demo.rl_train, "all": demo.data / "rl_train.parquet"}
     if "mined+aug" in needed:
         data["mined+aug"] = _augmented(demo.mined / "rl_train.parquet", demo.mined / "rl_train_aug.parquet", seed)
@@ -95,18 +98,29 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, dict[s
                       "--out", str(mined2), "--k", str(demo.args.k), "--max-correct", "2", "--sample-num", "all",
                       "--val-fraction", "0", "--seed", str(seed)]) == 0  # fmt: skip
         data["mined2+aug"] = _augmented(mined2 / "rl_train.parquet", mined2 / "rl_train_aug.parquet", seed)
-    t0 = time.perf_counter()
-    results = {"R-SFT": headline(demo.eval_model("sft", "R-SFT", demo.sft_model))}
-    results["R-SFT"]["seconds"] = round(time.perf_counter() - t0, 1)
-    for name, train, extra in variants:
-        t0 = time.perf_counter()
-        _, step = demo.grpo_run(slug(name), data[train], [*extra, *([] if args.validate else NO_VALIDATION)])
-        from gr_vl_verl.trainer.launch import hf_folder
+    # Each model's evaluation runs beside the next GRPO run's start (verl's ~100 s of starting processes leaves a
+    # core idle); one evaluation at a time, and never beside another trainer.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eval") as evals:
 
-        model = hf_folder(demo.models / f"{slug(name)}_run" / "checkpoints", step, actor=True)
-        results[name] = headline(demo.eval_model(slug(name), name, model))
-        results[name]["seconds"] = round(time.perf_counter() - t0, 1)
-        print(f"seed {seed}: {name}: {results[name]} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        def evaluate(name: str, label: str, model: Path) -> dict[str, float]:
+            t0 = time.perf_counter()
+            result = headline(demo.eval_model(name, label, model))
+            result["eval_seconds"] = round(time.perf_counter() - t0, 1)
+            print(f"seed {seed}: {label}: {result}", flush=True)
+            return result
+
+        pending = {"R-SFT": evals.submit(evaluate, "sft", "R-SFT", demo.sft_model)}
+        for name, train, extra in variants:
+            t0 = time.perf_counter()
+            _, step = demo.grpo_run(slug(name), data[train], [*extra, *([] if args.validate else NO_VALIDATION)])
+            seconds = round(time.perf_counter() - t0, 1)
+            model = hf_folder(demo.models / f"{slug(name)}_run" / "checkpoints", step, actor=True)
+            pending[name] = evals.submit(evaluate, slug(name), name, model)
+            print(f"seed {seed}: {name}: GRPO run {seconds:.0f} s", flush=True)
+            train_seconds[name] = seconds
+        results = {name: future.result() for name, future in pending.items()}
+    for name, seconds in train_seconds.items():
+        results[name]["train_seconds"] = seconds
     runs = [str(demo.models / f"{slug(n)}_run" / "checkpoints") for n, _, _ in variants]
     assert gr_vl(["curves", *runs, "--out", str(args.out / f"curves_seed{seed}.png"),
                   "--labels", *[n for n, _, _ in variants]]) == 0  # fmt: skip
