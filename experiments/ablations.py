@@ -88,7 +88,6 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, dict[s
     for name in steps:
         t0 = time.perf_counter()
         print(f"seed {seed}: {name}: {stages[name]()} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    train_seconds: dict[str, float] = {}
     data = {"all+aug": demo.rl_train, "all": demo.data / "rl_train.parquet"}
     if "mined+aug" in needed:
         data["mined+aug"] = _augmented(demo.mined / "rl_train.parquet", demo.mined / "rl_train_aug.parquet", seed)
@@ -103,10 +102,12 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, dict[s
     # core idle); one evaluation at a time, and never beside another trainer.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eval") as evals:
 
-        def evaluate(name: str, label: str, model: Path) -> dict[str, float]:
+        def evaluate(name: str, label: str, model: Path, train_seconds: float | None = None) -> dict[str, float]:
             t0 = time.perf_counter()
             result = headline(demo.eval_model(name, label, model))
             result["eval_seconds"] = round(time.perf_counter() - t0, 1)
+            if train_seconds is not None:
+                result["train_seconds"] = train_seconds
             print(f"seed {seed}: {label}: {result}", flush=True)
             return result
 
@@ -116,12 +117,9 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, dict[s
             _, step = demo.grpo_run(slug(name), data[train], [*extra, *([] if args.validate else NO_VALIDATION)])
             seconds = round(time.perf_counter() - t0, 1)
             model = hf_folder(demo.models / f"{slug(name)}_run" / "checkpoints", step, actor=True)
-            pending[name] = evals.submit(evaluate, slug(name), name, model)
+            pending[name] = evals.submit(evaluate, slug(name), name, model, seconds)
             print(f"seed {seed}: {name}: GRPO run {seconds:.0f} s", flush=True)
-            train_seconds[name] = seconds
         results = {name: future.result() for name, future in pending.items()}
-    for name, seconds in train_seconds.items():
-        results[name]["train_seconds"] = seconds
     runs = [str(demo.models / f"{slug(n)}_run" / "checkpoints") for n, _, _ in variants]
     assert gr_vl(["curves", *runs, "--out", str(args.out / f"curves_seed{seed}.png"),
                   "--labels", *[n for n, _, _ in variants]]) == 0  # fmt: skip
